@@ -1,0 +1,17 @@
+"""fastlstm: LSTMs and vanilla RNNs trained on the CPU from NumPy, fast.
+
+The functional API (time-major, gate order i, f, g, o, see DESIGN.md)::
+
+    hs, (h_n, c_n), cache = fastlstm.lstm_forward(x, W_x, W_h, b)
+    grads = fastlstm.lstm_backward(dhs, cache)
+
+``fastlstm.reference`` holds the NumPy twin of every kernel.
+"""
+__version__ = "0.1.0"
+
+from ._config import config, show_config
+from ._containers import LSTMCache, LSTMGrads
+from .lstm import lstm_backward, lstm_forward
+
+__all__ = ["lstm_forward", "lstm_backward", "LSTMGrads", "LSTMCache", "show_config",
+           "config", "__version__"]

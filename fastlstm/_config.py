@@ -1,0 +1,55 @@
+"""``fastlstm.show_config()``: what this installation runs on."""
+import platform
+import sys
+
+import numpy as np
+import scipy
+
+from . import _backend
+from ._threads import blas_info, usable_cores
+
+
+def config():
+    """A dict describing the build and the run-time: version, compiled kernels, OpenMP, BLAS."""
+    from . import __version__
+    kernels = _backend.lstm_kernels
+    info = {
+        "fastlstm": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "compiled": kernels is not None,
+        "compiled_error": None if kernels is not None else str(_backend.IMPORT_ERROR),
+        "openmp": bool(kernels is not None and kernels.OPENMP_ENABLED),
+        "openmp_max_threads": kernels.openmp_max_threads() if kernels is not None else 0,
+        "usable_cores": usable_cores(),
+        "blas": [{k: lib.get(k) for k in ("internal_api", "version", "num_threads",
+                                          "threading_layer", "architecture", "filepath")}
+                 for lib in blas_info()],
+    }
+    return info
+
+
+def show_config(file=None):
+    """Print the version, whether the kernels are compiled, OpenMP and its thread count,
+    and the BLAS libraries in use (the compiled kernels use SciPy's)."""
+    info = config()
+    out = file or sys.stdout
+    print(f"fastlstm {info['fastlstm']} (Python {info['python']}, NumPy {info['numpy']}, "
+          f"SciPy {info['scipy']})", file=out)
+    print(f"platform: {info['platform']}", file=out)
+    if info["compiled"]:
+        print("compiled kernels: yes", file=out)
+    else:
+        print(f"compiled kernels: NO, using the NumPy reference ({info['compiled_error']})",
+              file=out)
+    if info["openmp"]:
+        print(f"OpenMP: yes, {info['openmp_max_threads']} threads by default "
+              f"({info['usable_cores']} usable cores)", file=out)
+    else:
+        print("OpenMP: no, the kernels run single-threaded", file=out)
+    for lib in info["blas"]:
+        print(f"BLAS: {lib['internal_api']} {lib['version']} ({lib['threading_layer']}, "
+              f"{lib['architecture']}, {lib['num_threads']} threads) at {lib['filepath']}",
+              file=out)

@@ -1,0 +1,236 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled LSTM forward and backward: one source for float32 and float64 (fused type).
+
+Each call runs one OpenMP parallel region. Whole-sequence GEMMs (the input projection,
+dx, dW_x, dW_h) are split over rows or columns between the threads; the time recursion
+is split over batch slices, which are independent, so threads only meet at a barrier
+between those phases and never per time step. Every BLAS call inside the region is
+single-threaded (the caller pins the BLAS thread pool to one thread), so the cores are
+never oversubscribed.
+
+The arguments are checked and allocated by ``fastlstm.lstm``; these functions trust them.
+"""
+from cython cimport floating
+from cython.parallel cimport parallel, threadid
+from libc.string cimport memcpy
+
+from ._blas cimport gemm
+
+cdef extern from "fastlstm_kernels.h" nogil:
+    int fl_openmp_enabled()
+    int fl_max_threads()
+    int fl_num_threads()
+    void fl_barrier()
+    void fl_lstm_cell_forward_f32(int n_rows, int H, float *gates, const float *c_prev,
+                                  float *c_next, const float *h_prev, float *h_next,
+                                  float *hs, const int *lengths, int t)
+    void fl_lstm_cell_forward_f64(int n_rows, int H, double *gates, const double *c_prev,
+                                  double *c_next, const double *h_prev, double *h_next,
+                                  double *hs, const int *lengths, int t)
+    void fl_lstm_cell_backward_f32(int n_rows, int H, const float *gates, const float *c_prev,
+                                   const float *c_cur, const float *dhs, const float *dh,
+                                   float *dc, float *d_gates, const int *lengths, int t)
+    void fl_lstm_cell_backward_f64(int n_rows, int H, const double *gates,
+                                   const double *c_prev, const double *c_cur,
+                                   const double *dhs, const double *dh, double *dc,
+                                   double *d_gates, const int *lengths, int t)
+    void fl_copy_valid_rows_f32(int n_rows, int H, const float *src, float *dst,
+                                const int *lengths, int t)
+    void fl_copy_valid_rows_f64(int n_rows, int H, const double *src, double *dst,
+                                const int *lengths, int t)
+    void fl_add_column_sums_f32(int n_rows, int n_cols, const float *m, int ld, double *acc)
+    void fl_add_column_sums_f64(int n_rows, int n_cols, const double *m, int ld, double *acc)
+
+OPENMP_ENABLED = bool(fl_openmp_enabled())
+
+
+def openmp_max_threads():
+    """What ``omp_get_max_threads()`` says (1 without OpenMP)."""
+    return fl_max_threads()
+
+
+cdef inline void _split(Py_ssize_t n, Py_ssize_t part, Py_ssize_t n_parts,
+                        Py_ssize_t *start, Py_ssize_t *stop) noexcept nogil:
+    """[start, stop): part ``part`` of ``n`` items cut into ``n_parts`` near-equal parts."""
+    start[0] = n * part // n_parts
+    stop[0] = n * (part + 1) // n_parts
+
+
+cdef inline void _split_columns(Py_ssize_t n, Py_ssize_t part, Py_ssize_t n_parts,
+                                Py_ssize_t *start, Py_ssize_t *stop) noexcept nogil:
+    """Like _split, in whole blocks of 16 columns so each thread's block stays SIMD-aligned."""
+    cdef Py_ssize_t n_blocks = (n + 15) // 16
+    _split(n_blocks, part, n_parts, start, stop)
+    start[0] = min(start[0] * 16, n)
+    stop[0] = min(stop[0] * 16, n)
+
+
+cdef inline void _cell_forward(int n_rows, int H, floating *gates, const floating *c_prev,
+                               floating *c_next, const floating *h_prev, floating *h_next,
+                               floating *hs, const int *lengths, int t) noexcept nogil:
+    if floating is float:
+        fl_lstm_cell_forward_f32(n_rows, H, gates, c_prev, c_next, h_prev, h_next, hs,
+                                 lengths, t)
+    else:
+        fl_lstm_cell_forward_f64(n_rows, H, gates, c_prev, c_next, h_prev, h_next, hs,
+                                 lengths, t)
+
+
+cdef inline void _cell_backward(int n_rows, int H, const floating *gates,
+                                const floating *c_prev, const floating *c_cur,
+                                const floating *dhs, const floating *dh, floating *dc,
+                                floating *d_gates, const int *lengths, int t) noexcept nogil:
+    if floating is float:
+        fl_lstm_cell_backward_f32(n_rows, H, gates, c_prev, c_cur, dhs, dh, dc, d_gates,
+                                  lengths, t)
+    else:
+        fl_lstm_cell_backward_f64(n_rows, H, gates, c_prev, c_cur, dhs, dh, dc, d_gates,
+                                  lengths, t)
+
+
+cdef inline void _copy_valid_rows(int n_rows, int H, const floating *src, floating *dst,
+                                  const int *lengths, int t) noexcept nogil:
+    if floating is float:
+        fl_copy_valid_rows_f32(n_rows, H, src, dst, lengths, t)
+    else:
+        fl_copy_valid_rows_f64(n_rows, H, src, dst, lengths, t)
+
+
+cdef inline void _add_column_sums(int n_rows, int n_cols, const floating *m, int ld,
+                                  double *acc) noexcept nogil:
+    if floating is float:
+        fl_add_column_sums_f32(n_rows, n_cols, m, ld, acc)
+    else:
+        fl_add_column_sums_f64(n_rows, n_cols, m, ld, acc)
+
+
+cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, int D, int H,
+                          const floating *x, const floating *W_x, const floating *W_h,
+                          const floating *b, floating *gates, floating *h_states,
+                          floating *c_states, floating *hs, const int *lengths) noexcept nogil:
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t r, r0, r1, b0, b1, t, at, nb
+
+    # 1. Input projection of every step: gates = x W_x + b, a block of rows per thread.
+    _split(<Py_ssize_t>T * B, tid, n_threads, &r0, &r1)
+    for r in range(r0, r1):
+        memcpy(gates + r * G, b, G * sizeof(floating))
+    gemm(False, False, <int>(r1 - r0), <int>G, D, <floating>1.0, x + r0 * D, D, W_x,
+         <int>G, <floating>1.0, gates + r0 * G, <int>G)
+    fl_barrier()
+
+    # 2. The recursion for this thread's batch slice; slices never wait for each other.
+    _split(B, tid, n_threads, &b0, &b1)
+    nb = b1 - b0
+    if nb == 0:
+        return
+    for t in range(T):
+        at = <Py_ssize_t>t * B + b0
+        gemm(False, False, <int>nb, <int>G, H, <floating>1.0, h_states + at * H, H, W_h,
+             <int>G, <floating>1.0, gates + at * G, <int>G)
+        _cell_forward(<int>nb, H, gates + at * G, c_states + at * H,
+                      c_states + (at + B) * H, h_states + at * H, h_states + (at + B) * H,
+                      hs + at * H, lengths + b0 if lengths != NULL else NULL, <int>t)
+
+
+def lstm_forward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x,
+                        const floating[:, ::1] W_h, const floating[::1] b,
+                        floating[:, :, ::1] gates, floating[:, :, ::1] h_states,
+                        floating[:, :, ::1] c_states, floating[:, :, ::1] hs,
+                        const int[::1] lengths, int n_threads):
+    """Fill gates (T,B,4H), h_states and c_states (T+1,B,H; index 0 preset to h0, c0)
+    and hs (T,B,H). Thread count is capped at B (the recursion splits the batch)."""
+    cdef int T = x.shape[0], B = x.shape[1], D = x.shape[2], H = W_h.shape[0]
+    cdef const int *lengths_ptr = &lengths[0] if lengths is not None else NULL
+    n_threads = max(1, min(n_threads, B))
+    with nogil, parallel(num_threads=n_threads):
+        _forward_worker(threadid(), fl_num_threads(), T, B, D, H, &x[0, 0, 0], &W_x[0, 0],
+                        &W_h[0, 0], &b[0], &gates[0, 0, 0], &h_states[0, 0, 0],
+                        &c_states[0, 0, 0], &hs[0, 0, 0], lengths_ptr)
+
+
+cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, int D,
+                           int H, int chunk_T, const floating *x, const floating *W_x,
+                           const floating *W_h, const floating *gates,
+                           const floating *h_states, const floating *c_states,
+                           const floating *dhs, const int *lengths, floating *dh,
+                           floating *dc, floating *dh_scratch, floating *d_gates,
+                           floating *dx, floating *dW_x, floating *dW_h,
+                           double *db_acc) noexcept nogil:
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t b0, b1, nb, r0, r1, c0, c1, t, at, dt, rows
+    cdef int t_start, t_stop = T
+    cdef floating weight_beta = 0.0    # the first chunk writes dW_x, dW_h; later ones add
+    cdef const int *slice_lengths
+    _split(B, tid, n_threads, &b0, &b1)
+    nb = b1 - b0
+    slice_lengths = lengths + b0 if lengths != NULL else NULL
+    _split_columns(G, tid, n_threads, &c0, &c1)
+
+    # Chunks of steps from the end: each thread runs the recursion over its batch slice
+    # for the chunk, then the chunk's weight and input gradients are GEMMs over
+    # chunk_T * B rows, shared out by rows (dx) and by gate columns (dW_x, dW_h, db).
+    while t_stop > 0:
+        t_start = max(0, t_stop - chunk_T)
+        if nb > 0:
+            for t in range(t_stop - 1, t_start - 1, -1):
+                at = <Py_ssize_t>t * B + b0
+                dt = (t - t_start) * <Py_ssize_t>B + b0
+                _cell_backward(<int>nb, H, gates + at * G, c_states + at * H,
+                               c_states + (at + B) * H,
+                               dhs + at * H if dhs != NULL else NULL,
+                               dh + b0 * H, dc + b0 * H, d_gates + dt * G, slice_lengths,
+                               <int>t)
+                if lengths == NULL:
+                    gemm(False, True, <int>nb, H, <int>G, <floating>1.0, d_gates + dt * G,
+                         <int>G, W_h, <int>G, <floating>0.0, dh + b0 * H, H)
+                else:
+                    # Frozen steps pass dh through unchanged, so the GEMM goes to scratch.
+                    gemm(False, True, <int>nb, H, <int>G, <floating>1.0, d_gates + dt * G,
+                         <int>G, W_h, <int>G, <floating>0.0, dh_scratch + b0 * H, H)
+                    _copy_valid_rows(<int>nb, H, dh_scratch + b0 * H, dh + b0 * H,
+                                     slice_lengths, <int>t)
+        fl_barrier()
+
+        rows = (t_stop - t_start) * <Py_ssize_t>B
+        _split(rows, tid, n_threads, &r0, &r1)
+        gemm(False, True, <int>(r1 - r0), D, <int>G, <floating>1.0, d_gates + r0 * G,
+             <int>G, W_x, <int>G, <floating>0.0, dx + (t_start * <Py_ssize_t>B + r0) * D, D)
+        if c1 > c0:
+            gemm(True, False, D, <int>(c1 - c0), <int>rows, <floating>1.0,
+                 x + t_start * <Py_ssize_t>B * D, D, d_gates + c0, <int>G, weight_beta,
+                 dW_x + c0, <int>G)
+            gemm(True, False, H, <int>(c1 - c0), <int>rows, <floating>1.0,
+                 h_states + t_start * <Py_ssize_t>B * H, H, d_gates + c0, <int>G,
+                 weight_beta, dW_h + c0, <int>G)
+            _add_column_sums(<int>rows, <int>(c1 - c0), d_gates + c0, <int>G, db_acc + c0)
+        weight_beta = 1.0
+        t_stop = t_start
+        fl_barrier()   # d_gates is reused by the next chunk
+
+
+def lstm_backward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x,
+                         const floating[:, ::1] W_h, const floating[:, :, ::1] gates,
+                         const floating[:, :, ::1] h_states,
+                         const floating[:, :, ::1] c_states, const floating[:, :, ::1] dhs,
+                         const int[::1] lengths, floating[:, ::1] dh, floating[:, ::1] dc,
+                         floating[:, ::1] dh_scratch, floating[:, :, ::1] d_gates,
+                         floating[:, :, ::1] dx, floating[:, ::1] dW_x,
+                         floating[:, ::1] dW_h, double[::1] db_acc, int n_threads):
+    """Backpropagate through lstm_forward_kernel.
+
+    dh, dc (B,H) hold dh_n, dc_n on entry and dh0, dc0 on return. d_gates is scratch of
+    (chunk_T, B, 4H); dh_scratch (B,H) is used when lengths is given. dx, dW_x, dW_h are
+    overwritten; db_acc (4H,) float64 must be zero and receives db.
+    """
+    cdef int T = x.shape[0], B = x.shape[1], D = x.shape[2], H = W_h.shape[0]
+    cdef int chunk_T = d_gates.shape[0]
+    cdef const int *lengths_ptr = &lengths[0] if lengths is not None else NULL
+    cdef const floating *dhs_ptr = &dhs[0, 0, 0] if dhs is not None else NULL
+    n_threads = max(1, min(n_threads, B))
+    with nogil, parallel(num_threads=n_threads):
+        _backward_worker(threadid(), fl_num_threads(), T, B, D, H, chunk_T, &x[0, 0, 0],
+                         &W_x[0, 0], &W_h[0, 0], &gates[0, 0, 0], &h_states[0, 0, 0],
+                         &c_states[0, 0, 0], dhs_ptr, lengths_ptr, &dh[0, 0], &dc[0, 0],
+                         &dh_scratch[0, 0], &d_gates[0, 0, 0], &dx[0, 0, 0], &dW_x[0, 0],
+                         &dW_h[0, 0], &db_acc[0])

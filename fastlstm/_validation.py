@@ -1,0 +1,153 @@
+"""Argument checks shared by every backend (DESIGN.md, "Errors, never crashes").
+
+Everything a kernel reads is checked here, before any compiled code runs: ranks, shapes,
+one floating dtype per call (never converted), lengths, backend and thread count. The
+checked arrays come back C-contiguous in native byte order, copied at most once.
+"""
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from ._containers import LSTMCache
+
+BACKENDS = ("auto", "cython", "numpy")
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# BLAS takes 32-bit ints for sizes and leading dimensions.
+_BLAS_INT_MAX = 2**31 - 1
+
+
+def check_backend(backend):
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def check_num_threads(num_threads):
+    """Return ``None`` (all usable cores) or an int >= 1."""
+    if num_threads is None:
+        return None
+    if isinstance(num_threads, (bool, np.bool_)) or not isinstance(num_threads, (int, np.integer)):
+        raise TypeError(f"num_threads must be None or an int >= 1, got {type(num_threads).__name__} "
+                        f"{num_threads!r}")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be None or an int >= 1, got {num_threads}")
+    return int(num_threads)
+
+
+def _describe(a):
+    return f"shape {tuple(a.shape)} and dtype {a.dtype}"
+
+
+def float_array(name, value, dtype=None):
+    """``value`` as a C-contiguous float32/float64 array, checked against ``dtype``.
+
+    Non-contiguous or byte-swapped arrays are copied once; the precision is never changed.
+    """
+    if value is None:
+        raise TypeError(f"{name} must be a float32 or float64 array, got None")
+    a = np.asarray(value)
+    if a.dtype.kind != "f" or a.dtype.newbyteorder("=") not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {a.dtype}")
+    native = a.dtype.newbyteorder("=")
+    if dtype is not None and native != dtype:
+        raise TypeError(f"{name} has dtype {native} but x has dtype {dtype}; fastlstm never "
+                        f"converts between precisions: pass {name}.astype(np.{dtype})")
+    return np.ascontiguousarray(a, dtype=native)
+
+
+def check_shape(name, a, expected, meaning):
+    """Raise ValueError unless ``a.shape == expected``; ``meaning`` spells the axes out."""
+    if a.shape != tuple(expected):
+        raise ValueError(f"{name} must have shape {meaning} = {tuple(expected)}, "
+                         f"got {_describe(a)}")
+
+
+def check_lengths(lengths, T, B):
+    """``lengths`` as a C-contiguous ``(B,)`` intc array with values in ``[0, T]``, or None."""
+    if lengths is None:
+        return None
+    a = np.asarray(lengths)
+    if a.dtype.kind == "f":
+        if not np.all(np.isfinite(a)):
+            raise ValueError("lengths must be finite integers in [0, T], got non-finite values")
+        if not np.all(a == np.round(a)):
+            raise ValueError("lengths must hold whole numbers, got fractional values")
+    elif a.dtype.kind not in "iu":
+        raise TypeError(f"lengths must be an integer array of shape (B,) = ({B},), "
+                        f"got dtype {a.dtype}")
+    if a.shape != (B,):
+        raise ValueError(f"lengths must have shape (B,) = ({B},), got shape {a.shape}")
+    if B and (a.min() < 0 or a.max() > T):
+        raise ValueError(f"lengths must lie in [0, T] = [0, {T}], got values from "
+                         f"{a.min()} to {a.max()}")
+    return np.ascontiguousarray(a, dtype=np.intc)
+
+
+def _check_sizes(T, B, D, H):
+    for name, size in (("T (x.shape[0])", T), ("B (x.shape[1])", B), ("D (x.shape[2])", D),
+                       ("H (W_h.shape[0])", H)):
+        if size < 1:
+            raise ValueError(f"{name} must be at least 1, got {size}")
+    if T * B > _BLAS_INT_MAX or 4 * H > _BLAS_INT_MAX or D > _BLAS_INT_MAX:
+        raise ValueError(f"sizes T*B={T * B}, D={D}, 4H={4 * H} exceed the 32-bit BLAS limit "
+                         f"{_BLAS_INT_MAX}")
+
+
+class LSTMForwardArgs(NamedTuple):
+    x: np.ndarray
+    W_x: np.ndarray
+    W_h: np.ndarray
+    b: np.ndarray
+    h0: Optional[np.ndarray]
+    c0: Optional[np.ndarray]
+    lengths: Optional[np.ndarray]
+    backend: str
+    num_threads: Optional[int]
+
+
+def validate_lstm_forward(x, W_x, W_h, b, h0, c0, lengths, backend, num_threads):
+    """Check the arguments of ``lstm_forward``; see DESIGN.md for the contract."""
+    backend = check_backend(backend)
+    num_threads = check_num_threads(num_threads)
+    x = float_array("x", x)
+    if x.ndim != 3:
+        raise ValueError(f"x must be 3-D (T, B, D) (time-major), got {_describe(x)}")
+    dtype = x.dtype
+    W_h = float_array("W_h", W_h, dtype)
+    if W_h.ndim != 2 or W_h.shape[1] != 4 * W_h.shape[0]:
+        raise ValueError(f"W_h must have shape (H, 4H) (gate blocks i, f, g, o), "
+                         f"got {_describe(W_h)}")
+    T, B, D = x.shape
+    H = W_h.shape[0]
+    _check_sizes(T, B, D, H)
+    W_x = float_array("W_x", W_x, dtype)
+    check_shape("W_x", W_x, (D, 4 * H), "(D, 4H)")
+    b = float_array("b", b, dtype)
+    check_shape("b", b, (4 * H,), "(4H,)")
+    if h0 is not None:
+        h0 = float_array("h0", h0, dtype)
+        check_shape("h0", h0, (B, H), "(B, H)")
+    if c0 is not None:
+        c0 = float_array("c0", c0, dtype)
+        check_shape("c0", c0, (B, H), "(B, H)")
+    lengths = check_lengths(lengths, T, B)
+    return LSTMForwardArgs(x, W_x, W_h, b, h0, c0, lengths, backend, num_threads)
+
+
+def validate_lstm_backward(dhs, cache, dh_n, dc_n):
+    """Check the arguments of ``lstm_backward``; returns ``(dhs, dh_n, dc_n)``."""
+    if not isinstance(cache, LSTMCache):
+        raise TypeError(f"cache must be the LSTMCache returned by lstm_forward, "
+                        f"got {type(cache).__name__}")
+    T, B, _ = cache.x.shape
+    H = cache.W_h.shape[0]
+    dtype = cache.dtype
+    out = []
+    for name, value, shape, meaning in (("dhs", dhs, (T, B, H), "(T, B, H)"),
+                                        ("dh_n", dh_n, (B, H), "(B, H)"),
+                                        ("dc_n", dc_n, (B, H), "(B, H)")):
+        if value is not None:
+            value = float_array(name, value, dtype)
+            check_shape(name, value, shape, meaning)
+        out.append(value)
+    return tuple(out)

@@ -1,0 +1,110 @@
+"""The public LSTM functions: validate, pick a backend, run.
+
+Both backends share one cache layout (``LSTMCache``), so ``lstm_backward`` runs with
+the backend that made the cache.
+"""
+import numpy as np
+
+from . import _backend, reference
+from ._containers import LSTMCache, LSTMGrads
+from ._threads import blas_threads, resolve_num_threads
+from ._validation import validate_lstm_backward, validate_lstm_forward
+
+__all__ = ["lstm_forward", "lstm_backward", "LSTMGrads", "LSTMCache"]
+
+# Backward runs its weight/input GEMMs over chunks of this many (step, sequence) rows:
+# enough for GEMM efficiency, while the gate-gradient buffer stays a small fraction of
+# the cache.
+BACKWARD_CHUNK_ROWS = 256
+
+
+def lstm_forward(x, W_x, W_h, b, h0=None, c0=None, *, lengths=None, backend="auto",
+                 num_threads=None):
+    """Run an LSTM over a time-major batch (gate order i, f, g, o, as PyTorch).
+
+    Parameters
+    ----------
+    x : ndarray (T, B, D), float32 or float64
+    W_x : (D, 4H), W_h : (H, 4H), b : (4H,)
+        Fused weights and bias, same dtype as ``x``.
+    h0, c0 : (B, H) or None
+        Initial states (None: zeros).
+    lengths : (B,) ints in [0, T], or None
+        Sequence b runs for ``lengths[b]`` steps; after that its state is carried
+        unchanged and ``hs[t, b]`` is 0 (PyTorch packed-sequence semantics).
+    backend : "auto" | "cython" | "numpy"
+        "auto" and "cython" run the compiled kernels, "numpy" the reference.
+    num_threads : int >= 1 or None
+        Threads for the compiled kernels (None: every usable core). Results do not
+        depend on it beyond float rounding.
+
+    Returns
+    -------
+    hs : (T, B, H)
+    (h_n, c_n) : (B, H) each, every sequence's state after its own last step
+    cache : LSTMCache, for ``lstm_backward``. It references ``x`` and the weights:
+        changing them before the backward pass is an error.
+    """
+    args = validate_lstm_forward(x, W_x, W_h, b, h0, c0, lengths, backend, num_threads)
+    if not _backend.use_compiled(args.backend):
+        return reference.lstm_forward(args.x, args.W_x, args.W_h, args.b, args.h0, args.c0,
+                                      lengths=args.lengths, num_threads=args.num_threads)
+    x, W_x, W_h = args.x, args.W_x, args.W_h
+    T, B, _ = x.shape
+    H = W_h.shape[0]
+    dtype = x.dtype
+    gates = np.empty((T, B, 4 * H), dtype)
+    h_states = np.empty((T + 1, B, H), dtype)
+    c_states = np.empty((T + 1, B, H), dtype)
+    h_states[0] = 0 if args.h0 is None else args.h0
+    c_states[0] = 0 if args.c0 is None else args.c0
+    hs = np.empty((T, B, H), dtype)
+    n_threads = resolve_num_threads(args.num_threads)
+    with blas_threads(1):
+        _backend.lstm_kernels.lstm_forward_kernel(x, W_x, W_h, args.b, gates, h_states,
+                                                  c_states, hs, args.lengths, n_threads)
+    cache = LSTMCache(x, W_x, W_h, gates, h_states, c_states, args.lengths,
+                      args.num_threads, "cython")
+    return hs, (h_states[T].copy(), c_states[T].copy()), cache
+
+
+def lstm_backward(dhs, cache, dh_n=None, dc_n=None):
+    """Backpropagate through ``lstm_forward``.
+
+    Parameters
+    ----------
+    dhs : (T, B, H) or None
+        Gradient of the loss w.r.t. ``hs``; None means zeros (many-to-one models).
+    cache : LSTMCache from ``lstm_forward``; the backward runs on the same backend.
+    dh_n, dc_n : (B, H) or None
+        Gradients w.r.t. ``h_n`` and ``c_n`` (None: zeros).
+
+    Returns
+    -------
+    LSTMGrads(dx (T,B,D), dh0 (B,H), dc0 (B,H), dW_x (D,4H), dW_h (H,4H), db (4H,)),
+    all of the forward dtype.
+    """
+    dhs, dh_n, dc_n = validate_lstm_backward(dhs, cache, dh_n, dc_n)
+    if cache.backend == "numpy":
+        return reference.lstm_backward(dhs, cache, dh_n, dc_n)
+    _backend.use_compiled("cython")
+    x, W_x, W_h = cache.x, cache.W_x, cache.W_h
+    T, B, D = x.shape
+    H = W_h.shape[0]
+    dtype = x.dtype
+    dh = np.zeros((B, H), dtype) if dh_n is None else dh_n.copy()
+    dc = np.zeros((B, H), dtype) if dc_n is None else dc_n.copy()
+    dh_scratch = np.empty((B, H), dtype) if cache.lengths is not None else dh
+    chunk_T = min(T, max(1, -(-BACKWARD_CHUNK_ROWS // B)))
+    d_gates = np.empty((chunk_T, B, 4 * H), dtype)
+    dx = np.empty((T, B, D), dtype)
+    dW_x = np.empty((D, 4 * H), dtype)
+    dW_h = np.empty((H, 4 * H), dtype)
+    db_acc = np.zeros(4 * H, np.float64)
+    n_threads = resolve_num_threads(cache.num_threads)
+    with blas_threads(1):
+        _backend.lstm_kernels.lstm_backward_kernel(x, W_x, W_h, cache.gates, cache.h_states,
+                                                   cache.c_states, dhs, cache.lengths, dh,
+                                                   dc, dh_scratch, d_gates, dx, dW_x, dW_h,
+                                                   db_acc, n_threads)
+    return LSTMGrads(dx, dh, dc, dW_x, dW_h, db_acc.astype(dtype))
