@@ -94,84 +94,94 @@ FL_INLINE double fl_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
  * t >= lengths[r] carries its state and gets hs = 0 (forward) or zero gate gradients
  * with dh, dc passed through (backward).
  */
-#define FL_CELL_BACKWARD_BODY(REAL, TANH, DH)                                                      \
-{                                                                                               \
-    REAL i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];                \
-    REAL d_h = DH;                                                                  \
-    REAL tc = TANH(cc[j]);                                                          \
-    REAL d_c = dcr[j] + d_h * o * (1 - tc * tc);                                    \
-    da[j] = d_c * g * i * (1 - i);                                                              \
-    da[H + j] = d_c * cp[j] * f * (1 - f);                                                      \
-    da[2 * H + j] = d_c * i * (1 - g * g);                                                      \
-    da[3 * H + j] = d_h * tc * o * (1 - o);                                                     \
-    dcr[j] = d_c * f;                                                                           \
-}
-
+/* One row of the cell. Gate blocks come in as separate restrict pointers (they are
+ * disjoint slices of one row) so the compiler vectorises without runtime alias checks. */
 #define FL_DEFINE_CELL(SUFFIX, REAL, SIGMOID, TANH)                                              \
-FL_TARGET_CLONES                                                                                \
-static void fl_lstm_cell_forward_##SUFFIX(                                                      \
-    int n_rows, int H, REAL *FL_RESTRICT gates, const REAL *FL_RESTRICT c_prev,                 \
-    REAL *FL_RESTRICT c_next, const REAL *FL_RESTRICT h_prev, REAL *FL_RESTRICT h_next,         \
-    REAL *FL_RESTRICT hs, const int *FL_RESTRICT lengths, int t)                                \
+FL_INLINE void fl_cell_row_forward_##SUFFIX(                                                    \
+    int H, REAL *FL_RESTRICT ai, REAL *FL_RESTRICT af, REAL *FL_RESTRICT ag,                    \
+    REAL *FL_RESTRICT ao, const REAL *FL_RESTRICT cp, REAL *FL_RESTRICT cn,                     \
+    REAL *FL_RESTRICT hn, REAL *FL_RESTRICT ho)                                                 \
 {                                                                                               \
-    for (int r = 0; r < n_rows; r++) {                                                          \
-        REAL *FL_RESTRICT a = gates + (size_t)r * 4 * H;                                        \
-        const REAL *FL_RESTRICT cp = c_prev + (size_t)r * H;                                    \
-        REAL *FL_RESTRICT cn = c_next + (size_t)r * H;                                          \
-        REAL *FL_RESTRICT hn = h_next + (size_t)r * H;                                          \
-        REAL *FL_RESTRICT ho = hs + (size_t)r * H;                                              \
-        if (lengths && t >= lengths[r]) {                                                       \
-            memcpy(cn, cp, (size_t)H * sizeof(REAL));                                           \
-            memcpy(hn, h_prev + (size_t)r * H, (size_t)H * sizeof(REAL));                       \
-            memset(ho, 0, (size_t)H * sizeof(REAL));                                            \
-            continue;                                                                           \
-        }                                                                                       \
-        for (int j = 0; j < H; j++) {                                                           \
-            REAL i = SIGMOID(a[j]);                                                             \
-            REAL f = SIGMOID(a[H + j]);                                                         \
-            REAL g = TANH(a[2 * H + j]);                                                        \
-            REAL o = SIGMOID(a[3 * H + j]);                                                     \
-            REAL c = f * cp[j] + i * g;                                                         \
-            REAL h = o * TANH(c);                                                               \
-            a[j] = i;                                                                           \
-            a[H + j] = f;                                                                       \
-            a[2 * H + j] = g;                                                                   \
-            a[3 * H + j] = o;                                                                   \
-            cn[j] = c;                                                                          \
-            hn[j] = h;                                                                          \
-            ho[j] = h;                                                                          \
-        }                                                                                       \
+    for (int j = 0; j < H; j++) {                                                               \
+        REAL i = SIGMOID(ai[j]);                                                                \
+        REAL f = SIGMOID(af[j]);                                                                \
+        REAL g = TANH(ag[j]);                                                                   \
+        REAL o = SIGMOID(ao[j]);                                                                \
+        REAL c = f * cp[j] + i * g;                                                             \
+        REAL h = o * TANH(c);                                                                   \
+        ai[j] = i;                                                                              \
+        af[j] = f;                                                                              \
+        ag[j] = g;                                                                              \
+        ao[j] = o;                                                                              \
+        cn[j] = c;                                                                              \
+        hn[j] = h;                                                                              \
+        ho[j] = h;                                                                              \
     }                                                                                           \
 }                                                                                               \
                                                                                                 \
-/* dh, dc: in, the gradients flowing into h_t, c_t from step t+1 (dhs[t] is added to dh  \
- * here when given); out, dc becomes the gradient w.r.t. c_{t-1}. dh is left for the     \
- * caller's GEMM to overwrite with the gradient w.r.t. h_{t-1}. */                        \
 FL_TARGET_CLONES                                                                                \
-static void fl_lstm_cell_backward_##SUFFIX(                                                     \
-    int n_rows, int H, const REAL *FL_RESTRICT gates, const REAL *FL_RESTRICT c_prev,           \
-    const REAL *FL_RESTRICT c_cur, const REAL *FL_RESTRICT dhs, const REAL *FL_RESTRICT dh,     \
-    REAL *FL_RESTRICT dc, REAL *FL_RESTRICT d_gates, const int *FL_RESTRICT lengths, int t)     \
+static void fl_lstm_cell_forward_##SUFFIX(                                                      \
+    int n_rows, int H, REAL *gates, const REAL *c_prev, REAL *c_next, const REAL *h_prev,       \
+    REAL *h_next, REAL *hs, const int *lengths, int t)                                          \
 {                                                                                               \
     for (int r = 0; r < n_rows; r++) {                                                          \
-        const REAL *FL_RESTRICT a = gates + (size_t)r * 4 * H;                                  \
-        const REAL *FL_RESTRICT cp = c_prev + (size_t)r * H;                                    \
-        const REAL *FL_RESTRICT cc = c_cur + (size_t)r * H;                                     \
-        const REAL *FL_RESTRICT dhr = dh + (size_t)r * H;                                       \
-        REAL *FL_RESTRICT dcr = dc + (size_t)r * H;                                             \
-        REAL *FL_RESTRICT da = d_gates + (size_t)r * 4 * H;                                     \
+        REAL *a = gates + (size_t)r * 4 * H;                                                    \
+        size_t off = (size_t)r * H;                                                             \
+        if (lengths && t >= lengths[r]) {                                                       \
+            memcpy(c_next + off, c_prev + off, (size_t)H * sizeof(REAL));                       \
+            memcpy(h_next + off, h_prev + off, (size_t)H * sizeof(REAL));                       \
+            memset(hs + off, 0, (size_t)H * sizeof(REAL));                                      \
+            continue;                                                                           \
+        }                                                                                       \
+        fl_cell_row_forward_##SUFFIX(H, a, a + H, a + 2 * H, a + 3 * H, c_prev + off,           \
+                                     c_next + off, h_next + off, hs + off);                     \
+    }                                                                                           \
+}                                                                                               \
+                                                                                                \
+/* d_h = dh (+ dhs when given) is the gradient reaching h_t; dc holds the gradient reaching \
+ * c_t from step t+1 and leaves with the gradient w.r.t. c_{t-1}. */                        \
+FL_INLINE void fl_cell_row_backward_##SUFFIX(                                                   \
+    int H, const REAL *FL_RESTRICT ai, const REAL *FL_RESTRICT af, const REAL *FL_RESTRICT ag,  \
+    const REAL *FL_RESTRICT ao, const REAL *FL_RESTRICT cp, const REAL *FL_RESTRICT cc,         \
+    const REAL *FL_RESTRICT dh, const REAL *FL_RESTRICT dho, REAL *FL_RESTRICT dc,              \
+    REAL *FL_RESTRICT dai, REAL *FL_RESTRICT daf, REAL *FL_RESTRICT dag,                        \
+    REAL *FL_RESTRICT dao)                                                                      \
+{                                                                                               \
+    for (int j = 0; j < H; j++) {                                                               \
+        REAL i = ai[j], f = af[j], g = ag[j], o = ao[j];                                        \
+        REAL d_h = dho ? dh[j] + dho[j] : dh[j];                                                \
+        REAL tc = TANH(cc[j]);                                                                  \
+        REAL d_c = dc[j] + d_h * o * (1 - tc * tc);                                             \
+        dai[j] = d_c * g * i * (1 - i);                                                         \
+        daf[j] = d_c * cp[j] * f * (1 - f);                                                     \
+        dag[j] = d_c * i * (1 - g * g);                                                         \
+        dao[j] = d_h * tc * o * (1 - o);                                                        \
+        dc[j] = d_c * f;                                                                        \
+    }                                                                                           \
+}                                                                                               \
+                                                                                                \
+/* dh is left for the caller's GEMM to overwrite with the gradient w.r.t. h_{t-1}. */        \
+FL_TARGET_CLONES                                                                                \
+static void fl_lstm_cell_backward_##SUFFIX(                                                     \
+    int n_rows, int H, const REAL *gates, const REAL *c_prev, const REAL *c_cur,                \
+    const REAL *dhs, const REAL *dh, REAL *dc, REAL *d_gates, const int *lengths, int t)        \
+{                                                                                               \
+    for (int r = 0; r < n_rows; r++) {                                                          \
+        const REAL *a = gates + (size_t)r * 4 * H;                                              \
+        REAL *da = d_gates + (size_t)r * 4 * H;                                                 \
+        size_t off = (size_t)r * H;                                                             \
         if (lengths && t >= lengths[r]) {                                                       \
             memset(da, 0, (size_t)4 * H * sizeof(REAL));                                        \
             continue;                                                                           \
         }                                                                                       \
-        if (dhs) {                                                                              \
-            const REAL *FL_RESTRICT dho = dhs + (size_t)r * H;                                  \
-            for (int j = 0; j < H; j++)                                                         \
-                FL_CELL_BACKWARD_BODY(REAL, TANH, dhr[j] + dho[j])                                    \
-        } else {                                                                                \
-            for (int j = 0; j < H; j++)                                                         \
-                FL_CELL_BACKWARD_BODY(REAL, TANH, dhr[j])                                             \
-        }                                                                                       \
+        if (dhs)                                                                                \
+            fl_cell_row_backward_##SUFFIX(H, a, a + H, a + 2 * H, a + 3 * H, c_prev + off,      \
+                                          c_cur + off, dh + off, dhs + off, dc + off, da,       \
+                                          da + H, da + 2 * H, da + 3 * H);                      \
+        else                                                                                    \
+            fl_cell_row_backward_##SUFFIX(H, a, a + H, a + 2 * H, a + 3 * H, c_prev + off,      \
+                                          c_cur + off, dh + off, NULL, dc + off, da,            \
+                                          da + H, da + 2 * H, da + 3 * H);                      \
     }                                                                                           \
 }
 
