@@ -53,7 +53,7 @@ extensions = [
         "fastlstm._lstm",
         ["fastlstm/_lstm.pyx"],
         include_dirs=["csrc", numpy.get_include()],
-        depends=["csrc/fastlstm_kernels.h", "fastlstm/_blas.pxd"],
+        depends=["csrc/fastlstm_kernels.h", "csrc/fastlstm_gemm.h", "fastlstm/_blas.pxd"],
         extra_compile_args=extra_compile,
         extra_link_args=omp_link,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],

@@ -12,6 +12,7 @@ The arguments are checked and allocated by ``fastlstm.lstm``; these functions tr
 """
 from cython cimport floating
 from cython.parallel cimport parallel, threadid
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 from ._blas cimport gemm
@@ -41,7 +42,25 @@ cdef extern from "fastlstm_kernels.h" nogil:
     void fl_add_column_sums_f32(int n_rows, int n_cols, const float *m, int ld, double *acc)
     void fl_add_column_sums_f64(int n_rows, int n_cols, const double *m, int ld, double *acc)
 
+cdef extern from "fastlstm_gemm.h" nogil:
+    int FL_NR
+    int fl_gemm_packed_available()
+    size_t fl_packed_size(int K, int N)
+    size_t fl_packed_a_size(int M, int K)
+    void fl_pack_panels_f32(int K, int N, const float *B, int ldb, int trans, float *packed,
+                            int p0, int p1)
+    void fl_gemm_packed_f32(int M, int N, int K, const float *A, int lda,
+                            const float *packed, float *C, int ldc, int accumulate,
+                            float *a_scratch)
+
 OPENMP_ENABLED = bool(fl_openmp_enabled())
+# float32 recursions use the packed small-M GEMM on CPUs with AVX2+FMA or AVX-512.
+PACKED_GEMM = bool(fl_gemm_packed_available())
+
+
+def packed_size(int K, int N):
+    """Floats needed to pack a (K x N) right-hand matrix for the packed GEMM."""
+    return fl_packed_size(K, N)
 
 
 def openmp_max_threads():
@@ -104,10 +123,35 @@ cdef inline void _add_column_sums(int n_rows, int n_cols, const floating *m, int
         fl_add_column_sums_f64(n_rows, n_cols, m, ld, acc)
 
 
+cdef inline void _step_gemm(int M, int N, int K, const floating *A, int lda,
+                            const floating *W, bint trans_w, int ldw, const float *packed,
+                            floating *C, int ldc, bint accumulate,
+                            float *a_scratch) noexcept nogil:
+    """C (M x N) = A (M x K) @ op(W) (+ C): the per-step recurrent product. float32 uses
+    the pre-packed weights when the caller packed them, BLAS otherwise."""
+    if floating is float:
+        if packed != NULL and a_scratch != NULL:
+            fl_gemm_packed_f32(M, N, K, A, lda, packed, C, ldc, accumulate, a_scratch)
+            return
+    gemm(False, trans_w, M, N, K, <floating>1.0, A, lda, W, ldw,
+         <floating>(1.0 if accumulate else 0.0), C, ldc)
+
+
+cdef inline void _pack_share(int K, int N, const floating *W, int ldw, int trans,
+                             float *packed, Py_ssize_t tid, Py_ssize_t n_threads) noexcept nogil:
+    """This thread's share of the panels of op(W) (float32 only; a no-op otherwise)."""
+    cdef Py_ssize_t p0, p1
+    if floating is float:
+        if packed != NULL:
+            _split((N + FL_NR - 1) // FL_NR, tid, n_threads, &p0, &p1)
+            fl_pack_panels_f32(K, N, W, ldw, trans, packed, <int>p0, <int>p1)
+
+
 cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, int D, int H,
                           const floating *x, const floating *W_x, const floating *W_h,
                           const floating *b, floating *gates, floating *h_states,
-                          floating *c_states, floating *hs, const int *lengths) noexcept nogil:
+                          floating *c_states, floating *hs, const int *lengths,
+                          float *packed_W_h, float *a_scratch) noexcept nogil:
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t r, r0, r1, b0, b1, t, at, nb
 
@@ -117,6 +161,7 @@ cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, in
         memcpy(gates + r * G, b, G * sizeof(floating))
     gemm(False, False, <int>(r1 - r0), <int>G, D, <floating>1.0, x + r0 * D, D, W_x,
          <int>G, <floating>1.0, gates + r0 * G, <int>G)
+    _pack_share(H, <int>G, W_h, <int>G, 0, packed_W_h, tid, n_threads)
     fl_barrier()
 
     # 2. The recursion for this thread's batch slice; slices never wait for each other.
@@ -126,8 +171,8 @@ cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, in
         return
     for t in range(T):
         at = <Py_ssize_t>t * B + b0
-        gemm(False, False, <int>nb, <int>G, H, <floating>1.0, h_states + at * H, H, W_h,
-             <int>G, <floating>1.0, gates + at * G, <int>G)
+        _step_gemm(<int>nb, <int>G, H, h_states + at * H, H, W_h, False, <int>G, packed_W_h,
+                   gates + at * G, <int>G, True, a_scratch)
         _cell_forward(<int>nb, H, gates + at * G, c_states + at * H,
                       c_states + (at + B) * H, h_states + at * H, h_states + (at + B) * H,
                       hs + at * H, lengths + b0 if lengths != NULL else NULL, <int>t)
@@ -137,16 +182,27 @@ def lstm_forward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x,
                         const floating[:, ::1] W_h, const floating[::1] b,
                         floating[:, :, ::1] gates, floating[:, :, ::1] h_states,
                         floating[:, :, ::1] c_states, floating[:, :, ::1] hs,
-                        const int[::1] lengths, int n_threads):
+                        const int[::1] lengths, float[::1] packed, int n_threads):
     """Fill gates (T,B,4H), h_states and c_states (T+1,B,H; index 0 preset to h0, c0)
-    and hs (T,B,H). Thread count is capped at B (the recursion splits the batch)."""
+    and hs (T,B,H). ``packed`` (float32 only, packed_size(H, 4H) floats, or None) turns
+    on the packed recurrent GEMM. Thread count is capped at B (the recursion splits
+    the batch)."""
     cdef int T = x.shape[0], B = x.shape[1], D = x.shape[2], H = W_h.shape[0]
     cdef const int *lengths_ptr = &lengths[0] if lengths is not None else NULL
+    cdef float *packed_ptr = &packed[0] if packed is not None else NULL
+    cdef float *a_scratch
+    cdef size_t scratch_floats
     n_threads = max(1, min(n_threads, B))
+    scratch_floats = fl_packed_a_size((B + n_threads - 1) // n_threads, H)
     with nogil, parallel(num_threads=n_threads):
-        _forward_worker(threadid(), fl_num_threads(), T, B, D, H, &x[0, 0, 0], &W_x[0, 0],
-                        &W_h[0, 0], &b[0], &gates[0, 0, 0], &h_states[0, 0, 0],
-                        &c_states[0, 0, 0], &hs[0, 0, 0], lengths_ptr)
+        a_scratch = <float *>malloc(scratch_floats * sizeof(float)) if packed_ptr != NULL else NULL
+        try:
+            _forward_worker(threadid(), fl_num_threads(), T, B, D, H, &x[0, 0, 0],
+                            &W_x[0, 0], &W_h[0, 0], &b[0], &gates[0, 0, 0],
+                            &h_states[0, 0, 0], &c_states[0, 0, 0], &hs[0, 0, 0],
+                            lengths_ptr, packed_ptr, a_scratch)
+        finally:
+            free(a_scratch)
 
 
 cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, int D,
@@ -156,7 +212,8 @@ cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, i
                            const floating *dhs, const int *lengths, floating *dh,
                            floating *dc, floating *dh_scratch, floating *d_gates,
                            floating *dx, floating *dW_x, floating *dW_h,
-                           double *db_acc) noexcept nogil:
+                           double *db_acc, float *packed_W_h_T,
+                           float *a_scratch) noexcept nogil:
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t b0, b1, nb, r0, r1, c0, c1, t, at, dt, rows
     cdef int t_start, t_stop = T
@@ -166,6 +223,9 @@ cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, i
     nb = b1 - b0
     slice_lengths = lengths + b0 if lengths != NULL else NULL
     _split_columns(G, tid, n_threads, &c0, &c1)
+    # W_h^T, the right-hand side of dh_{t-1} = d_gates_t W_h^T, packed once for all steps.
+    _pack_share(<int>G, H, W_h, <int>G, 1, packed_W_h_T, tid, n_threads)
+    fl_barrier()
 
     # Chunks of steps from the end: each thread runs the recursion over its batch slice
     # for the chunk, then the chunk's weight and input gradients are GEMMs over
@@ -182,12 +242,13 @@ cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, i
                                dh + b0 * H, dc + b0 * H, d_gates + dt * G, slice_lengths,
                                <int>t)
                 if lengths == NULL:
-                    gemm(False, True, <int>nb, H, <int>G, <floating>1.0, d_gates + dt * G,
-                         <int>G, W_h, <int>G, <floating>0.0, dh + b0 * H, H)
+                    _step_gemm(<int>nb, H, <int>G, d_gates + dt * G, <int>G, W_h, True,
+                               <int>G, packed_W_h_T, dh + b0 * H, H, False, a_scratch)
                 else:
                     # Frozen steps pass dh through unchanged, so the GEMM goes to scratch.
-                    gemm(False, True, <int>nb, H, <int>G, <floating>1.0, d_gates + dt * G,
-                         <int>G, W_h, <int>G, <floating>0.0, dh_scratch + b0 * H, H)
+                    _step_gemm(<int>nb, H, <int>G, d_gates + dt * G, <int>G, W_h, True,
+                               <int>G, packed_W_h_T, dh_scratch + b0 * H, H, False,
+                               a_scratch)
                     _copy_valid_rows(<int>nb, H, dh_scratch + b0 * H, dh + b0 * H,
                                      slice_lengths, <int>t)
         fl_barrier()
@@ -216,21 +277,31 @@ def lstm_backward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x
                          const int[::1] lengths, floating[:, ::1] dh, floating[:, ::1] dc,
                          floating[:, ::1] dh_scratch, floating[:, :, ::1] d_gates,
                          floating[:, :, ::1] dx, floating[:, ::1] dW_x,
-                         floating[:, ::1] dW_h, double[::1] db_acc, int n_threads):
+                         floating[:, ::1] dW_h, double[::1] db_acc, float[::1] packed,
+                         int n_threads):
     """Backpropagate through lstm_forward_kernel.
 
     dh, dc (B,H) hold dh_n, dc_n on entry and dh0, dc0 on return. d_gates is scratch of
     (chunk_T, B, 4H); dh_scratch (B,H) is used when lengths is given. dx, dW_x, dW_h are
-    overwritten; db_acc (4H,) float64 must be zero and receives db.
+    overwritten; db_acc (4H,) float64 must be zero and receives db. ``packed`` (float32
+    only, packed_size(4H, H) floats, or None) turns on the packed recurrent GEMM.
     """
     cdef int T = x.shape[0], B = x.shape[1], D = x.shape[2], H = W_h.shape[0]
     cdef int chunk_T = d_gates.shape[0]
     cdef const int *lengths_ptr = &lengths[0] if lengths is not None else NULL
     cdef const floating *dhs_ptr = &dhs[0, 0, 0] if dhs is not None else NULL
+    cdef float *packed_ptr = &packed[0] if packed is not None else NULL
+    cdef float *a_scratch
+    cdef size_t scratch_floats
     n_threads = max(1, min(n_threads, B))
+    scratch_floats = fl_packed_a_size((B + n_threads - 1) // n_threads, 4 * H)
     with nogil, parallel(num_threads=n_threads):
-        _backward_worker(threadid(), fl_num_threads(), T, B, D, H, chunk_T, &x[0, 0, 0],
-                         &W_x[0, 0], &W_h[0, 0], &gates[0, 0, 0], &h_states[0, 0, 0],
-                         &c_states[0, 0, 0], dhs_ptr, lengths_ptr, &dh[0, 0], &dc[0, 0],
-                         &dh_scratch[0, 0], &d_gates[0, 0, 0], &dx[0, 0, 0], &dW_x[0, 0],
-                         &dW_h[0, 0], &db_acc[0])
+        a_scratch = <float *>malloc(scratch_floats * sizeof(float)) if packed_ptr != NULL else NULL
+        try:
+            _backward_worker(threadid(), fl_num_threads(), T, B, D, H, chunk_T, &x[0, 0, 0],
+                             &W_x[0, 0], &W_h[0, 0], &gates[0, 0, 0], &h_states[0, 0, 0],
+                             &c_states[0, 0, 0], dhs_ptr, lengths_ptr, &dh[0, 0], &dc[0, 0],
+                             &dh_scratch[0, 0], &d_gates[0, 0, 0], &dx[0, 0, 0],
+                             &dW_x[0, 0], &dW_h[0, 0], &db_acc[0], packed_ptr, a_scratch)
+        finally:
+            free(a_scratch)

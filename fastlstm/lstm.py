@@ -18,6 +18,26 @@ __all__ = ["lstm_forward", "lstm_backward", "LSTMGrads", "LSTMCache"]
 BACKWARD_CHUNK_ROWS = 256
 
 
+def _packed_weights(T, B, n_threads, K, N, dtype):
+    """A buffer for the packed recurrent weights, or None to let BLAS do the steps.
+
+    Packing costs about as much as a few rows of the product, so it pays once the
+    recursion runs enough (step, row) products per thread; it exists for float32 only.
+    """
+    kernels = _backend.lstm_kernels
+    if dtype != np.float32 or not kernels.PACKED_GEMM or not PACKED_GEMM_ENABLED:
+        return None
+    rows_per_thread = -(-B // max(1, min(n_threads, B)))
+    if T * rows_per_thread < PACKED_GEMM_MIN_STEP_ROWS:
+        return None
+    return np.empty(kernels.packed_size(K, N), np.float32)
+
+
+# Tunables (module attributes so benchmarks can compare both paths).
+PACKED_GEMM_ENABLED = True
+PACKED_GEMM_MIN_STEP_ROWS = 32
+
+
 def lstm_forward(x, W_x, W_h, b, h0=None, c0=None, *, lengths=None, backend="auto",
                  num_threads=None):
     """Run an LSTM over a time-major batch (gate order i, f, g, o, as PyTorch).
@@ -60,9 +80,11 @@ def lstm_forward(x, W_x, W_h, b, h0=None, c0=None, *, lengths=None, backend="aut
     c_states[0] = 0 if args.c0 is None else args.c0
     hs = np.empty((T, B, H), dtype)
     n_threads = resolve_num_threads(args.num_threads)
+    packed = _packed_weights(T, B, n_threads, H, 4 * H, dtype)
     with blas_threads(1):
         _backend.lstm_kernels.lstm_forward_kernel(x, W_x, W_h, args.b, gates, h_states,
-                                                  c_states, hs, args.lengths, n_threads)
+                                                  c_states, hs, args.lengths, packed,
+                                                  n_threads)
     cache = LSTMCache(x, W_x, W_h, gates, h_states, c_states, args.lengths,
                       args.num_threads, "cython")
     return hs, (h_states[T].copy(), c_states[T].copy()), cache
@@ -102,9 +124,10 @@ def lstm_backward(dhs, cache, dh_n=None, dc_n=None):
     dW_h = np.empty((H, 4 * H), dtype)
     db_acc = np.zeros(4 * H, np.float64)
     n_threads = resolve_num_threads(cache.num_threads)
+    packed = _packed_weights(T, B, n_threads, 4 * H, H, dtype)
     with blas_threads(1):
         _backend.lstm_kernels.lstm_backward_kernel(x, W_x, W_h, cache.gates, cache.h_states,
                                                    cache.c_states, dhs, cache.lengths, dh,
                                                    dc, dh_scratch, d_gates, dx, dW_x, dW_h,
-                                                   db_acc, n_threads)
+                                                   db_acc, packed, n_threads)
     return LSTMGrads(dx, dh, dc, dW_x, dW_h, db_acc.astype(dtype))
