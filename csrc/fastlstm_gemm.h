@@ -68,16 +68,17 @@ static void fl_pack_panels_f32(int K, int N, const float *B, int ldb, int trans,
     && !defined(FASTLSTM_NO_PACKED_GEMM)
 #define FL_HAVE_PACKED_KERNELS 1
 
-typedef float fl_v16 __attribute__((vector_size(64), aligned(4)));
-typedef float fl_v8 __attribute__((vector_size(32), aligned(4)));
+/* Unaligned, aliasing vector types: *(VEC *)p is a plain unaligned vector load/store. */
+typedef float fl_v16 __attribute__((vector_size(64), aligned(4), may_alias));
+typedef float fl_v8 __attribute__((vector_size(32), aligned(4), may_alias));
 
 /* C[0:MR, 0:nc] (+)= A[0:MR, 0:K] @ panel[0:K, 0:32], with A packed k-major (A[k*MR + m]);
  * the accumulators stay in registers. */
-#define FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, MR)                                           \
+#define FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, NV, MR)                                       \
 __attribute__((target(TARGET)))                                                                \
 static void NAME##_##MR(int K, const float *A, const float *P, float *C, int ldc,                \
                         int nc, int accumulate) {                                              \
-    enum { NV = FL_NR / VLEN };                                                                \
+    enum { NCOL = NV * VLEN };                                                                 \
     VEC acc[MR][NV];                                                                           \
     _Pragma("GCC unroll 16") for (int m = 0; m < MR; m++)                                      \
         _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[m][v] = (VEC){0};             \
@@ -85,23 +86,22 @@ static void NAME##_##MR(int K, const float *A, const float *P, float *C, int ldc
         VEC b[NV];                                                                             \
         __builtin_prefetch(P + (size_t)(k + FL_PREFETCH_K) * FL_NR);                           \
         _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                                   \
-            memcpy(&b[v], P + (size_t)k * FL_NR + v * VLEN, sizeof(VEC));                      \
+            b[v] = *(const VEC *)(P + (size_t)k * FL_NR + v * VLEN);                           \
         _Pragma("GCC unroll 16") for (int m = 0; m < MR; m++) {                                \
             VEC a = (VEC){0} + A[(size_t)k * MR + m];                                          \
             _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[m][v] += a * b[v];        \
         }                                                                                      \
     }                                                                                          \
-    if (nc == FL_NR) {                                                                         \
+    if (nc == NCOL) {                                                                          \
         _Pragma("GCC unroll 16") for (int m = 0; m < MR; m++)                                  \
             _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) {                             \
                 float *c = C + (size_t)m * ldc + v * VLEN;                                     \
-                VEC old;                                                                       \
-                if (accumulate) { memcpy(&old, c, sizeof(VEC)); acc[m][v] += old; }            \
-                memcpy(c, &acc[m][v], sizeof(VEC));                                            \
+                if (accumulate) acc[m][v] += *(VEC *)c;                                        \
+                *(VEC *)c = acc[m][v];                                                         \
             }                                                                                  \
     } else {                                                                                   \
         for (int m = 0; m < MR; m++) {                                                         \
-            float tmp[FL_NR];                                                                  \
+            float tmp[NCOL];                                                                   \
             memcpy(tmp, acc[m], sizeof tmp);                                                   \
             float *c = C + (size_t)m * ldc;                                                    \
             for (int j = 0; j < nc; j++) c[j] = accumulate ? c[j] + tmp[j] : tmp[j];           \
@@ -109,28 +109,88 @@ static void NAME##_##MR(int K, const float *A, const float *P, float *C, int ldc
     }                                                                                          \
 }
 
-#define FL_DEFINE_KERNELS(NAME, TARGET, VEC, VLEN)                                             \
-    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, 1)                                               \
-    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, 2)                                               \
-    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, 3)                                               \
-    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, 4)                                               \
-    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, 5)                                               \
-    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, 6)                                               \
-    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, 7)                                               \
-    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, 8)                                               \
-    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, 9)                                               \
-    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, 10)                                              \
-    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, 11)                                              \
-    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, 12)                                              \
+#define FL_DEFINE_KERNELS(NAME, TARGET, VEC, VLEN, NV)                                         \
+    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, NV, 1)                                               \
+    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, NV, 2)                                               \
+    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, NV, 3)                                               \
+    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, NV, 4)                                               \
+    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, NV, 5)                                               \
+    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, NV, 6)                                               \
+    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, NV, 7)                                               \
+    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, NV, 8)                                               \
+    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, NV, 9)                                               \
+    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, NV, 10)                                              \
+    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, NV, 11)                                              \
+    FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, NV, 12)                                              \
     typedef void (*NAME##_fn)(int, const float *, const float *, float *, int, int, int);      \
     static const NAME##_fn NAME##_table[13] = {                                                \
         NULL, NAME##_1, NAME##_2, NAME##_3, NAME##_4, NAME##_5, NAME##_6, NAME##_7,            \
         NAME##_8, NAME##_9, NAME##_10, NAME##_11, NAME##_12};
 
-/* AVX-512: 12 rows x 2 zmm = 24 accumulators. AVX2: 6 rows x 4 ymm = 24 would spill
- * with 16 registers, so 3 rows x 4 ymm (12 accumulators + 4 panel registers). */
-FL_DEFINE_KERNELS(fl_kernel_avx512, "avx512f,fma", fl_v16, 16)
-FL_DEFINE_KERNELS(fl_kernel_avx2, "avx2,fma", fl_v8, 8)
+/* AVX-512: 12 rows x 2 zmm (a whole 32-column panel) = 24 accumulators. AVX2 has 16
+ * registers: 6 rows x 2 ymm over one 16-column half of a panel at a time (12 accumulators,
+ * 2 panel registers, 1 broadcast), the classic Haswell shape. */
+FL_DEFINE_KERNELS(fl_kernel_avx512, "avx512f,fma", fl_v16, 16, 2)
+FL_DEFINE_KERNELS(fl_kernel_avx2, "avx2,fma", fl_v8, 8, 2)
+
+/* The "NT" product C (M x N) = A (M x K) @ W^T with W (N x K) row-major, as dot products
+ * along k: the backward recursion dh_{t-1} = d_gates_t W_h^T reads W_h as it is, so it
+ * needs no packed copy of the weights. A is interleaved per row block into chunks of
+ * VLEN floats, [k / VLEN][m][VLEN]; the k % VLEN tail is added in scalar code. */
+#define FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, MR, NW)                                   \
+__attribute__((target(TARGET)))                                                                \
+static void NAME##_##MR##_##NW(int K, const float *Ap, const float *A, int lda,                 \
+                               const float *W, int ldw, float *C, int ldc, int accumulate) {   \
+    VEC acc[MR][NW];                                                                           \
+    const int kv = K / VLEN;                                                                   \
+    _Pragma("GCC unroll 4") for (int m = 0; m < MR; m++)                                       \
+        _Pragma("GCC unroll 6") for (int j = 0; j < NW; j++) acc[m][j] = (VEC){0};             \
+    for (int kc = 0; kc < kv; kc++) {                                                          \
+        VEC a[MR];                                                                             \
+        _Pragma("GCC unroll 4") for (int m = 0; m < MR; m++)                                   \
+            a[m] = *(const VEC *)(Ap + ((size_t)kc * MR + m) * VLEN);                          \
+        _Pragma("GCC unroll 6") for (int j = 0; j < NW; j++) {                                 \
+            VEC w = *(const VEC *)(W + (size_t)j * ldw + (size_t)kc * VLEN);                   \
+            _Pragma("GCC unroll 4") for (int m = 0; m < MR; m++) acc[m][j] += a[m] * w;        \
+        }                                                                                      \
+    }                                                                                          \
+    for (int m = 0; m < MR; m++)                                                               \
+        for (int j = 0; j < NW; j++) {                                                         \
+            float s = 0.0f;                                                                    \
+            for (int i = 0; i < VLEN; i++) s += acc[m][j][i];                                  \
+            for (int k = kv * VLEN; k < K; k++)                                                \
+                s += A[(size_t)m * lda + k] * W[(size_t)j * ldw + k];                          \
+            float *c = C + (size_t)m * ldc + j;                                                \
+            *c = accumulate ? *c + s : s;                                                      \
+        }                                                                                      \
+}
+
+#define FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, MR)                                          \
+    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, MR, 1)                                        \
+    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, MR, 2)                                        \
+    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, MR, 3)                                        \
+    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, MR, 4)                                        \
+    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, MR, 5)                                        \
+    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, MR, 6)
+
+typedef void (*fl_nt_fn)(int, const float *, const float *, int, const float *, int, float *,
+                         int, int);
+
+#define FL_DEFINE_NT_KERNELS(NAME, TARGET, VEC, VLEN)                                          \
+    FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, 1)                                               \
+    FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, 2)                                               \
+    FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, 3)                                               \
+    FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, 4)                                               \
+    static const fl_nt_fn NAME##_table[5][7] = {                                               \
+        {NULL},                                                                                \
+        {NULL, NAME##_1_1, NAME##_1_2, NAME##_1_3, NAME##_1_4, NAME##_1_5, NAME##_1_6},        \
+        {NULL, NAME##_2_1, NAME##_2_2, NAME##_2_3, NAME##_2_4, NAME##_2_5, NAME##_2_6},        \
+        {NULL, NAME##_3_1, NAME##_3_2, NAME##_3_3, NAME##_3_4, NAME##_3_5, NAME##_3_6},        \
+        {NULL, NAME##_4_1, NAME##_4_2, NAME##_4_3, NAME##_4_4, NAME##_4_5, NAME##_4_6}};
+
+/* AVX-512: 4 rows x 6 weight rows = 24 zmm accumulators; AVX2: 3 x 3 in 16 ymm. */
+FL_DEFINE_NT_KERNELS(fl_nt_avx512, "avx512f,fma", fl_v16, 16)
+FL_DEFINE_NT_KERNELS(fl_nt_avx2, "avx2,fma", fl_v8, 8)
 
 static int fl_gemm_isa = -1;   /* 0: none, 1: AVX2+FMA, 2: AVX-512F */
 
@@ -147,7 +207,7 @@ static int fl_gemm_packed_available(void) {
     return fl_gemm_isa > 0;
 }
 
-static int fl_gemm_mr(void) { return fl_gemm_isa == 2 ? 12 : 3; }
+static int fl_gemm_mr(void) { return fl_gemm_isa == 2 ? 12 : 6; }
 
 /* Floats of scratch fl_gemm_packed_f32 needs for A (M x K). */
 static size_t fl_packed_a_size(int M, int K) { return (size_t)M * K; }
@@ -161,6 +221,7 @@ static void fl_gemm_packed_f32(int M, int N, int K, const float *A, int lda,
                                const float *packed, float *C, int ldc, int accumulate,
                                float *a_scratch) {
     const int mr_max = fl_gemm_mr();
+    const int ncol = fl_gemm_isa == 2 ? 32 : 16;   /* columns one kernel call covers */
     const fl_kernel_avx512_fn *table = fl_gemm_isa == 2 ? fl_kernel_avx512_table
                                                          : fl_kernel_avx2_table;
     const int n_blocks = (M + mr_max - 1) / mr_max;
@@ -182,10 +243,44 @@ static void fl_gemm_packed_f32(int M, int N, int K, const float *A, int lda,
             int acc = accumulate || k0 > 0;
             for (int m0 = 0; m0 < M; m0 += mr) {
                 int rows = M - m0 < mr ? M - m0 : mr;
-                table[rows](kc, a_scratch + (size_t)m0 * K + (size_t)k0 * rows,
-                            panel + (size_t)k0 * FL_NR,
-                            C + (size_t)m0 * ldc + (size_t)p * FL_NR, ldc, nc, acc);
+                for (int c0 = 0; c0 < nc; c0 += ncol) {   /* one pass, or two halves */
+                    int cols = nc - c0 < ncol ? nc - c0 : ncol;
+                    table[rows](kc, a_scratch + (size_t)m0 * K + (size_t)k0 * rows,
+                                panel + (size_t)k0 * FL_NR + c0,
+                                C + (size_t)m0 * ldc + (size_t)p * FL_NR + c0, ldc, cols, acc);
+                }
             }
+        }
+    }
+}
+
+/* C (M x N, ld ldc) = A (M x K, ld lda) @ W^T (+ C), W (N x K) row-major, ld ldw.
+ * a_scratch: fl_packed_a_size(M, K) floats. */
+static void fl_gemm_nt_f32(int M, int N, int K, const float *A, int lda, const float *W,
+                           int ldw, float *C, int ldc, int accumulate, float *a_scratch) {
+    const int avx512 = fl_gemm_isa == 2;
+    const int vlen = avx512 ? 16 : 8, mr_max = avx512 ? 4 : 3, nw_max = avx512 ? 6 : 3;
+    const fl_nt_fn (*table)[7] = avx512 ? fl_nt_avx512_table : fl_nt_avx2_table;
+    const int kv = K / vlen;
+    const int n_blocks = (M + mr_max - 1) / mr_max;
+    const int mr = (M + n_blocks - 1) / n_blocks;
+    for (int m0 = 0; m0 < M; m0 += mr) {
+        int rows = M - m0 < mr ? M - m0 : mr;
+        float *ap = a_scratch + (size_t)m0 * K;
+        for (int kc = 0; kc < kv; kc++)
+            for (int m = 0; m < rows; m++)
+                memcpy(ap + ((size_t)kc * rows + m) * vlen,
+                       A + (size_t)(m0 + m) * lda + (size_t)kc * vlen, vlen * sizeof(float));
+    }
+    /* Weight rows outside, row blocks inside: each block of W rows is read from memory
+     * once and reused from cache by every row block of A. */
+    for (int j0 = 0; j0 < N; j0 += nw_max) {
+        int nw = N - j0 < nw_max ? N - j0 : nw_max;
+        for (int m0 = 0; m0 < M; m0 += mr) {
+            int rows = M - m0 < mr ? M - m0 : mr;
+            table[rows][nw](K, a_scratch + (size_t)m0 * K, A + (size_t)m0 * lda, lda,
+                            W + (size_t)j0 * ldw, ldw, C + (size_t)m0 * ldc + j0, ldc,
+                            accumulate);
         }
     }
 }
@@ -194,6 +289,11 @@ static void fl_gemm_packed_f32(int M, int N, int K, const float *A, int lda,
 #define FL_HAVE_PACKED_KERNELS 0
 static int fl_gemm_packed_available(void) { return 0; }
 static int fl_gemm_mr(void) { return 1; }
+static void fl_gemm_nt_f32(int M, int N, int K, const float *A, int lda, const float *W,
+                           int ldw, float *C, int ldc, int accumulate, float *a_scratch) {
+    (void)M; (void)N; (void)K; (void)A; (void)lda; (void)W; (void)ldw; (void)C; (void)ldc;
+    (void)accumulate; (void)a_scratch;
+}
 static size_t fl_packed_a_size(int M, int K) { (void)M; (void)K; return 1; }
 static void fl_gemm_packed_f32(int M, int N, int K, const float *A, int lda,
                                const float *packed, float *C, int ldc, int accumulate,

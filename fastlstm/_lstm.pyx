@@ -52,6 +52,8 @@ cdef extern from "fastlstm_gemm.h" nogil:
     void fl_gemm_packed_f32(int M, int N, int K, const float *A, int lda,
                             const float *packed, float *C, int ldc, int accumulate,
                             float *a_scratch)
+    void fl_gemm_nt_f32(int M, int N, int K, const float *A, int lda, const float *W,
+                        int ldw, float *C, int ldc, int accumulate, float *a_scratch)
 
 OPENMP_ENABLED = bool(fl_openmp_enabled())
 # float32 recursions use the packed small-M GEMM on CPUs with AVX2+FMA or AVX-512.
@@ -123,18 +125,29 @@ cdef inline void _add_column_sums(int n_rows, int n_cols, const floating *m, int
         fl_add_column_sums_f64(n_rows, n_cols, m, ld, acc)
 
 
-cdef inline void _step_gemm(int M, int N, int K, const floating *A, int lda,
-                            const floating *W, bint trans_w, int ldw, const float *packed,
-                            floating *C, int ldc, bint accumulate,
-                            float *a_scratch) noexcept nogil:
-    """C (M x N) = A (M x K) @ op(W) (+ C): the per-step recurrent product. float32 uses
-    the pre-packed weights when the caller packed them, BLAS otherwise."""
+cdef inline void _forward_step_gemm(int M, int N, int K, const floating *h, int ldh,
+                                    const floating *W_h, int ldw, const float *packed,
+                                    floating *gates, int ldg,
+                                    float *a_scratch) noexcept nogil:
+    """gates (M x N) += h (M x K) @ W_h: float32 through the pre-packed weights when the
+    caller packed them, BLAS otherwise."""
     if floating is float:
         if packed != NULL and a_scratch != NULL:
-            fl_gemm_packed_f32(M, N, K, A, lda, packed, C, ldc, accumulate, a_scratch)
+            fl_gemm_packed_f32(M, N, K, h, ldh, packed, gates, ldg, 1, a_scratch)
             return
-    gemm(False, trans_w, M, N, K, <floating>1.0, A, lda, W, ldw,
-         <floating>(1.0 if accumulate else 0.0), C, ldc)
+    gemm(False, False, M, N, K, <floating>1.0, h, ldh, W_h, ldw, <floating>1.0, gates, ldg)
+
+
+cdef inline void _backward_step_gemm(int M, int N, int K, const floating *d_gates, int ldd,
+                                     const floating *W_h, int ldw, floating *dh, int ldh,
+                                     float *a_scratch) noexcept nogil:
+    """dh (M x N) = d_gates (M x K) @ W_h^T: float32 as dot products over the rows of W_h
+    (no packed copy needed) when scratch is given, BLAS otherwise."""
+    if floating is float:
+        if a_scratch != NULL:
+            fl_gemm_nt_f32(M, N, K, d_gates, ldd, W_h, ldw, dh, ldh, 0, a_scratch)
+            return
+    gemm(False, True, M, N, K, <floating>1.0, d_gates, ldd, W_h, ldw, <floating>0.0, dh, ldh)
 
 
 cdef inline void _pack_share(int K, int N, const floating *W, int ldw, int trans,
@@ -171,8 +184,8 @@ cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, in
         return
     for t in range(T):
         at = <Py_ssize_t>t * B + b0
-        _step_gemm(<int>nb, <int>G, H, h_states + at * H, H, W_h, False, <int>G, packed_W_h,
-                   gates + at * G, <int>G, True, a_scratch)
+        _forward_step_gemm(<int>nb, <int>G, H, h_states + at * H, H, W_h, <int>G, packed_W_h,
+                           gates + at * G, <int>G, a_scratch)
         _cell_forward(<int>nb, H, gates + at * G, c_states + at * H,
                       c_states + (at + B) * H, h_states + at * H, h_states + (at + B) * H,
                       hs + at * H, lengths + b0 if lengths != NULL else NULL, <int>t)
@@ -212,8 +225,7 @@ cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, i
                            const floating *dhs, const int *lengths, floating *dh,
                            floating *dc, floating *dh_scratch, floating *d_gates,
                            floating *dx, floating *dW_x, floating *dW_h,
-                           double *db_acc, float *packed_W_h_T,
-                           float *a_scratch) noexcept nogil:
+                           double *db_acc, float *a_scratch) noexcept nogil:
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t b0, b1, nb, r0, r1, c0, c1, t, at, dt, rows
     cdef int t_start, t_stop = T
@@ -223,9 +235,6 @@ cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, i
     nb = b1 - b0
     slice_lengths = lengths + b0 if lengths != NULL else NULL
     _split_columns(G, tid, n_threads, &c0, &c1)
-    # W_h^T, the right-hand side of dh_{t-1} = d_gates_t W_h^T, packed once for all steps.
-    _pack_share(<int>G, H, W_h, <int>G, 1, packed_W_h_T, tid, n_threads)
-    fl_barrier()
 
     # Chunks of steps from the end: each thread runs the recursion over its batch slice
     # for the chunk, then the chunk's weight and input gradients are GEMMs over
@@ -242,13 +251,12 @@ cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, i
                                dh + b0 * H, dc + b0 * H, d_gates + dt * G, slice_lengths,
                                <int>t)
                 if lengths == NULL:
-                    _step_gemm(<int>nb, H, <int>G, d_gates + dt * G, <int>G, W_h, True,
-                               <int>G, packed_W_h_T, dh + b0 * H, H, False, a_scratch)
+                    _backward_step_gemm(<int>nb, H, <int>G, d_gates + dt * G, <int>G, W_h,
+                                        <int>G, dh + b0 * H, H, a_scratch)
                 else:
                     # Frozen steps pass dh through unchanged, so the GEMM goes to scratch.
-                    _step_gemm(<int>nb, H, <int>G, d_gates + dt * G, <int>G, W_h, True,
-                               <int>G, packed_W_h_T, dh_scratch + b0 * H, H, False,
-                               a_scratch)
+                    _backward_step_gemm(<int>nb, H, <int>G, d_gates + dt * G, <int>G, W_h,
+                                        <int>G, dh_scratch + b0 * H, H, a_scratch)
                     _copy_valid_rows(<int>nb, H, dh_scratch + b0 * H, dh + b0 * H,
                                      slice_lengths, <int>t)
         fl_barrier()
@@ -277,31 +285,31 @@ def lstm_backward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x
                          const int[::1] lengths, floating[:, ::1] dh, floating[:, ::1] dc,
                          floating[:, ::1] dh_scratch, floating[:, :, ::1] d_gates,
                          floating[:, :, ::1] dx, floating[:, ::1] dW_x,
-                         floating[:, ::1] dW_h, double[::1] db_acc, float[::1] packed,
+                         floating[:, ::1] dW_h, double[::1] db_acc, bint small_m_gemm,
                          int n_threads):
     """Backpropagate through lstm_forward_kernel.
 
     dh, dc (B,H) hold dh_n, dc_n on entry and dh0, dc0 on return. d_gates is scratch of
     (chunk_T, B, 4H); dh_scratch (B,H) is used when lengths is given. dx, dW_x, dW_h are
-    overwritten; db_acc (4H,) float64 must be zero and receives db. ``packed`` (float32
-    only, packed_size(4H, H) floats, or None) turns on the packed recurrent GEMM.
+    overwritten; db_acc (4H,) float64 must be zero and receives db. ``small_m_gemm``
+    (float32 with PACKED_GEMM only) runs the recursion's product on fastlstm's own kernel.
     """
     cdef int T = x.shape[0], B = x.shape[1], D = x.shape[2], H = W_h.shape[0]
     cdef int chunk_T = d_gates.shape[0]
     cdef const int *lengths_ptr = &lengths[0] if lengths is not None else NULL
     cdef const floating *dhs_ptr = &dhs[0, 0, 0] if dhs is not None else NULL
-    cdef float *packed_ptr = &packed[0] if packed is not None else NULL
     cdef float *a_scratch
     cdef size_t scratch_floats
+    cdef bint use_kernel = small_m_gemm and floating is float and fl_gemm_packed_available()
     n_threads = max(1, min(n_threads, B))
     scratch_floats = fl_packed_a_size((B + n_threads - 1) // n_threads, 4 * H)
     with nogil, parallel(num_threads=n_threads):
-        a_scratch = <float *>malloc(scratch_floats * sizeof(float)) if packed_ptr != NULL else NULL
+        a_scratch = <float *>malloc(scratch_floats * sizeof(float)) if use_kernel else NULL
         try:
             _backward_worker(threadid(), fl_num_threads(), T, B, D, H, chunk_T, &x[0, 0, 0],
                              &W_x[0, 0], &W_h[0, 0], &gates[0, 0, 0], &h_states[0, 0, 0],
                              &c_states[0, 0, 0], dhs_ptr, lengths_ptr, &dh[0, 0], &dc[0, 0],
                              &dh_scratch[0, 0], &d_gates[0, 0, 0], &dx[0, 0, 0],
-                             &dW_x[0, 0], &dW_h[0, 0], &db_acc[0], packed_ptr, a_scratch)
+                             &dW_x[0, 0], &dW_h[0, 0], &db_acc[0], a_scratch)
         finally:
             free(a_scratch)

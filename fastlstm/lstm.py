@@ -12,10 +12,15 @@ from ._validation import validate_lstm_backward, validate_lstm_forward
 
 __all__ = ["lstm_forward", "lstm_backward", "LSTMGrads", "LSTMCache"]
 
-# Backward runs its weight/input GEMMs over chunks of this many (step, sequence) rows:
-# enough for GEMM efficiency, while the gate-gradient buffer stays a small fraction of
-# the cache.
+# Backward runs its weight/input GEMMs over chunks of (step, sequence) rows: up to this
+# many, enough for GEMM efficiency, and at most an eighth of the sequence so the
+# gate-gradient buffer stays a small fraction of the cache.
 BACKWARD_CHUNK_ROWS = 256
+
+
+def _backward_chunk_steps(T, B):
+    rows = min(BACKWARD_CHUNK_ROWS, max(B, T * B // 8))
+    return min(T, max(1, -(-rows // B)))
 
 
 def _packed_weights(T, B, n_threads, K, N, dtype):
@@ -117,17 +122,19 @@ def lstm_backward(dhs, cache, dh_n=None, dc_n=None):
     dh = np.zeros((B, H), dtype) if dh_n is None else dh_n.copy()
     dc = np.zeros((B, H), dtype) if dc_n is None else dc_n.copy()
     dh_scratch = np.empty((B, H), dtype) if cache.lengths is not None else dh
-    chunk_T = min(T, max(1, -(-BACKWARD_CHUNK_ROWS // B)))
+    chunk_T = _backward_chunk_steps(T, B)
     d_gates = np.empty((chunk_T, B, 4 * H), dtype)
     dx = np.empty((T, B, D), dtype)
     dW_x = np.empty((D, 4 * H), dtype)
     dW_h = np.empty((H, 4 * H), dtype)
     db_acc = np.zeros(4 * H, np.float64)
     n_threads = resolve_num_threads(cache.num_threads)
-    packed = _packed_weights(T, B, n_threads, 4 * H, H, dtype)
+    # The backward's own kernel reads W_h in place (no packing), so it pays at any size.
+    small_m_gemm = (dtype == np.float32 and _backend.lstm_kernels.PACKED_GEMM
+                    and PACKED_GEMM_ENABLED)
     with blas_threads(1):
         _backend.lstm_kernels.lstm_backward_kernel(x, W_x, W_h, cache.gates, cache.h_states,
                                                    cache.c_states, dhs, cache.lengths, dh,
                                                    dc, dh_scratch, d_gates, dx, dW_x, dW_h,
-                                                   db_acc, packed, n_threads)
+                                                   db_acc, small_m_gemm, n_threads)
     return LSTMGrads(dx, dh, dc, dW_x, dW_h, db_acc.astype(dtype))
