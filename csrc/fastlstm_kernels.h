@@ -89,8 +89,8 @@ FL_INLINE float fl_tanhf(float x) {
 FL_INLINE double fl_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 
 /* ---- the fused LSTM cell ----
- * One time step for n_rows sequences. gates rows hold 4H values (blocks i, f, g, o);
- * state rows hold H. lengths (or NULL) are the n_rows sequences' lengths: a row with
+ * One time step for n_rows sequences, hidden units [u0, u0+nu). gates rows hold 4H values
+ * (blocks i, f, g, o); state rows hold H. lengths (or NULL) are the n_rows sequences' lengths: a row with
  * t >= lengths[r] carries its state and gets hs = 0 (forward) or zero gate gradients
  * with dh, dc passed through (backward).
  */
@@ -121,19 +121,19 @@ FL_INLINE void fl_cell_row_forward_##SUFFIX(                                    
                                                                                                 \
 FL_TARGET_CLONES                                                                                \
 static void fl_lstm_cell_forward_##SUFFIX(                                                      \
-    int n_rows, int H, REAL *gates, const REAL *c_prev, REAL *c_next, const REAL *h_prev,       \
-    REAL *h_next, REAL *hs, const int *lengths, int t)                                          \
+    int n_rows, int H, int u0, int nu, REAL *gates, const REAL *c_prev, REAL *c_next,           \
+    const REAL *h_prev, REAL *h_next, REAL *hs, const int *lengths, int t)                      \
 {                                                                                               \
     for (int r = 0; r < n_rows; r++) {                                                          \
-        REAL *a = gates + (size_t)r * 4 * H;                                                    \
-        size_t off = (size_t)r * H;                                                             \
+        REAL *a = gates + (size_t)r * 4 * H + u0;                                               \
+        size_t off = (size_t)r * H + u0;                                                        \
         if (lengths && t >= lengths[r]) {                                                       \
-            memcpy(c_next + off, c_prev + off, (size_t)H * sizeof(REAL));                       \
-            memcpy(h_next + off, h_prev + off, (size_t)H * sizeof(REAL));                       \
-            memset(hs + off, 0, (size_t)H * sizeof(REAL));                                      \
+            memcpy(c_next + off, c_prev + off, (size_t)nu * sizeof(REAL));                      \
+            memcpy(h_next + off, h_prev + off, (size_t)nu * sizeof(REAL));                      \
+            memset(hs + off, 0, (size_t)nu * sizeof(REAL));                                     \
             continue;                                                                           \
         }                                                                                       \
-        fl_cell_row_forward_##SUFFIX(H, a, a + H, a + 2 * H, a + 3 * H, c_prev + off,           \
+        fl_cell_row_forward_##SUFFIX(nu, a, a + H, a + 2 * H, a + 3 * H, c_prev + off,          \
                                      c_next + off, h_next + off, hs + off);                     \
     }                                                                                           \
 }                                                                                               \
@@ -163,23 +163,25 @@ FL_INLINE void fl_cell_row_backward_##SUFFIX(                                   
 /* dh is left for the caller's GEMM to overwrite with the gradient w.r.t. h_{t-1}. */        \
 FL_TARGET_CLONES                                                                                \
 static void fl_lstm_cell_backward_##SUFFIX(                                                     \
-    int n_rows, int H, const REAL *gates, const REAL *c_prev, const REAL *c_cur,                \
-    const REAL *dhs, const REAL *dh, REAL *dc, REAL *d_gates, const int *lengths, int t)        \
+    int n_rows, int H, int u0, int nu, const REAL *gates, const REAL *c_prev,                   \
+    const REAL *c_cur, const REAL *dhs, const REAL *dh, REAL *dc, REAL *d_gates,                \
+    const int *lengths, int t)                                                                  \
 {                                                                                               \
     for (int r = 0; r < n_rows; r++) {                                                          \
-        const REAL *a = gates + (size_t)r * 4 * H;                                              \
-        REAL *da = d_gates + (size_t)r * 4 * H;                                                 \
-        size_t off = (size_t)r * H;                                                             \
+        const REAL *a = gates + (size_t)r * 4 * H + u0;                                         \
+        REAL *da = d_gates + (size_t)r * 4 * H + u0;                                            \
+        size_t off = (size_t)r * H + u0;                                                        \
         if (lengths && t >= lengths[r]) {                                                       \
-            memset(da, 0, (size_t)4 * H * sizeof(REAL));                                        \
+            for (int gate = 0; gate < 4; gate++)                                                \
+                memset(da + (size_t)gate * H, 0, (size_t)nu * sizeof(REAL));                   \
             continue;                                                                           \
         }                                                                                       \
         if (dhs)                                                                                \
-            fl_cell_row_backward_##SUFFIX(H, a, a + H, a + 2 * H, a + 3 * H, c_prev + off,      \
+            fl_cell_row_backward_##SUFFIX(nu, a, a + H, a + 2 * H, a + 3 * H, c_prev + off,     \
                                           c_cur + off, dh + off, dhs + off, dc + off, da,       \
                                           da + H, da + 2 * H, da + 3 * H);                      \
         else                                                                                    \
-            fl_cell_row_backward_##SUFFIX(H, a, a + H, a + 2 * H, a + 3 * H, c_prev + off,      \
+            fl_cell_row_backward_##SUFFIX(nu, a, a + H, a + 2 * H, a + 3 * H, c_prev + off,     \
                                           c_cur + off, dh + off, NULL, dc + off, da,            \
                                           da + H, da + 2 * H, da + 3 * H);                      \
     }                                                                                           \
@@ -188,14 +190,16 @@ static void fl_lstm_cell_backward_##SUFFIX(                                     
 FL_DEFINE_CELL(f32, float, fl_sigmoidf, fl_tanhf)
 FL_DEFINE_CELL(f64, double, fl_sigmoid, tanh)
 
-/* dst rows take src rows only where the row's step t is a real step (t < lengths[r]). */
+/* Columns [u0, u0+nu) of dst rows (row length H) take src's only where the row's step t
+ * is a real step (t < lengths[r]). */
 #define FL_DEFINE_COPY_VALID(SUFFIX, REAL)                                                       \
-static void fl_copy_valid_rows_##SUFFIX(int n_rows, int H, const REAL *src, REAL *dst,          \
-                                        const int *lengths, int t)                              \
+static void fl_copy_valid_rows_##SUFFIX(int n_rows, int H, int u0, int nu, const REAL *src,     \
+                                        REAL *dst, const int *lengths, int t)                   \
 {                                                                                               \
     for (int r = 0; r < n_rows; r++)                                                            \
         if (t < lengths[r])                                                                     \
-            memcpy(dst + (size_t)r * H, src + (size_t)r * H, (size_t)H * sizeof(REAL));         \
+            memcpy(dst + (size_t)r * H + u0, src + (size_t)r * H + u0,                          \
+                   (size_t)nu * sizeof(REAL));                                                  \
 }
 FL_DEFINE_COPY_VALID(f32, float)
 FL_DEFINE_COPY_VALID(f64, double)

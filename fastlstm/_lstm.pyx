@@ -2,11 +2,21 @@
 """Compiled LSTM forward and backward: one source for float32 and float64 (fused type).
 
 Each call runs one OpenMP parallel region. Whole-sequence GEMMs (the input projection,
-dx, dW_x, dW_h) are split over rows or columns between the threads; the time recursion
-is split over batch slices, which are independent, so threads only meet at a barrier
-between those phases and never per time step. Every BLAS call inside the region is
-single-threaded (the caller pins the BLAS thread pool to one thread), so the cores are
-never oversubscribed.
+dx, dW_x, dW_h) are shared out by rows or columns. The time recursion is shared out one
+of two ways, chosen by the caller:
+
+- by batch slices (``split_units=False``): the slices are independent, so the threads
+  never wait for each other inside the recursion. Right when every thread gets enough
+  rows for an efficient product.
+- by hidden units (``split_units=True``): every thread runs all B rows for its own units
+  (their four gate columns), which halves the weights each thread streams per step and
+  keeps the products tall; the threads meet at one barrier per step. Right for small
+  batches with large H.
+
+Every BLAS call inside the region is single-threaded (the caller pins the BLAS thread
+pool to one thread), so the cores are never oversubscribed. float32 recursions use
+fastlstm's own small-M GEMM kernels (csrc/fastlstm_gemm.h) where the CPU has AVX2 or
+AVX-512.
 
 The arguments are checked and allocated by ``fastlstm.lstm``; these functions trust them.
 """
@@ -22,23 +32,24 @@ cdef extern from "fastlstm_kernels.h" nogil:
     int fl_max_threads()
     int fl_num_threads()
     void fl_barrier()
-    void fl_lstm_cell_forward_f32(int n_rows, int H, float *gates, const float *c_prev,
-                                  float *c_next, const float *h_prev, float *h_next,
-                                  float *hs, const int *lengths, int t)
-    void fl_lstm_cell_forward_f64(int n_rows, int H, double *gates, const double *c_prev,
-                                  double *c_next, const double *h_prev, double *h_next,
-                                  double *hs, const int *lengths, int t)
-    void fl_lstm_cell_backward_f32(int n_rows, int H, const float *gates, const float *c_prev,
-                                   const float *c_cur, const float *dhs, const float *dh,
-                                   float *dc, float *d_gates, const int *lengths, int t)
-    void fl_lstm_cell_backward_f64(int n_rows, int H, const double *gates,
+    void fl_lstm_cell_forward_f32(int n_rows, int H, int u0, int nu, float *gates,
+                                  const float *c_prev, float *c_next, const float *h_prev,
+                                  float *h_next, float *hs, const int *lengths, int t)
+    void fl_lstm_cell_forward_f64(int n_rows, int H, int u0, int nu, double *gates,
+                                  const double *c_prev, double *c_next, const double *h_prev,
+                                  double *h_next, double *hs, const int *lengths, int t)
+    void fl_lstm_cell_backward_f32(int n_rows, int H, int u0, int nu, const float *gates,
+                                   const float *c_prev, const float *c_cur, const float *dhs,
+                                   const float *dh, float *dc, float *d_gates,
+                                   const int *lengths, int t)
+    void fl_lstm_cell_backward_f64(int n_rows, int H, int u0, int nu, const double *gates,
                                    const double *c_prev, const double *c_cur,
                                    const double *dhs, const double *dh, double *dc,
                                    double *d_gates, const int *lengths, int t)
-    void fl_copy_valid_rows_f32(int n_rows, int H, const float *src, float *dst,
-                                const int *lengths, int t)
-    void fl_copy_valid_rows_f64(int n_rows, int H, const double *src, double *dst,
-                                const int *lengths, int t)
+    void fl_copy_valid_rows_f32(int n_rows, int H, int u0, int nu, const float *src,
+                                float *dst, const int *lengths, int t)
+    void fl_copy_valid_rows_f64(int n_rows, int H, int u0, int nu, const double *src,
+                                double *dst, const int *lengths, int t)
     void fl_add_column_sums_f32(int n_rows, int n_cols, const float *m, int ld, double *acc)
     void fl_add_column_sums_f64(int n_rows, int n_cols, const double *m, int ld, double *acc)
 
@@ -56,13 +67,17 @@ cdef extern from "fastlstm_gemm.h" nogil:
                         int ldw, float *C, int ldc, int accumulate, float *a_scratch)
 
 OPENMP_ENABLED = bool(fl_openmp_enabled())
-# float32 recursions use the packed small-M GEMM on CPUs with AVX2+FMA or AVX-512.
+# float32 recursions run on fastlstm's own GEMM kernels on CPUs with AVX2+FMA or AVX-512.
 PACKED_GEMM = bool(fl_gemm_packed_available())
+# Hidden units are shared out between threads in whole panels of this many.
+UNIT_BLOCK = FL_NR
 
 
-def packed_size(int K, int N):
-    """Floats needed to pack a (K x N) right-hand matrix for the packed GEMM."""
-    return fl_packed_size(K, N)
+def packed_size(int H, bint split_units):
+    """Floats needed for the packed recurrent weights W_h (H x 4H) in either layout."""
+    if split_units:   # each gate block packed on its own, so units split on panel edges
+        return 4 * fl_packed_size(H, H)
+    return fl_packed_size(H, 4 * H)
 
 
 def openmp_max_threads():
@@ -77,44 +92,45 @@ cdef inline void _split(Py_ssize_t n, Py_ssize_t part, Py_ssize_t n_parts,
     stop[0] = n * (part + 1) // n_parts
 
 
-cdef inline void _split_columns(Py_ssize_t n, Py_ssize_t part, Py_ssize_t n_parts,
-                                Py_ssize_t *start, Py_ssize_t *stop) noexcept nogil:
-    """Like _split, in whole blocks of 16 columns so each thread's block stays SIMD-aligned."""
-    cdef Py_ssize_t n_blocks = (n + 15) // 16
-    _split(n_blocks, part, n_parts, start, stop)
-    start[0] = min(start[0] * 16, n)
-    stop[0] = min(stop[0] * 16, n)
+cdef inline void _split_aligned(Py_ssize_t n, Py_ssize_t align, Py_ssize_t part,
+                                Py_ssize_t n_parts, Py_ssize_t *start,
+                                Py_ssize_t *stop) noexcept nogil:
+    """Like _split, in whole blocks of ``align`` items (SIMD- or panel-aligned parts)."""
+    _split((n + align - 1) // align, part, n_parts, start, stop)
+    start[0] = min(start[0] * align, n)
+    stop[0] = min(stop[0] * align, n)
 
 
-cdef inline void _cell_forward(int n_rows, int H, floating *gates, const floating *c_prev,
-                               floating *c_next, const floating *h_prev, floating *h_next,
-                               floating *hs, const int *lengths, int t) noexcept nogil:
+cdef inline void _cell_forward(int n_rows, int H, int u0, int nu, floating *gates,
+                               const floating *c_prev, floating *c_next,
+                               const floating *h_prev, floating *h_next, floating *hs,
+                               const int *lengths, int t) noexcept nogil:
     if floating is float:
-        fl_lstm_cell_forward_f32(n_rows, H, gates, c_prev, c_next, h_prev, h_next, hs,
-                                 lengths, t)
+        fl_lstm_cell_forward_f32(n_rows, H, u0, nu, gates, c_prev, c_next, h_prev, h_next,
+                                 hs, lengths, t)
     else:
-        fl_lstm_cell_forward_f64(n_rows, H, gates, c_prev, c_next, h_prev, h_next, hs,
-                                 lengths, t)
+        fl_lstm_cell_forward_f64(n_rows, H, u0, nu, gates, c_prev, c_next, h_prev, h_next,
+                                 hs, lengths, t)
 
 
-cdef inline void _cell_backward(int n_rows, int H, const floating *gates,
+cdef inline void _cell_backward(int n_rows, int H, int u0, int nu, const floating *gates,
                                 const floating *c_prev, const floating *c_cur,
                                 const floating *dhs, const floating *dh, floating *dc,
                                 floating *d_gates, const int *lengths, int t) noexcept nogil:
     if floating is float:
-        fl_lstm_cell_backward_f32(n_rows, H, gates, c_prev, c_cur, dhs, dh, dc, d_gates,
-                                  lengths, t)
+        fl_lstm_cell_backward_f32(n_rows, H, u0, nu, gates, c_prev, c_cur, dhs, dh, dc,
+                                  d_gates, lengths, t)
     else:
-        fl_lstm_cell_backward_f64(n_rows, H, gates, c_prev, c_cur, dhs, dh, dc, d_gates,
-                                  lengths, t)
+        fl_lstm_cell_backward_f64(n_rows, H, u0, nu, gates, c_prev, c_cur, dhs, dh, dc,
+                                  d_gates, lengths, t)
 
 
-cdef inline void _copy_valid_rows(int n_rows, int H, const floating *src, floating *dst,
-                                  const int *lengths, int t) noexcept nogil:
+cdef inline void _copy_valid_rows(int n_rows, int H, int u0, int nu, const floating *src,
+                                  floating *dst, const int *lengths, int t) noexcept nogil:
     if floating is float:
-        fl_copy_valid_rows_f32(n_rows, H, src, dst, lengths, t)
+        fl_copy_valid_rows_f32(n_rows, H, u0, nu, src, dst, lengths, t)
     else:
-        fl_copy_valid_rows_f64(n_rows, H, src, dst, lengths, t)
+        fl_copy_valid_rows_f64(n_rows, H, u0, nu, src, dst, lengths, t)
 
 
 cdef inline void _add_column_sums(int n_rows, int n_cols, const floating *m, int ld,
@@ -129,8 +145,8 @@ cdef inline void _forward_step_gemm(int M, int N, int K, const floating *h, int 
                                     const floating *W_h, int ldw, const float *packed,
                                     floating *gates, int ldg,
                                     float *a_scratch) noexcept nogil:
-    """gates (M x N) += h (M x K) @ W_h: float32 through the pre-packed weights when the
-    caller packed them, BLAS otherwise."""
+    """gates (M x N) += h (M x K) @ W_h (K x N columns): float32 through the pre-packed
+    weights when the caller packed them, BLAS otherwise."""
     if floating is float:
         if packed != NULL and a_scratch != NULL:
             fl_gemm_packed_f32(M, N, K, h, ldh, packed, gates, ldg, 1, a_scratch)
@@ -141,8 +157,9 @@ cdef inline void _forward_step_gemm(int M, int N, int K, const floating *h, int 
 cdef inline void _backward_step_gemm(int M, int N, int K, const floating *d_gates, int ldd,
                                      const floating *W_h, int ldw, floating *dh, int ldh,
                                      float *a_scratch) noexcept nogil:
-    """dh (M x N) = d_gates (M x K) @ W_h^T: float32 as dot products over the rows of W_h
-    (no packed copy needed) when scratch is given, BLAS otherwise."""
+    """dh (M x N) = d_gates (M x K) @ W_h^T (W_h rows are the N outputs): float32 as dot
+    products over the rows of W_h (no packed copy needed) when scratch is given, BLAS
+    otherwise."""
     if floating is float:
         if a_scratch != NULL:
             fl_gemm_nt_f32(M, N, K, d_gates, ldd, W_h, ldw, dh, ldh, 0, a_scratch)
@@ -150,43 +167,66 @@ cdef inline void _backward_step_gemm(int M, int N, int K, const floating *d_gate
     gemm(False, True, M, N, K, <floating>1.0, d_gates, ldd, W_h, ldw, <floating>0.0, dh, ldh)
 
 
-cdef inline void _pack_share(int K, int N, const floating *W, int ldw, int trans,
-                             float *packed, Py_ssize_t tid, Py_ssize_t n_threads) noexcept nogil:
-    """This thread's share of the panels of op(W) (float32 only; a no-op otherwise)."""
-    cdef Py_ssize_t p0, p1
-    if floating is float:
-        if packed != NULL:
-            _split((N + FL_NR - 1) // FL_NR, tid, n_threads, &p0, &p1)
-            fl_pack_panels_f32(K, N, W, ldw, trans, packed, <int>p0, <int>p1)
+cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_units, int T,
+                          int B, int D, int H, const floating *x, const floating *W_x,
+                          const floating *W_h, const floating *b, floating *gates,
+                          floating *h_states, floating *c_states, floating *hs,
+                          const int *lengths, float *packed,
+                          float *a_scratch) noexcept nogil:
+    cdef Py_ssize_t G = 4 * H, BH = <Py_ssize_t>B * H, BG = <Py_ssize_t>B * G
+    cdef Py_ssize_t r, r0, r1, b0, b1, u0 = 0, u1 = 0, p0, p1, t, at, nb, nu = 0, gate
+    cdef Py_ssize_t block = 0
+    cdef float *packed_gate = NULL
 
-
-cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, int D, int H,
-                          const floating *x, const floating *W_x, const floating *W_h,
-                          const floating *b, floating *gates, floating *h_states,
-                          floating *c_states, floating *hs, const int *lengths,
-                          float *packed_W_h, float *a_scratch) noexcept nogil:
-    cdef Py_ssize_t G = 4 * H
-    cdef Py_ssize_t r, r0, r1, b0, b1, t, at, nb
-
-    # 1. Input projection of every step: gates = x W_x + b, a block of rows per thread.
+    # 1. Input projection of every step, gates = x W_x + b, a block of rows per thread;
+    #    meanwhile this thread's share of W_h is packed (float32 kernels only).
     _split(<Py_ssize_t>T * B, tid, n_threads, &r0, &r1)
     for r in range(r0, r1):
         memcpy(gates + r * G, b, G * sizeof(floating))
     gemm(False, False, <int>(r1 - r0), <int>G, D, <floating>1.0, x + r0 * D, D, W_x,
          <int>G, <floating>1.0, gates + r0 * G, <int>G)
-    _pack_share(H, <int>G, W_h, <int>G, 0, packed_W_h, tid, n_threads)
+    if split_units:
+        _split_aligned(H, FL_NR, tid, n_threads, &u0, &u1)
+        nu = u1 - u0
+        block = fl_packed_size(H, H)
+        if floating is float:
+            if packed != NULL:
+                for gate in range(4):   # the panels of this thread's units, per gate block
+                    fl_pack_panels_f32(H, H, W_h + gate * H, <int>G, 0, packed + gate * block,
+                                       <int>(u0 // FL_NR), <int>((u1 + FL_NR - 1) // FL_NR))
+    else:
+        if floating is float:
+            if packed != NULL:
+                _split((G + FL_NR - 1) // FL_NR, tid, n_threads, &p0, &p1)
+                fl_pack_panels_f32(H, <int>G, W_h, <int>G, 0, packed, <int>p0, <int>p1)
     fl_barrier()
 
-    # 2. The recursion for this thread's batch slice; slices never wait for each other.
+    # 2. The recursion.
+    if split_units:
+        for t in range(T):
+            if nu > 0:
+                for gate in range(4):
+                    if floating is float:
+                        if packed != NULL:
+                            packed_gate = packed + gate * block + (u0 // FL_NR) * FL_NR * H
+                    _forward_step_gemm(B, <int>nu, H, h_states + t * BH, H,
+                                       W_h + gate * H + u0, <int>G, packed_gate,
+                                       gates + t * BG + gate * H + u0, <int>G, a_scratch)
+                _cell_forward(B, H, <int>u0, <int>nu, gates + t * BG, c_states + t * BH,
+                              c_states + (t + 1) * BH, h_states + t * BH,
+                              h_states + (t + 1) * BH, hs + t * BH, lengths, <int>t)
+            fl_barrier()   # h_t is whole before anyone multiplies by it
+        return
+
     _split(B, tid, n_threads, &b0, &b1)
     nb = b1 - b0
     if nb == 0:
         return
     for t in range(T):
-        at = <Py_ssize_t>t * B + b0
-        _forward_step_gemm(<int>nb, <int>G, H, h_states + at * H, H, W_h, <int>G, packed_W_h,
+        at = t * B + b0
+        _forward_step_gemm(<int>nb, <int>G, H, h_states + at * H, H, W_h, <int>G, packed,
                            gates + at * G, <int>G, a_scratch)
-        _cell_forward(<int>nb, H, gates + at * G, c_states + at * H,
+        _cell_forward(<int>nb, H, 0, H, gates + at * G, c_states + at * H,
                       c_states + (at + B) * H, h_states + at * H, h_states + (at + B) * H,
                       hs + at * H, lengths + b0 if lengths != NULL else NULL, <int>t)
 
@@ -195,70 +235,80 @@ def lstm_forward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x,
                         const floating[:, ::1] W_h, const floating[::1] b,
                         floating[:, :, ::1] gates, floating[:, :, ::1] h_states,
                         floating[:, :, ::1] c_states, floating[:, :, ::1] hs,
-                        const int[::1] lengths, float[::1] packed, int n_threads):
+                        const int[::1] lengths, float[::1] packed, bint split_units,
+                        int n_threads):
     """Fill gates (T,B,4H), h_states and c_states (T+1,B,H; index 0 preset to h0, c0)
-    and hs (T,B,H). ``packed`` (float32 only, packed_size(H, 4H) floats, or None) turns
-    on the packed recurrent GEMM. Thread count is capped at B (the recursion splits
-    the batch)."""
+    and hs (T,B,H).
+
+    ``packed`` (float32 only: packed_size(H, split_units) floats, or None) turns on the
+    packed recurrent GEMM. ``split_units`` picks the recursion's partitioning (see the
+    module docstring); ``n_threads`` is taken as given (the caller caps it).
+    """
     cdef int T = x.shape[0], B = x.shape[1], D = x.shape[2], H = W_h.shape[0]
     cdef const int *lengths_ptr = &lengths[0] if lengths is not None else NULL
     cdef float *packed_ptr = &packed[0] if packed is not None else NULL
-    cdef float *a_scratch
-    cdef size_t scratch_floats
-    n_threads = max(1, min(n_threads, B))
-    scratch_floats = fl_packed_a_size((B + n_threads - 1) // n_threads, H)
+    cdef float *a_scratch = NULL
+    cdef int rows = B if split_units else (B + n_threads - 1) // n_threads
+    cdef size_t scratch_floats = fl_packed_a_size(rows, H)
     with nogil, parallel(num_threads=n_threads):
         a_scratch = <float *>malloc(scratch_floats * sizeof(float)) if packed_ptr != NULL else NULL
         try:
-            _forward_worker(threadid(), fl_num_threads(), T, B, D, H, &x[0, 0, 0],
-                            &W_x[0, 0], &W_h[0, 0], &b[0], &gates[0, 0, 0],
+            _forward_worker(threadid(), fl_num_threads(), split_units, T, B, D, H,
+                            &x[0, 0, 0], &W_x[0, 0], &W_h[0, 0], &b[0], &gates[0, 0, 0],
                             &h_states[0, 0, 0], &c_states[0, 0, 0], &hs[0, 0, 0],
                             lengths_ptr, packed_ptr, a_scratch)
         finally:
             free(a_scratch)
 
 
-cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, int D,
-                           int H, int chunk_T, const floating *x, const floating *W_x,
-                           const floating *W_h, const floating *gates,
+cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_units, int T,
+                           int B, int D, int H, int chunk_T, const floating *x,
+                           const floating *W_x, const floating *W_h, const floating *gates,
                            const floating *h_states, const floating *c_states,
                            const floating *dhs, const int *lengths, floating *dh,
                            floating *dc, floating *dh_scratch, floating *d_gates,
                            floating *dx, floating *dW_x, floating *dW_h,
                            double *db_acc, float *a_scratch) noexcept nogil:
-    cdef Py_ssize_t G = 4 * H
-    cdef Py_ssize_t b0, b1, nb, r0, r1, c0, c1, t, at, dt, rows
+    cdef Py_ssize_t G = 4 * H, BH = <Py_ssize_t>B * H, BG = <Py_ssize_t>B * G
+    cdef Py_ssize_t b0 = 0, b1 = B, u0 = 0, u1 = H, nb, nu, r0, r1, c0, c1, t, at, dt, rows
     cdef int t_start, t_stop = T
     cdef floating weight_beta = 0.0    # the first chunk writes dW_x, dW_h; later ones add
     cdef const int *slice_lengths
-    _split(B, tid, n_threads, &b0, &b1)
+    if split_units:
+        _split_aligned(H, FL_NR, tid, n_threads, &u0, &u1)
+    else:
+        _split(B, tid, n_threads, &b0, &b1)
     nb = b1 - b0
+    nu = u1 - u0
     slice_lengths = lengths + b0 if lengths != NULL else NULL
-    _split_columns(G, tid, n_threads, &c0, &c1)
+    _split_aligned(G, 16, tid, n_threads, &c0, &c1)
 
-    # Chunks of steps from the end: each thread runs the recursion over its batch slice
-    # for the chunk, then the chunk's weight and input gradients are GEMMs over
-    # chunk_T * B rows, shared out by rows (dx) and by gate columns (dW_x, dW_h, db).
+    # Chunks of steps from the end: the recursion over the chunk, then the chunk's weight
+    # and input gradients as GEMMs over chunk_T * B rows, shared out by rows (dx) and by
+    # gate columns (dW_x, dW_h, db).
     while t_stop > 0:
         t_start = max(0, t_stop - chunk_T)
-        if nb > 0:
-            for t in range(t_stop - 1, t_start - 1, -1):
-                at = <Py_ssize_t>t * B + b0
-                dt = (t - t_start) * <Py_ssize_t>B + b0
-                _cell_backward(<int>nb, H, gates + at * G, c_states + at * H,
-                               c_states + (at + B) * H,
-                               dhs + at * H if dhs != NULL else NULL,
-                               dh + b0 * H, dc + b0 * H, d_gates + dt * G, slice_lengths,
-                               <int>t)
-                if lengths == NULL:
-                    _backward_step_gemm(<int>nb, H, <int>G, d_gates + dt * G, <int>G, W_h,
-                                        <int>G, dh + b0 * H, H, a_scratch)
-                else:
-                    # Frozen steps pass dh through unchanged, so the GEMM goes to scratch.
-                    _backward_step_gemm(<int>nb, H, <int>G, d_gates + dt * G, <int>G, W_h,
-                                        <int>G, dh_scratch + b0 * H, H, a_scratch)
-                    _copy_valid_rows(<int>nb, H, dh_scratch + b0 * H, dh + b0 * H,
-                                     slice_lengths, <int>t)
+        for t in range(t_stop - 1, t_start - 1, -1):
+            at = t * B + b0
+            dt = (t - t_start) * <Py_ssize_t>B + b0
+            if nb > 0 and nu > 0:
+                _cell_backward(<int>nb, H, <int>u0, <int>nu, gates + at * G,
+                               c_states + at * H, c_states + (at + B) * H,
+                               dhs + at * H if dhs != NULL else NULL, dh + b0 * H,
+                               dc + b0 * H, d_gates + dt * G, slice_lengths, <int>t)
+            if split_units:
+                fl_barrier()   # d_gates_t is whole before anyone multiplies by it
+            if nb == 0 or nu == 0:
+                continue
+            # dh_{t-1}[rows, units] = d_gates_t[rows, :] W_h[units, :]^T; frozen steps
+            # (lengths) pass dh through, so their product goes to scratch first.
+            _backward_step_gemm(<int>nb, <int>nu, <int>G, d_gates + dt * G, <int>G,
+                                W_h + u0 * G, <int>G,
+                                (dh if lengths == NULL else dh_scratch) + b0 * H + u0, H,
+                                a_scratch)
+            if lengths != NULL:
+                _copy_valid_rows(<int>nb, H, <int>u0, <int>nu, dh_scratch + b0 * H,
+                                 dh + b0 * H, slice_lengths, <int>t)
         fl_barrier()
 
         rows = (t_stop - t_start) * <Py_ssize_t>B
@@ -270,8 +320,8 @@ cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, i
                  x + t_start * <Py_ssize_t>B * D, D, d_gates + c0, <int>G, weight_beta,
                  dW_x + c0, <int>G)
             gemm(True, False, H, <int>(c1 - c0), <int>rows, <floating>1.0,
-                 h_states + t_start * <Py_ssize_t>B * H, H, d_gates + c0, <int>G,
-                 weight_beta, dW_h + c0, <int>G)
+                 h_states + t_start * BH, H, d_gates + c0, <int>G, weight_beta,
+                 dW_h + c0, <int>G)
             _add_column_sums(<int>rows, <int>(c1 - c0), d_gates + c0, <int>G, db_acc + c0)
         weight_beta = 1.0
         t_stop = t_start
@@ -286,30 +336,30 @@ def lstm_backward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x
                          floating[:, ::1] dh_scratch, floating[:, :, ::1] d_gates,
                          floating[:, :, ::1] dx, floating[:, ::1] dW_x,
                          floating[:, ::1] dW_h, double[::1] db_acc, bint small_m_gemm,
-                         int n_threads):
+                         bint split_units, int n_threads):
     """Backpropagate through lstm_forward_kernel.
 
     dh, dc (B,H) hold dh_n, dc_n on entry and dh0, dc0 on return. d_gates is scratch of
     (chunk_T, B, 4H); dh_scratch (B,H) is used when lengths is given. dx, dW_x, dW_h are
     overwritten; db_acc (4H,) float64 must be zero and receives db. ``small_m_gemm``
-    (float32 with PACKED_GEMM only) runs the recursion's product on fastlstm's own kernel.
+    (float32 with PACKED_GEMM only) runs the recursion's product on fastlstm's own
+    kernel; ``split_units`` and ``n_threads`` as for the forward.
     """
     cdef int T = x.shape[0], B = x.shape[1], D = x.shape[2], H = W_h.shape[0]
     cdef int chunk_T = d_gates.shape[0]
     cdef const int *lengths_ptr = &lengths[0] if lengths is not None else NULL
     cdef const floating *dhs_ptr = &dhs[0, 0, 0] if dhs is not None else NULL
-    cdef float *a_scratch
-    cdef size_t scratch_floats
+    cdef float *a_scratch = NULL
     cdef bint use_kernel = small_m_gemm and floating is float and fl_gemm_packed_available()
-    n_threads = max(1, min(n_threads, B))
-    scratch_floats = fl_packed_a_size((B + n_threads - 1) // n_threads, 4 * H)
+    cdef int rows = B if split_units else (B + n_threads - 1) // n_threads
+    cdef size_t scratch_floats = fl_packed_a_size(rows, 4 * H)
     with nogil, parallel(num_threads=n_threads):
         a_scratch = <float *>malloc(scratch_floats * sizeof(float)) if use_kernel else NULL
         try:
-            _backward_worker(threadid(), fl_num_threads(), T, B, D, H, chunk_T, &x[0, 0, 0],
-                             &W_x[0, 0], &W_h[0, 0], &gates[0, 0, 0], &h_states[0, 0, 0],
-                             &c_states[0, 0, 0], dhs_ptr, lengths_ptr, &dh[0, 0], &dc[0, 0],
-                             &dh_scratch[0, 0], &d_gates[0, 0, 0], &dx[0, 0, 0],
-                             &dW_x[0, 0], &dW_h[0, 0], &db_acc[0], a_scratch)
+            _backward_worker(threadid(), fl_num_threads(), split_units, T, B, D, H, chunk_T,
+                             &x[0, 0, 0], &W_x[0, 0], &W_h[0, 0], &gates[0, 0, 0],
+                             &h_states[0, 0, 0], &c_states[0, 0, 0], dhs_ptr, lengths_ptr,
+                             &dh[0, 0], &dc[0, 0], &dh_scratch[0, 0], &d_gates[0, 0, 0],
+                             &dx[0, 0, 0], &dW_x[0, 0], &dW_h[0, 0], &db_acc[0], a_scratch)
         finally:
             free(a_scratch)

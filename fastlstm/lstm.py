@@ -23,24 +23,44 @@ def _backward_chunk_steps(T, B):
     return min(T, max(1, -(-rows // B)))
 
 
-def _packed_weights(T, B, n_threads, K, N, dtype):
-    """A buffer for the packed recurrent weights, or None to let BLAS do the steps.
+class _Plan:
+    """How the compiled kernels share one call out between threads."""
 
-    Packing costs about as much as a few rows of the product, so it pays once the
-    recursion runs enough (step, row) products per thread; it exists for float32 only.
-    """
-    kernels = _backend.lstm_kernels
-    if dtype != np.float32 or not kernels.PACKED_GEMM or not PACKED_GEMM_ENABLED:
-        return None
-    rows_per_thread = -(-B // max(1, min(n_threads, B)))
-    if T * rows_per_thread < PACKED_GEMM_MIN_STEP_ROWS:
-        return None
-    return np.empty(kernels.packed_size(K, N), np.float32)
+    __slots__ = ("n_threads", "split_units", "rows_per_thread")
+
+    def __init__(self, T, B, H, num_threads):
+        n = resolve_num_threads(num_threads)
+        kernels = _backend.lstm_kernels
+        # Small batches with wide layers: give each thread all rows and a share of the
+        # hidden units (one barrier per step) instead of a thin slice of the batch.
+        self.split_units = (n > 1 and -(-B // n) < UNIT_SPLIT_MAX_ROWS
+                            and H >= UNIT_SPLIT_MIN_H)
+        if self.split_units:
+            self.n_threads = min(n, -(-H // kernels.UNIT_BLOCK))
+            self.rows_per_thread = B
+        else:
+            self.n_threads = max(1, min(n, B))
+            self.rows_per_thread = -(-B // self.n_threads)
+
+    def packed_weights(self, T, H, dtype):
+        """A buffer for the packed recurrent weights, or None to let BLAS do the steps.
+
+        Packing costs about as much as a few rows of the product, so it pays once the
+        recursion runs enough (step, row) products per thread; float32 only.
+        """
+        kernels = _backend.lstm_kernels
+        if dtype != np.float32 or not kernels.PACKED_GEMM or not PACKED_GEMM_ENABLED:
+            return None
+        if T * self.rows_per_thread < PACKED_GEMM_MIN_STEP_ROWS:
+            return None
+        return np.empty(kernels.packed_size(H, self.split_units), np.float32)
 
 
-# Tunables (module attributes so benchmarks can compare both paths).
+# Tunables (module attributes so benchmarks can compare the paths).
 PACKED_GEMM_ENABLED = True
 PACKED_GEMM_MIN_STEP_ROWS = 32
+UNIT_SPLIT_MAX_ROWS = 48
+UNIT_SPLIT_MIN_H = 64
 
 
 def lstm_forward(x, W_x, W_h, b, h0=None, c0=None, *, lengths=None, backend="auto",
@@ -84,12 +104,12 @@ def lstm_forward(x, W_x, W_h, b, h0=None, c0=None, *, lengths=None, backend="aut
     h_states[0] = 0 if args.h0 is None else args.h0
     c_states[0] = 0 if args.c0 is None else args.c0
     hs = np.empty((T, B, H), dtype)
-    n_threads = resolve_num_threads(args.num_threads)
-    packed = _packed_weights(T, B, n_threads, H, 4 * H, dtype)
+    plan = _Plan(T, B, H, args.num_threads)
+    packed = plan.packed_weights(T, H, dtype)
     with blas_threads(1):
         _backend.lstm_kernels.lstm_forward_kernel(x, W_x, W_h, args.b, gates, h_states,
                                                   c_states, hs, args.lengths, packed,
-                                                  n_threads)
+                                                  plan.split_units, plan.n_threads)
     cache = LSTMCache(x, W_x, W_h, gates, h_states, c_states, args.lengths,
                       args.num_threads, "cython")
     return hs, (h_states[T].copy(), c_states[T].copy()), cache
@@ -128,7 +148,7 @@ def lstm_backward(dhs, cache, dh_n=None, dc_n=None):
     dW_x = np.empty((D, 4 * H), dtype)
     dW_h = np.empty((H, 4 * H), dtype)
     db_acc = np.zeros(4 * H, np.float64)
-    n_threads = resolve_num_threads(cache.num_threads)
+    plan = _Plan(T, B, H, cache.num_threads)
     # The backward's own kernel reads W_h in place (no packing), so it pays at any size.
     small_m_gemm = (dtype == np.float32 and _backend.lstm_kernels.PACKED_GEMM
                     and PACKED_GEMM_ENABLED)
@@ -136,5 +156,6 @@ def lstm_backward(dhs, cache, dh_n=None, dc_n=None):
         _backend.lstm_kernels.lstm_backward_kernel(x, W_x, W_h, cache.gates, cache.h_states,
                                                    cache.c_states, dhs, cache.lengths, dh,
                                                    dc, dh_scratch, d_gates, dx, dW_x, dW_h,
-                                                   db_acc, small_m_gemm, n_threads)
+                                                   db_acc, small_m_gemm, plan.split_units,
+                                                   plan.n_threads)
     return LSTMGrads(dx, dh, dc, dW_x, dW_h, db_acc.astype(dtype))
