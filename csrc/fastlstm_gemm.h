@@ -133,11 +133,27 @@ static void NAME##_##MR(int K, const float *A, const float *P, float *C, int ldc
 FL_DEFINE_KERNELS(fl_kernel_avx512, "avx512f,fma", fl_v16, 16, 2)
 FL_DEFINE_KERNELS(fl_kernel_avx2, "avx2,fma", fl_v8, 8, 2)
 
+typedef float fl_v4 __attribute__((vector_size(16), aligned(4), may_alias));
+
+/* Horizontal sums as shuffle trees: a serial lane-by-lane sum is a 16-long dependency
+ * chain, which dominates the NT kernel when K is small. */
+static inline __attribute__((always_inline)) float fl_hsum8(fl_v8 v) {
+    fl_v4 a = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+    a = a + __builtin_shufflevector(a, a, 2, 3, 0, 1);
+    return a[0] + a[1];
+}
+
+static inline __attribute__((always_inline)) float fl_hsum16(fl_v16 v) {
+    fl_v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7)
+            + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    return fl_hsum8(a);
+}
+
 /* The "NT" product C (M x N) = A (M x K) @ W^T with W (N x K) row-major, as dot products
  * along k: the backward recursion dh_{t-1} = d_gates_t W_h^T reads W_h as it is, so it
  * needs no packed copy of the weights. A is interleaved per row block into chunks of
  * VLEN floats, [k / VLEN][m][VLEN]; the k % VLEN tail is added in scalar code. */
-#define FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, MR, NW)                                   \
+#define FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUM, MR, NW)                             \
 __attribute__((target(TARGET)))                                                                \
 static void NAME##_##MR##_##NW(int K, const float *Ap, const float *A, int lda,                 \
                                const float *W, int ldw, float *C, int ldc, int accumulate) {   \
@@ -156,8 +172,7 @@ static void NAME##_##MR##_##NW(int K, const float *Ap, const float *A, int lda, 
     }                                                                                          \
     for (int m = 0; m < MR; m++)                                                               \
         for (int j = 0; j < NW; j++) {                                                         \
-            float s = 0.0f;                                                                    \
-            for (int i = 0; i < VLEN; i++) s += acc[m][j][i];                                  \
+            float s = HSUM(acc[m][j]);                                                         \
             for (int k = kv * VLEN; k < K; k++)                                                \
                 s += A[(size_t)m * lda + k] * W[(size_t)j * ldw + k];                          \
             float *c = C + (size_t)m * ldc + j;                                                \
@@ -165,22 +180,22 @@ static void NAME##_##MR##_##NW(int K, const float *Ap, const float *A, int lda, 
         }                                                                                      \
 }
 
-#define FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, MR)                                          \
-    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, MR, 1)                                        \
-    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, MR, 2)                                        \
-    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, MR, 3)                                        \
-    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, MR, 4)                                        \
-    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, MR, 5)                                        \
-    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, MR, 6)
+#define FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, HSUM, MR)                                    \
+    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUM, MR, 1)                                        \
+    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUM, MR, 2)                                        \
+    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUM, MR, 3)                                        \
+    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUM, MR, 4)                                        \
+    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUM, MR, 5)                                        \
+    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUM, MR, 6)
 
 typedef void (*fl_nt_fn)(int, const float *, const float *, int, const float *, int, float *,
                          int, int);
 
-#define FL_DEFINE_NT_KERNELS(NAME, TARGET, VEC, VLEN)                                          \
-    FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, 1)                                               \
-    FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, 2)                                               \
-    FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, 3)                                               \
-    FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, 4)                                               \
+#define FL_DEFINE_NT_KERNELS(NAME, TARGET, VEC, VLEN, HSUM)                                    \
+    FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, HSUM, 1)                                               \
+    FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, HSUM, 2)                                               \
+    FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, HSUM, 3)                                               \
+    FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, HSUM, 4)                                               \
     static const fl_nt_fn NAME##_table[5][7] = {                                               \
         {NULL},                                                                                \
         {NULL, NAME##_1_1, NAME##_1_2, NAME##_1_3, NAME##_1_4, NAME##_1_5, NAME##_1_6},        \
@@ -189,8 +204,8 @@ typedef void (*fl_nt_fn)(int, const float *, const float *, int, const float *, 
         {NULL, NAME##_4_1, NAME##_4_2, NAME##_4_3, NAME##_4_4, NAME##_4_5, NAME##_4_6}};
 
 /* AVX-512: 4 rows x 6 weight rows = 24 zmm accumulators; AVX2: 3 x 3 in 16 ymm. */
-FL_DEFINE_NT_KERNELS(fl_nt_avx512, "avx512f,fma", fl_v16, 16)
-FL_DEFINE_NT_KERNELS(fl_nt_avx2, "avx2,fma", fl_v8, 8)
+FL_DEFINE_NT_KERNELS(fl_nt_avx512, "avx512f,fma", fl_v16, 16, fl_hsum16)
+FL_DEFINE_NT_KERNELS(fl_nt_avx2, "avx2,fma", fl_v8, 8, fl_hsum8)
 
 static int fl_gemm_isa = -1;   /* 0: none, 1: AVX2+FMA, 2: AVX-512F */
 

@@ -1,15 +1,18 @@
 """Thread counts: what ``num_threads=None`` means and keeping BLAS from oversubscribing.
 
 The compiled kernels split work between their own OpenMP threads and call BLAS from
-each of them, so the BLAS thread pool must run single-threaded meanwhile. The pool is
-found once (threadpoolctl) and switched per call, which costs a few microseconds.
+each of them, so the BLAS thread pool must run single-threaded meanwhile. The pools are
+found once (threadpoolctl) and switched around each call. For OpenBLAS the switch calls
+its C functions directly: a few hundred nanoseconds, and no interference with
+threadpoolctl's bookkeeping of which Python thread controls the pool.
 """
+import ctypes
 import os
 import threading
 from contextlib import contextmanager
 
 _lock = threading.Lock()
-_blas_controllers = None
+_pools = None
 
 
 def usable_cores():
@@ -25,32 +28,52 @@ def resolve_num_threads(num_threads):
     return usable_cores() if num_threads is None else num_threads
 
 
-def _blas_libraries():
-    global _blas_controllers
-    if _blas_controllers is None:
+class _BlasPool:
+    """get()/set(n) for one BLAS library's thread pool."""
+
+    def __init__(self, controller):
+        self.controller = controller
+        self.get = lambda: controller.num_threads
+        self.set = controller.set_num_threads
+        if controller.internal_api == "openblas" and controller.threading_layer != "openmp":
+            for prefix in ("", "scipy_"):
+                for suffix in ("", "64_", "_64"):
+                    getter = getattr(controller.dynlib, f"{prefix}openblas_get_num_threads{suffix}", None)
+                    setter = getattr(controller.dynlib, f"{prefix}openblas_set_num_threads{suffix}", None)
+                    if getter is not None and setter is not None:
+                        getter.restype = ctypes.c_int
+                        setter.argtypes = [ctypes.c_int]
+                        self.get, self.set = getter, setter
+                        return
+
+
+def _blas_pools():
+    global _pools
+    if _pools is None:
         with _lock:
-            if _blas_controllers is None:
+            if _pools is None:
                 from threadpoolctl import ThreadpoolController
-                _blas_controllers = ThreadpoolController().select(user_api="blas").lib_controllers
-    return _blas_controllers
+                libs = ThreadpoolController().select(user_api="blas").lib_controllers
+                _pools = [_BlasPool(lib) for lib in libs]
+    return _pools
 
 
 def blas_info():
     """A list of dicts describing the BLAS libraries loaded in this process."""
-    return [lib.info() for lib in _blas_libraries()]
+    return [pool.controller.info() for pool in _blas_pools()]
 
 
 @contextmanager
 def blas_threads(n):
     """Run the body with every loaded BLAS limited to ``n`` threads, then restore."""
-    libs = _blas_libraries()
-    saved = [lib.num_threads for lib in libs]
+    pools = _blas_pools()
+    saved = [pool.get() for pool in pools]
     try:
-        for lib, old in zip(libs, saved):
+        for pool, old in zip(pools, saved):
             if old != n:
-                lib.set_num_threads(n)
+                pool.set(n)
         yield
     finally:
-        for lib, old in zip(libs, saved):
+        for pool, old in zip(pools, saved):
             if old != n:
-                lib.set_num_threads(old)
+                pool.set(old)

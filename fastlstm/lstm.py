@@ -12,14 +12,16 @@ from ._validation import validate_lstm_backward, validate_lstm_forward
 
 __all__ = ["lstm_forward", "lstm_backward", "LSTMGrads", "LSTMCache"]
 
-# Backward runs its weight/input GEMMs over chunks of (step, sequence) rows: up to this
-# many, enough for GEMM efficiency, and at most an eighth of the sequence so the
-# gate-gradient buffer stays a small fraction of the cache.
+# Backward runs its weight/input GEMMs over chunks of (step, sequence) rows: up to 256,
+# enough for GEMM efficiency; at least 64, so small problems are not cut into slivers;
+# and otherwise an eighth of the sequence, so the gate-gradient buffer stays a small
+# fraction of the cache.
 BACKWARD_CHUNK_ROWS = 256
+BACKWARD_CHUNK_MIN_ROWS = 64
 
 
 def _backward_chunk_steps(T, B):
-    rows = min(BACKWARD_CHUNK_ROWS, max(B, T * B // 8))
+    rows = min(BACKWARD_CHUNK_ROWS, max(BACKWARD_CHUNK_MIN_ROWS, T * B // 8))
     return min(T, max(1, -(-rows // B)))
 
 
@@ -60,7 +62,7 @@ class _Plan:
 PACKED_GEMM_ENABLED = True
 PACKED_GEMM_MIN_STEP_ROWS = 32
 UNIT_SPLIT_MAX_ROWS = 48
-UNIT_SPLIT_MIN_H = 64
+UNIT_SPLIT_MIN_H = 128
 
 
 def lstm_forward(x, W_x, W_h, b, h0=None, c0=None, *, lengths=None, backend="auto",
