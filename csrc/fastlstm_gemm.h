@@ -228,6 +228,7 @@ static int fl_gemm_mr(void) { return fl_gemm_isa == 2 ? 12 : 6; }
 static size_t fl_packed_a_size(int M, int K) { return (size_t)M * K; }
 
 /* C (M x N, ld ldc) = A (M x K, ld lda) @ op(B) + (accumulate ? C : 0), op(B) packed.
+ * A == NULL reuses the A that the previous call (same M, K) left packed in a_scratch.
  * A is first copied k-major, block by block, into a_scratch (M*K floats): rows of A lie a
  * power-of-two stride apart when K is one, and broadcasting from a dozen such rows would
  * thrash one L1 set. Rows are cut into equal blocks (16 = 8 + 8, not 12 + 4) so no
@@ -242,7 +243,7 @@ static void fl_gemm_packed_f32(int M, int N, int K, const float *A, int lda,
     const int n_blocks = (M + mr_max - 1) / mr_max;
     const int mr = (M + n_blocks - 1) / n_blocks;
     const int n_panels = (N + FL_NR - 1) / FL_NR;
-    for (int m0 = 0; m0 < M; m0 += mr) {
+    for (int m0 = 0; A != NULL && m0 < M; m0 += mr) {
         int rows = M - m0 < mr ? M - m0 : mr;
         float *ap = a_scratch + (size_t)m0 * K;
         for (int m = 0; m < rows; m++) {

@@ -143,13 +143,15 @@ cdef inline void _add_column_sums(int n_rows, int n_cols, const floating *m, int
 
 cdef inline void _forward_step_gemm(int M, int N, int K, const floating *h, int ldh,
                                     const floating *W_h, int ldw, const float *packed,
-                                    floating *gates, int ldg,
-                                    float *a_scratch) noexcept nogil:
+                                    floating *gates, int ldg, float *a_scratch,
+                                    bint h_already_packed) noexcept nogil:
     """gates (M x N) += h (M x K) @ W_h (K x N columns): float32 through the pre-packed
-    weights when the caller packed them, BLAS otherwise."""
+    weights when the caller packed them, BLAS otherwise. ``h_already_packed``: the
+    previous call packed this same h into a_scratch."""
     if floating is float:
         if packed != NULL and a_scratch != NULL:
-            fl_gemm_packed_f32(M, N, K, h, ldh, packed, gates, ldg, 1, a_scratch)
+            fl_gemm_packed_f32(M, N, K, NULL if h_already_packed else h, ldh, packed, gates,
+                               ldg, 1, a_scratch)
             return
     gemm(False, False, M, N, K, <floating>1.0, h, ldh, W_h, ldw, <floating>1.0, gates, ldg)
 
@@ -209,9 +211,11 @@ cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_units
                     if floating is float:
                         if packed != NULL:
                             packed_gate = packed + gate * block + (u0 // FL_NR) * FL_NR * H
+                    # h_{t-1} is packed for the kernel by the first gate's call only
                     _forward_step_gemm(B, <int>nu, H, h_states + t * BH, H,
                                        W_h + gate * H + u0, <int>G, packed_gate,
-                                       gates + t * BG + gate * H + u0, <int>G, a_scratch)
+                                       gates + t * BG + gate * H + u0, <int>G, a_scratch,
+                                       gate > 0)
                 _cell_forward(B, H, <int>u0, <int>nu, gates + t * BG, c_states + t * BH,
                               c_states + (t + 1) * BH, h_states + t * BH,
                               h_states + (t + 1) * BH, hs + t * BH, lengths, <int>t)
@@ -225,7 +229,7 @@ cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_units
     for t in range(T):
         at = t * B + b0
         _forward_step_gemm(<int>nb, <int>G, H, h_states + at * H, H, W_h, <int>G, packed,
-                           gates + at * G, <int>G, a_scratch)
+                           gates + at * G, <int>G, a_scratch, False)
         _cell_forward(<int>nb, H, 0, H, gates + at * G, c_states + at * H,
                       c_states + (at + B) * H, h_states + at * H, h_states + (at + B) * H,
                       hs + at * H, lengths + b0 if lengths != NULL else NULL, <int>t)

@@ -61,7 +61,7 @@ class _Plan:
 # Tunables (module attributes so benchmarks can compare the paths).
 PACKED_GEMM_ENABLED = True
 PACKED_GEMM_MIN_STEP_ROWS = 32
-UNIT_SPLIT_MAX_ROWS = 48
+UNIT_SPLIT_MAX_ROWS = 16
 UNIT_SPLIT_MIN_H = 128
 
 
