@@ -12,11 +12,11 @@ from ._validation import validate_lstm_backward, validate_lstm_forward
 
 __all__ = ["lstm_forward", "lstm_backward", "LSTMGrads", "LSTMCache"]
 
-# Backward runs its weight/input GEMMs over chunks of (step, sequence) rows: up to 256,
+# Backward runs its weight/input GEMMs over chunks of (step, sequence) rows: up to 512,
 # enough for GEMM efficiency; at least 64, so small problems are not cut into slivers;
 # and otherwise an eighth of the sequence, so the gate-gradient buffer stays a small
 # fraction of the cache.
-BACKWARD_CHUNK_ROWS = 256
+BACKWARD_CHUNK_ROWS = 512
 BACKWARD_CHUNK_MIN_ROWS = 64
 
 
