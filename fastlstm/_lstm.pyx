@@ -272,9 +272,11 @@ cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_unit
                            const floating *dhs, const int *lengths, floating *dh,
                            floating *dc, floating *dh_scratch, floating *d_gates,
                            floating *dx, floating *dW_x, floating *dW_h,
-                           double *db_acc, float *a_scratch) noexcept nogil:
+                           double *db_acc, float *a_scratch,
+                           int scratch_rows) noexcept nogil:
     cdef Py_ssize_t G = 4 * H, BH = <Py_ssize_t>B * H, BG = <Py_ssize_t>B * G
-    cdef Py_ssize_t b0 = 0, b1 = B, u0 = 0, u1 = H, nb, nu, r0, r1, c0, c1, t, at, dt, rows
+    cdef Py_ssize_t b0 = 0, b1 = B, u0 = 0, u1 = H, nb, nu, r, r0, r1, c0, c1, t, at, dt, rows
+    cdef Py_ssize_t m
     cdef int t_start, t_stop = T
     cdef floating weight_beta = 0.0    # the first chunk writes dW_x, dW_h; later ones add
     cdef const int *slice_lengths
@@ -317,8 +319,19 @@ cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_unit
 
         rows = (t_stop - t_start) * <Py_ssize_t>B
         _split(rows, tid, n_threads, &r0, &r1)
-        gemm(False, True, <int>(r1 - r0), D, <int>G, <floating>1.0, d_gates + r0 * G,
-             <int>G, W_x, <int>G, <floating>0.0, dx + (t_start * <Py_ssize_t>B + r0) * D, D)
+        # dx = d_gates W_x^T: W_x (D x 4H) read in place by the NT kernel, as dh's product,
+        # rather than repacked by BLAS for every chunk.
+        if floating is float and a_scratch != NULL:
+            r = r0
+            while r < r1:
+                m = min(<Py_ssize_t>scratch_rows, r1 - r)
+                fl_gemm_nt_f32(<int>m, D, <int>G, d_gates + r * G, <int>G, W_x, <int>G,
+                               dx + (t_start * <Py_ssize_t>B + r) * D, D, 0, a_scratch)
+                r += m
+        else:
+            gemm(False, True, <int>(r1 - r0), D, <int>G, <floating>1.0, d_gates + r0 * G,
+                 <int>G, W_x, <int>G, <floating>0.0,
+                 dx + (t_start * <Py_ssize_t>B + r0) * D, D)
         if c1 > c0:
             gemm(True, False, D, <int>(c1 - c0), <int>rows, <floating>1.0,
                  x + t_start * <Py_ssize_t>B * D, D, d_gates + c0, <int>G, weight_beta,
@@ -356,7 +369,9 @@ def lstm_backward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x
     cdef float *a_scratch = NULL
     cdef bint use_kernel = small_m_gemm and floating is float and fl_gemm_packed_available()
     cdef int rows = B if split_units else (B + n_threads - 1) // n_threads
-    cdef size_t scratch_floats = fl_packed_a_size(rows, 4 * H)
+    cdef size_t scratch_floats
+    rows = max(rows, 64)   # dx's product runs in blocks of this many rows
+    scratch_floats = fl_packed_a_size(rows, 4 * H)
     with nogil, parallel(num_threads=n_threads):
         a_scratch = <float *>malloc(scratch_floats * sizeof(float)) if use_kernel else NULL
         try:
@@ -364,6 +379,7 @@ def lstm_backward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x
                              &x[0, 0, 0], &W_x[0, 0], &W_h[0, 0], &gates[0, 0, 0],
                              &h_states[0, 0, 0], &c_states[0, 0, 0], dhs_ptr, lengths_ptr,
                              &dh[0, 0], &dc[0, 0], &dh_scratch[0, 0], &d_gates[0, 0, 0],
-                             &dx[0, 0, 0], &dW_x[0, 0], &dW_h[0, 0], &db_acc[0], a_scratch)
+                             &dx[0, 0, 0], &dW_x[0, 0], &dW_h[0, 0], &db_acc[0], a_scratch,
+                             rows)
         finally:
             free(a_scratch)
