@@ -1,0 +1,257 @@
+"""The compiled kernels against the NumPy reference, over shapes, dtypes, threads,
+lengths, initial states and upstream gradients, and through every internal code path
+(BLAS or fastlstm's own GEMM kernels; batch or hidden-unit partitioning)."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import fastlstm
+import fastlstm.lstm as lstm_module
+from fastlstm import reference
+from conftest import make_lstm_inputs, mixed_lengths, rel_err, TOLERANCE
+
+pytestmark = pytest.mark.skipif(not fastlstm.config()["compiled"],
+                                reason="compiled kernels not built")
+
+SHAPES = [  # (T, B, D, H)
+    (1, 1, 1, 1),
+    (1, 3, 7, 13),
+    (6, 1, 7, 13),
+    (4, 5, 7, 13),      # B not divisible by 2 threads
+    (3, 37, 20, 45),
+    (40, 6, 6, 9),      # several backward chunks
+    (300, 2, 4, 3),     # many chunks, tiny H
+    (12, 3, 10, 130),   # H >= 128 with few rows per thread: hidden-unit partitioning
+    (9, 40, 5, 33),     # H just past a 32-column panel
+]
+
+PATHS = {
+    # Each entry forces one internal path regardless of the size heuristics.
+    "auto": {},
+    "blas": {"PACKED_GEMM_ENABLED": False},
+    "own-gemm": {"PACKED_GEMM_ENABLED": True, "PACKED_GEMM_MIN_STEP_ROWS": 1},
+    "unit-split": {"UNIT_SPLIT_MAX_ROWS": 10**9, "UNIT_SPLIT_MIN_H": 1,
+                   "PACKED_GEMM_MIN_STEP_ROWS": 1},
+    "batch-split": {"UNIT_SPLIT_MAX_ROWS": 0},
+}
+
+
+@pytest.fixture(params=list(PATHS))
+def path(request, monkeypatch):
+    for name, value in PATHS[request.param].items():
+        monkeypatch.setattr(lstm_module, name, value)
+    return request.param
+
+
+def run_both(x, W_x, W_h, b, h0, c0, lengths, dhs, dh_n, dc_n, num_threads):
+    out = fastlstm.lstm_forward(x, W_x, W_h, b, h0, c0, lengths=lengths, backend="cython",
+                                num_threads=num_threads)
+    grads = fastlstm.lstm_backward(dhs, out[2], dh_n, dc_n)
+    # The reference runs in float64 on the same (possibly float32-rounded) values.
+    f64 = [None if a is None else np.asarray(a, np.float64)
+           for a in (x, W_x, W_h, b, h0, c0, dhs, dh_n, dc_n)]
+    ref = reference.lstm_forward(*f64[:6], lengths=lengths)
+    ref_grads = reference.lstm_backward(f64[6], ref[2], f64[7], f64[8])
+    return out, grads, ref, ref_grads
+
+
+def assert_matches(out, grads, ref, ref_grads, dtype):
+    tol = TOLERANCE[np.dtype(dtype)]
+    hs, (h_n, c_n), _ = out
+    assert hs.dtype == h_n.dtype == c_n.dtype == dtype
+    for name, a, r in (("hs", hs, ref[0]), ("h_n", h_n, ref[1][0]), ("c_n", c_n, ref[1][1])):
+        assert rel_err(a, r) <= tol, (name, rel_err(a, r))
+    for name, a, r in zip(fastlstm.LSTMGrads._fields, grads, ref_grads):
+        assert a.dtype == dtype, name
+        assert rel_err(a, r) <= tol, (name, rel_err(a, r))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}D{}H{}".format(*s))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("num_threads", [1, 2])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_matches_reference(path, shape, dtype, num_threads, with_lengths):
+    T, B, D, H = shape
+    x, W_x, W_h, b, h0, c0 = make_lstm_inputs(T, B, D, H, dtype, seed=T + B + H)
+    rng = np.random.default_rng(1)
+    dhs = rng.standard_normal((T, B, H)).astype(dtype)
+    dh_n = rng.standard_normal((B, H)).astype(dtype)
+    dc_n = rng.standard_normal((B, H)).astype(dtype)
+    lengths = mixed_lengths(T, B) if with_lengths else None
+    assert_matches(*run_both(x, W_x, W_h, b, h0, c0, lengths, dhs, dh_n, dc_n, num_threads),
+                   dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("variant", ["no-state", "many-to-one", "only-dhs"])
+def test_optional_arguments(path, dtype, variant):
+    """h0/c0 omitted, dhs=None (only the final state gets a gradient), dh_n/dc_n omitted."""
+    T, B, D, H = 7, 5, 6, 11
+    x, W_x, W_h, b, h0, c0 = make_lstm_inputs(T, B, D, H, dtype, state=variant != "no-state")
+    rng = np.random.default_rng(2)
+    dhs = None if variant == "many-to-one" else rng.standard_normal((T, B, H)).astype(dtype)
+    dh_n = None if variant == "only-dhs" else rng.standard_normal((B, H)).astype(dtype)
+    dc_n = None if variant != "no-state" else rng.standard_normal((B, H)).astype(dtype)
+    for num_threads in (1, 2):
+        for lengths in (None, mixed_lengths(T, B)):
+            assert_matches(*run_both(x, W_x, W_h, b, h0, c0, lengths, dhs, dh_n, dc_n,
+                                     num_threads), dtype)
+
+
+def test_many_to_one_gradient_only_through_final_state():
+    x, W_x, W_h, b, _, _ = make_lstm_inputs(5, 3, 4, 6)
+    _, _, cache = fastlstm.lstm_forward(x, W_x, W_h, b)
+    grads = fastlstm.lstm_backward(None, cache)
+    for g in grads:   # no upstream gradient at all: everything is exactly zero
+        assert not np.any(g)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_caches_are_interchangeable(dtype):
+    """A cache made by one backend gives the same gradients in the other's backward."""
+    T, B, D, H = 6, 4, 5, 7
+    x, W_x, W_h, b, h0, c0 = make_lstm_inputs(T, B, D, H, dtype)
+    dhs = np.random.default_rng(3).standard_normal((T, B, H)).astype(dtype)
+    lengths = mixed_lengths(T, B)
+    _, _, compiled_cache = fastlstm.lstm_forward(x, W_x, W_h, b, h0, c0, lengths=lengths)
+    _, _, numpy_cache = fastlstm.lstm_forward(x, W_x, W_h, b, h0, c0, lengths=lengths,
+                                              backend="numpy")
+    tol = TOLERANCE[np.dtype(dtype)]
+    for a, r in zip(reference.lstm_backward(dhs, compiled_cache),
+                    fastlstm.lstm_backward(dhs, numpy_cache)):
+        assert rel_err(a, r) <= tol
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_thread_count_changes_only_rounding(dtype):
+    T, B, D, H = 9, 7, 6, 130
+    x, W_x, W_h, b, h0, c0 = make_lstm_inputs(T, B, D, H, dtype)
+    dhs = np.random.default_rng(4).standard_normal((T, B, H)).astype(dtype)
+    results = []
+    for n in (1, 2, 3):
+        hs, (h_n, c_n), cache = fastlstm.lstm_forward(x, W_x, W_h, b, h0, c0, num_threads=n)
+        results.append((hs, h_n, c_n) + tuple(fastlstm.lstm_backward(dhs, cache)))
+    tol = TOLERANCE[np.dtype(dtype)]
+    for other in results[1:]:
+        for a, r in zip(other, results[0]):
+            assert rel_err(a, r) <= tol
+
+
+@pytest.mark.parametrize("backend", ["cython", "numpy"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_batch_equals_sequences_one_at_a_time(backend, dtype):
+    """Each sequence of a padded batch, run alone at its own length, gives its slice of
+    the batch's outputs and gradients; weight gradients add up over the sequences."""
+    T, B, D, H = 8, 5, 4, 6
+    x, W_x, W_h, b, h0, c0 = make_lstm_inputs(T, B, D, H, dtype)
+    lengths = np.array([8, 3, 0, 5, 1])
+    rng = np.random.default_rng(5)
+    dhs = rng.standard_normal((T, B, H)).astype(dtype)
+    dh_n = rng.standard_normal((B, H)).astype(dtype)
+    dc_n = rng.standard_normal((B, H)).astype(dtype)
+    hs, (h_n, c_n), cache = fastlstm.lstm_forward(x, W_x, W_h, b, h0, c0, lengths=lengths,
+                                                  backend=backend, num_threads=2)
+    grads = fastlstm.lstm_backward(dhs, cache, dh_n, dc_n)
+    tol = TOLERANCE[np.dtype(dtype)]
+    sums = {name: np.zeros_like(getattr(grads, name)) for name in ("dW_x", "dW_h", "db")}
+    for i, L in enumerate(lengths):
+        sl = slice(i, i + 1)
+        if L == 0:   # an empty sequence: the state passes straight through
+            assert rel_err(h_n[sl], h0[sl]) == 0 and rel_err(c_n[sl], c0[sl]) == 0
+            assert not np.any(hs[:, i])
+            assert rel_err(grads.dh0[sl], dh_n[sl]) == 0
+            assert rel_err(grads.dc0[sl], dc_n[sl]) == 0
+            assert not np.any(grads.dx[:, i])
+            continue
+        hs_i, (h_i, c_i), cache_i = fastlstm.lstm_forward(x[:L, sl], W_x, W_h, b, h0[sl],
+                                                          c0[sl], backend=backend)
+        g_i = fastlstm.lstm_backward(dhs[:L, sl], cache_i, dh_n[sl], dc_n[sl])
+        assert rel_err(hs[:L, sl], hs_i) <= tol
+        assert not np.any(hs[L:, i])
+        assert rel_err(h_n[sl], h_i) <= tol and rel_err(c_n[sl], c_i) <= tol
+        assert rel_err(grads.dx[:L, sl], g_i.dx) <= tol
+        assert not np.any(grads.dx[L:, i])
+        assert rel_err(grads.dh0[sl], g_i.dh0) <= tol
+        assert rel_err(grads.dc0[sl], g_i.dc0) <= tol
+        for name in sums:
+            sums[name] += getattr(g_i, name)
+    for name, total in sums.items():
+        assert rel_err(getattr(grads, name), total) <= tol, name
+
+
+def test_non_contiguous_inputs_give_the_same_results():
+    T, B, D, H = 5, 4, 6, 7
+    x, W_x, W_h, b, h0, c0 = make_lstm_inputs(T, B, D, H)
+    dhs = np.random.default_rng(6).standard_normal((T, B, H))
+    expected_out = fastlstm.lstm_forward(x, W_x, W_h, b, h0, c0)
+    expected = fastlstm.lstm_backward(dhs, expected_out[2])
+    x_strided = np.ascontiguousarray(x.transpose(1, 0, 2)).transpose(1, 0, 2)
+    W_x_f = np.asfortranarray(W_x)
+    W_h_f = np.asfortranarray(W_h)
+    b_strided = np.repeat(b, 2)[::2]
+    h0_t = np.ascontiguousarray(h0.T).T
+    dhs_strided = np.ascontiguousarray(dhs.transpose(2, 1, 0)).transpose(2, 1, 0)
+    assert not x_strided.flags.c_contiguous and not b_strided.flags.c_contiguous
+    out = fastlstm.lstm_forward(x_strided, W_x_f, W_h_f, b_strided, h0_t, c0)
+    grads = fastlstm.lstm_backward(dhs_strided, out[2])
+    assert rel_err(out[0], expected_out[0]) == 0
+    for a, r in zip(grads, expected):
+        assert rel_err(a, r) == 0
+
+
+@pytest.mark.parametrize("backend", ["cython", "numpy"])
+def test_inputs_are_not_modified_and_backward_repeats(backend):
+    T, B, D, H = 6, 3, 4, 5
+    args = make_lstm_inputs(T, B, D, H, np.float32)
+    rng = np.random.default_rng(7)
+    dhs = rng.standard_normal((T, B, H)).astype(np.float32)
+    dh_n = rng.standard_normal((B, H)).astype(np.float32)
+    lengths = np.array([6, 2, 0])
+    copies = [a.copy() for a in args] + [dhs.copy(), dh_n.copy(), lengths.copy()]
+    _, _, cache = fastlstm.lstm_forward(*args, lengths=lengths, backend=backend)
+    first = fastlstm.lstm_backward(dhs, cache, dh_n, dh_n)
+    second = fastlstm.lstm_backward(dhs, cache, dh_n, dh_n)
+    for a, c in zip(list(args) + [dhs, dh_n, lengths], copies):
+        np.testing.assert_array_equal(a, c)
+    for a, r in zip(first, second):
+        np.testing.assert_array_equal(a, r)
+
+
+def test_outputs_do_not_alias_the_cache():
+    """Writing into hs, h_n, c_n or a gradient must not corrupt a later backward."""
+    x, W_x, W_h, b, h0, c0 = make_lstm_inputs(5, 3, 4, 6)
+    dhs = np.ones((5, 3, 6))
+    hs, (h_n, c_n), cache = fastlstm.lstm_forward(x, W_x, W_h, b, h0, c0)
+    expected = fastlstm.lstm_backward(dhs, cache)
+    for a in (hs, h_n, c_n) + tuple(expected):
+        a[...] = np.nan
+    again = fastlstm.lstm_backward(dhs, cache)
+    reference_grads = reference.lstm_backward(dhs, cache)
+    for a, r in zip(again, reference_grads):
+        assert rel_err(a, r) <= 1e-10
+
+
+def test_kernels_release_the_gil():
+    """A Python thread keeps running while a long compiled forward+backward is under way."""
+    x, W_x, W_h, b, _, _ = make_lstm_inputs(200, 64, 64, 128, np.float32)
+    done = threading.Event()
+    durations = []
+
+    def work():
+        t0 = time.perf_counter()
+        _, _, cache = fastlstm.lstm_forward(x, W_x, W_h, b, num_threads=1)
+        fastlstm.lstm_backward(None, cache)
+        durations.append(time.perf_counter() - t0)
+        done.set()
+
+    worker = threading.Thread(target=work)
+    ticks = 0
+    worker.start()
+    while not done.is_set():
+        ticks += 1
+    worker.join()
+    # With the GIL held for the whole call, this loop would barely advance.
+    assert durations[0] > 0.01
+    assert ticks > 10_000, ticks

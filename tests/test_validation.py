@@ -1,0 +1,221 @@
+"""Every rule of DESIGN.md's "Errors, never crashes": bad input raises ValueError or
+TypeError naming the argument, from every backend, before any compiled code runs."""
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+
+import fastlstm
+from fastlstm import _backend, reference
+from conftest import make_lstm_inputs
+
+BACKENDS = ["numpy", "cython", "auto"]
+T, B, D, H = 4, 3, 5, 6
+
+
+def good(dtype=np.float64):
+    x, W_x, W_h, b, h0, c0 = make_lstm_inputs(T, B, D, H, dtype)
+    return dict(x=x, W_x=W_x, W_h=W_h, b=b, h0=h0, c0=c0)
+
+
+def forward_cases():
+    """(id, overrides of the good arguments, exception type, name the message must hold)."""
+    f32 = good(np.float32)
+    g = good()
+    return [
+        ("x-2d", dict(x=g["x"][0]), ValueError, "x"),
+        ("x-4d", dict(x=g["x"][None]), ValueError, "x"),
+        ("x-int", dict(x=np.ones((T, B, D), np.int64)), TypeError, "x"),
+        ("x-float16", dict(x=g["x"].astype(np.float16)), TypeError, "x"),
+        ("x-complex", dict(x=g["x"].astype(np.complex128)), TypeError, "x"),
+        ("x-bool", dict(x=g["x"] > 0), TypeError, "x"),
+        ("x-object", dict(x=np.empty((T, B, D), object)), TypeError, "x"),
+        ("x-none", dict(x=None), TypeError, "x"),
+        ("x-string", dict(x="abc"), TypeError, "x"),
+        ("W_x-rows", dict(W_x=g["W_x"][:-1]), ValueError, "W_x"),
+        ("W_x-1d", dict(W_x=g["W_x"].ravel()), ValueError, "W_x"),
+        ("W_x-cols", dict(W_x=g["W_x"][:, :-1]), ValueError, "W_x"),
+        ("W_h-not-4H", dict(W_h=g["W_h"][:, :-1]), ValueError, "W_h"),
+        ("W_h-square", dict(W_h=np.zeros((H, H))), ValueError, "W_h"),
+        ("W_h-3d", dict(W_h=g["W_h"][None]), ValueError, "W_h"),
+        ("b-short", dict(b=g["b"][:-1]), ValueError, "b"),
+        ("b-2d", dict(b=g["b"][None]), ValueError, "b"),
+        ("h0-shape", dict(h0=g["h0"][:-1]), ValueError, "h0"),
+        ("h0-transposed", dict(h0=g["h0"].T), ValueError, "h0"),
+        ("c0-shape", dict(c0=g["c0"][:, :-1]), ValueError, "c0"),
+        ("mixed-W_x", dict(W_x=f32["W_x"]), TypeError, "W_x"),
+        ("mixed-W_h", dict(W_h=f32["W_h"]), TypeError, "W_h"),
+        ("mixed-b", dict(b=f32["b"]), TypeError, "b"),
+        ("mixed-h0", dict(h0=f32["h0"]), TypeError, "h0"),
+        ("mixed-c0", dict(c0=f32["c0"]), TypeError, "c0"),
+        ("mixed-x", dict(x=f32["x"]), TypeError, "x"),
+        ("zero-T", dict(x=g["x"][:0]), ValueError, "T"),
+        ("zero-B", dict(x=g["x"][:, :0], h0=None, c0=None), ValueError, "B"),
+        ("zero-D", dict(x=g["x"][:, :, :0], W_x=g["W_x"][:0]), ValueError, "D"),
+        ("zero-H", dict(W_h=np.zeros((0, 0)), W_x=np.zeros((D, 0)), b=np.zeros(0),
+                        h0=None, c0=None), ValueError, "H"),
+        ("lengths-negative", dict(lengths=[1, -1, 2]), ValueError, "lengths"),
+        ("lengths-too-long", dict(lengths=[1, T + 1, 2]), ValueError, "lengths"),
+        ("lengths-shape", dict(lengths=[1, 2]), ValueError, "lengths"),
+        ("lengths-2d", dict(lengths=[[1, 2, 3]]), ValueError, "lengths"),
+        ("lengths-nan", dict(lengths=np.array([1.0, np.nan, 2.0])), ValueError, "lengths"),
+        ("lengths-inf", dict(lengths=np.array([1.0, np.inf, 2.0])), ValueError, "lengths"),
+        ("lengths-fraction", dict(lengths=np.array([1.0, 1.5, 2.0])), ValueError, "lengths"),
+        ("lengths-bool", dict(lengths=np.array([True, False, True])), TypeError, "lengths"),
+        ("lengths-str", dict(lengths=["a", "b", "c"]), TypeError, "lengths"),
+        ("backend-unknown", dict(backend="torch"), ValueError, "backend"),
+        ("backend-not-str", dict(backend=1), ValueError, "backend"),
+        ("threads-zero", dict(num_threads=0), ValueError, "num_threads"),
+        ("threads-negative", dict(num_threads=-1), ValueError, "num_threads"),
+        ("threads-float", dict(num_threads=1.5), TypeError, "num_threads"),
+        ("threads-bool", dict(num_threads=True), TypeError, "num_threads"),
+        ("threads-str", dict(num_threads="2"), TypeError, "num_threads"),
+    ]
+
+
+def call_forward(backend, overrides, module=fastlstm):
+    kwargs = good()
+    kwargs.update(backend=backend)
+    kwargs.update(overrides)
+    args = [kwargs.pop(k) for k in ("x", "W_x", "W_h", "b", "h0", "c0")]
+    return module.lstm_forward(*args, **kwargs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", forward_cases(), ids=lambda c: c[0])
+def test_forward_rejects_bad_input(backend, case):
+    _, overrides, exc, name = case
+    with pytest.raises(exc) as info:
+        call_forward(backend, overrides)
+    assert name in str(info.value)
+
+
+@pytest.mark.parametrize("case", forward_cases(), ids=lambda c: c[0])
+def test_reference_module_rejects_bad_input(case):
+    _, overrides, exc, name = case
+    with pytest.raises(exc) as info:
+        call_forward("numpy", overrides, module=reference)
+    assert name in str(info.value)
+
+
+def backward_cases():
+    rng = np.random.default_rng(0)
+    return [
+        ("dhs-shape", dict(dhs=rng.standard_normal((T, B, H + 1))), ValueError, "dhs"),
+        ("dhs-2d", dict(dhs=rng.standard_normal((B, H))), ValueError, "dhs"),
+        ("dhs-float32", dict(dhs=rng.standard_normal((T, B, H)).astype(np.float32)),
+         TypeError, "dhs"),
+        ("dhs-int", dict(dhs=np.ones((T, B, H), int)), TypeError, "dhs"),
+        ("dh_n-shape", dict(dh_n=rng.standard_normal((B + 1, H))), ValueError, "dh_n"),
+        ("dc_n-shape", dict(dc_n=rng.standard_normal((H, B))), ValueError, "dc_n"),
+        ("dc_n-dtype", dict(dc_n=rng.standard_normal((B, H)).astype(np.float32)),
+         TypeError, "dc_n"),
+        ("cache-wrong", dict(cache=(1, 2, 3)), TypeError, "cache"),
+        ("cache-none", dict(cache=None), TypeError, "cache"),
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", backward_cases(), ids=lambda c: c[0])
+def test_backward_rejects_bad_input(backend, case):
+    _, overrides, exc, name = case
+    _, _, cache = call_forward(backend, {})
+    kwargs = dict(dhs=None, cache=cache, dh_n=None, dc_n=None)
+    kwargs.update(overrides)
+    for module in (fastlstm, reference):
+        with pytest.raises(exc) as info:
+            module.lstm_backward(**kwargs)
+        assert name in str(info.value)
+
+
+def test_error_messages_say_what_was_expected():
+    with pytest.raises(ValueError) as info:
+        call_forward("cython", dict(W_x=np.zeros((D + 1, 4 * H))))
+    msg = str(info.value)
+    assert "(D, 4H)" in msg and str((D, 4 * H)) in msg and str((D + 1, 4 * H)) in msg
+    with pytest.raises(TypeError) as info:
+        call_forward("cython", dict(W_h=good(np.float32)["W_h"]))
+    assert "float32" in str(info.value) and "float64" in str(info.value)
+
+
+def test_bad_input_never_crashes_the_interpreter():
+    """All the cases above, in a child process per backend: a segfault or abort there
+    shows up as a failed exit status here instead of taking the test run down."""
+    script = textwrap.dedent("""
+        import sys
+        sys.path.insert(0, {tests!r})
+        import test_validation as tv
+        import fastlstm
+        bad = 0
+        for backend in ("cython", "auto"):
+            for name, overrides, exc, arg in tv.forward_cases():
+                try:
+                    tv.call_forward(backend, overrides)
+                except exc as e:
+                    if arg not in str(e):
+                        bad += 1
+                else:
+                    bad += 1
+            _, _, cache = tv.call_forward(backend, {{}})
+            for name, overrides, exc, arg in tv.backward_cases():
+                kwargs = dict(dhs=None, cache=cache, dh_n=None, dc_n=None)
+                kwargs.update(overrides)
+                try:
+                    fastlstm.lstm_backward(**kwargs)
+                except exc:
+                    pass
+                else:
+                    bad += 1
+        print("BAD", bad)
+    """).format(tests=str(__import__("pathlib").Path(__file__).parent))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "BAD 0" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
+def test_non_contiguous_and_byte_swapped_inputs_are_accepted():
+    g = good()
+    swapped = g["x"].astype(g["x"].dtype.newbyteorder(">"))
+    out = fastlstm.lstm_forward(swapped, np.asfortranarray(g["W_x"]), g["W_h"][:, :],
+                                g["b"][::1], g["h0"], g["c0"])
+    expected = fastlstm.lstm_forward(g["x"], g["W_x"], g["W_h"], g["b"], g["h0"], g["c0"])
+    np.testing.assert_array_equal(out[0], expected[0])
+    assert out[0].dtype == np.float64
+
+
+def test_lengths_accept_integral_floats_and_any_int_dtype():
+    g = good()
+    base = fastlstm.lstm_forward(**g, lengths=np.array([4, 0, 2]))[0]
+    for lengths in (np.array([4.0, 0.0, 2.0]), np.array([4, 0, 2], np.uint8), [4, 0, 2]):
+        np.testing.assert_array_equal(fastlstm.lstm_forward(**g, lengths=lengths)[0], base)
+
+
+def test_missing_extension(monkeypatch):
+    """backend="cython" without the extension is an error; "auto" warns once and falls
+    back to the reference (a broken build is never silently slow)."""
+    monkeypatch.setattr(_backend, "lstm_kernels", None)
+    monkeypatch.setattr(_backend, "IMPORT_ERROR", ImportError("simulated"))
+    monkeypatch.setattr(_backend, "_warned", False)
+    with pytest.raises(ImportError, match="cython"):
+        call_forward("cython", {})
+    with pytest.warns(RuntimeWarning, match="reference"):
+        hs, _, cache = call_forward("auto", {})
+    assert cache.backend == "numpy"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        call_forward("auto", {})      # warned once only
+    np.testing.assert_allclose(hs, call_forward("numpy", {})[0], rtol=0, atol=0)
+
+
+def test_show_config_reports_the_build(capsys):
+    fastlstm.show_config()
+    out = capsys.readouterr().out
+    assert fastlstm.__version__ in out
+    assert "compiled kernels:" in out and "OpenMP:" in out and "BLAS:" in out
+    info = fastlstm.config()
+    assert info["compiled"] is True
+    assert isinstance(info["openmp"], bool)
