@@ -171,8 +171,10 @@ def test_bad_input_never_crashes_the_interpreter():
                     bad += 1
         print("BAD", bad)
     """).format(tests=str(__import__("pathlib").Path(__file__).parent))
+    # cwd=tests/: "-c" puts the working directory first on sys.path, and from the source
+    # root that would import the uncompiled sources instead of the installed package.
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, cwd=str(__import__("pathlib").Path(__file__).parent))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "BAD 0" in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
@@ -219,3 +221,17 @@ def test_show_config_reports_the_build(capsys):
     info = fastlstm.config()
     assert info["compiled"] is True
     assert isinstance(info["openmp"], bool)
+
+
+def test_command_line_runs_the_demo():
+    """``python -m fastlstm demo`` (the README's main job) trains and samples."""
+    tests = str(__import__("pathlib").Path(__file__).parent)
+    proc = subprocess.run([sys.executable, "-m", "fastlstm", "demo", "--steps", "3",
+                           "--hidden", "16", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300, cwd=tests)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "step     3  loss" in proc.stdout and "sample:" in proc.stdout
+    assert "falling back" not in proc.stderr
+    version = subprocess.run([sys.executable, "-m", "fastlstm", "--version"],
+                             capture_output=True, text=True, timeout=60, cwd=tests)
+    assert version.stdout.strip() == f"fastlstm {fastlstm.__version__}"
