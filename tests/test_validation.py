@@ -1,5 +1,7 @@
 """Every rule of DESIGN.md's "Errors, never crashes": bad input raises ValueError or
 TypeError naming the argument, from every backend, before any compiled code runs."""
+import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -13,6 +15,18 @@ from fastlstm import _backend, reference
 from conftest import make_lstm_inputs
 
 BACKENDS = ["numpy", "cython", "auto"]
+TESTS_DIR = str(pathlib.Path(__file__).parent)
+
+
+def child_env():
+    """Environment for a child Python that imports the same fastlstm as this process.
+    Children run in tests/, because "-c" and "-m" put the working directory first on
+    sys.path, and from the source root that would shadow an installed package with the
+    uncompiled sources."""
+    env = dict(os.environ)
+    package_parent = str(pathlib.Path(fastlstm.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([package_parent, env.get("PYTHONPATH", "")])
+    return env
 T, B, D, H = 4, 3, 5, 6
 
 
@@ -170,11 +184,9 @@ def test_bad_input_never_crashes_the_interpreter():
                 else:
                     bad += 1
         print("BAD", bad)
-    """).format(tests=str(__import__("pathlib").Path(__file__).parent))
-    # cwd=tests/: "-c" puts the working directory first on sys.path, and from the source
-    # root that would import the uncompiled sources instead of the installed package.
+    """).format(tests=TESTS_DIR)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300, cwd=str(__import__("pathlib").Path(__file__).parent))
+                          timeout=300, cwd=TESTS_DIR, env=child_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "BAD 0" in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
@@ -225,13 +237,14 @@ def test_show_config_reports_the_build(capsys):
 
 def test_command_line_runs_the_demo():
     """``python -m fastlstm demo`` (the README's main job) trains and samples."""
-    tests = str(__import__("pathlib").Path(__file__).parent)
     proc = subprocess.run([sys.executable, "-m", "fastlstm", "demo", "--steps", "3",
                            "--hidden", "16", "--threads", "1"],
-                          capture_output=True, text=True, timeout=300, cwd=tests)
+                          capture_output=True, text=True, timeout=300, cwd=TESTS_DIR,
+                          env=child_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "step     3  loss" in proc.stdout and "sample:" in proc.stdout
     assert "falling back" not in proc.stderr
     version = subprocess.run([sys.executable, "-m", "fastlstm", "--version"],
-                             capture_output=True, text=True, timeout=60, cwd=tests)
+                             capture_output=True, text=True, timeout=60, cwd=TESTS_DIR,
+                             env=child_env())
     assert version.stdout.strip() == f"fastlstm {fastlstm.__version__}"
