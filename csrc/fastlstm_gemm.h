@@ -280,13 +280,19 @@ static void fl_gemm_nt_f32(int M, int N, int K, const float *A, int lda, const f
     const int kv = K / vlen;
     const int n_blocks = (M + mr_max - 1) / mr_max;
     const int mr = (M + n_blocks - 1) / n_blocks;
-    for (int m0 = 0; m0 < M; m0 += mr) {
-        int rows = M - m0 < mr ? M - m0 : mr;
-        float *ap = a_scratch + (size_t)m0 * K;
-        for (int kc = 0; kc < kv; kc++)
-            for (int m = 0; m < rows; m++)
-                memcpy(ap + ((size_t)kc * rows + m) * vlen,
-                       A + (size_t)(m0 + m) * lda + (size_t)kc * vlen, vlen * sizeof(float));
+    const float *a_packed = a_scratch;
+    if (M == 1) {
+        a_packed = A;   /* one row is already in the interleaved order */
+    } else {
+        for (int m0 = 0; m0 < M; m0 += mr) {
+            int rows = M - m0 < mr ? M - m0 : mr;
+            float *ap = a_scratch + (size_t)m0 * K;
+            for (int kc = 0; kc < kv; kc++)
+                for (int m = 0; m < rows; m++)
+                    memcpy(ap + ((size_t)kc * rows + m) * vlen,
+                           A + (size_t)(m0 + m) * lda + (size_t)kc * vlen,
+                           vlen * sizeof(float));
+        }
     }
     /* Weight rows outside, row blocks inside: each block of W rows is read from memory
      * once and reused from cache by every row block of A. */
@@ -294,7 +300,7 @@ static void fl_gemm_nt_f32(int M, int N, int K, const float *A, int lda, const f
         int nw = N - j0 < nw_max ? N - j0 : nw_max;
         for (int m0 = 0; m0 < M; m0 += mr) {
             int rows = M - m0 < mr ? M - m0 : mr;
-            table[rows][nw](K, a_scratch + (size_t)m0 * K, A + (size_t)m0 * lda, lda,
+            table[rows][nw](K, a_packed + (size_t)m0 * K, A + (size_t)m0 * lda, lda,
                             W + (size_t)j0 * ldw, ldw, C + (size_t)m0 * ldc + j0, ldc,
                             accumulate);
         }
