@@ -43,6 +43,9 @@ def float_array(name, value, dtype=None):
 
     Non-contiguous or byte-swapped arrays are copied once; the precision is never changed.
     """
+    if (type(value) is np.ndarray and value.dtype in _FLOAT_DTYPES
+            and value.flags.c_contiguous and (dtype is None or value.dtype == dtype)):
+        return value   # the common case, checked cheaply: kernels are called per step
     if value is None:
         raise TypeError(f"{name} must be a float32 or float64 array, got None")
     a = np.asarray(value)
