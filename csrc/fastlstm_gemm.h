@@ -207,19 +207,29 @@ typedef void (*fl_nt_fn)(int, const float *, const float *, int, const float *, 
 FL_DEFINE_NT_KERNELS(fl_nt_avx512, "avx512f,fma", fl_v16, 16, fl_hsum16)
 FL_DEFINE_NT_KERNELS(fl_nt_avx2, "avx2,fma", fl_v8, 8, fl_hsum8)
 
-static int fl_gemm_isa = -1;   /* 0: none, 1: AVX2+FMA, 2: AVX-512F */
+static int fl_gemm_isa = -1;   /* in use: 0 none (BLAS), 1 AVX2+FMA, 2 AVX-512F */
+
+static int fl_gemm_detect_isa(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f"))
+        return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return 1;
+    return 0;
+}
 
 static int fl_gemm_packed_available(void) {
-    if (fl_gemm_isa < 0) {
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f"))
-            fl_gemm_isa = 2;
-        else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-            fl_gemm_isa = 1;
-        else
-            fl_gemm_isa = 0;
-    }
+    if (fl_gemm_isa < 0)
+        fl_gemm_isa = fl_gemm_detect_isa();
     return fl_gemm_isa > 0;
+}
+
+/* Use at most kernel level `isa` (never more than the CPU has); returns the level now in
+ * use. Lets the tests run the AVX2 kernels on an AVX-512 machine. Not thread-safe. */
+static int fl_gemm_limit_isa(int isa) {
+    int best = fl_gemm_detect_isa();
+    fl_gemm_isa = isa < best ? isa : best;
+    return fl_gemm_isa;
 }
 
 static int fl_gemm_mr(void) { return fl_gemm_isa == 2 ? 12 : 6; }
@@ -310,6 +320,7 @@ static void fl_gemm_nt_f32(int M, int N, int K, const float *A, int lda, const f
 #else
 #define FL_HAVE_PACKED_KERNELS 0
 static int fl_gemm_packed_available(void) { return 0; }
+static int fl_gemm_limit_isa(int isa) { (void)isa; return 0; }
 static int fl_gemm_mr(void) { return 1; }
 static void fl_gemm_nt_f32(int M, int N, int K, const float *A, int lda, const float *W,
                            int ldw, float *C, int ldc, int accumulate, float *a_scratch) {

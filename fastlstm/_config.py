@@ -23,6 +23,7 @@ def config():
         "compiled_error": None if kernels is not None else str(_backend.IMPORT_ERROR),
         "openmp": bool(kernels is not None and kernels.OPENMP_ENABLED),
         "openmp_max_threads": kernels.openmp_max_threads() if kernels is not None else 0,
+        "gemm_kernels": kernels.gemm_isa() if kernels is not None else None,
         "usable_cores": usable_cores(),
         "blas": [{k: lib.get(k) for k in ("internal_api", "version", "num_threads",
                                           "threading_layer", "architecture", "filepath")}
@@ -40,7 +41,8 @@ def show_config(file=None):
           f"SciPy {info['scipy']})", file=out)
     print(f"platform: {info['platform']}", file=out)
     if info["compiled"]:
-        print("compiled kernels: yes", file=out)
+        print(f"compiled kernels: yes (own float32 GEMM kernels: {info['gemm_kernels']})",
+              file=out)
     else:
         print(f"compiled kernels: NO, using the NumPy reference ({info['compiled_error']})",
               file=out)

@@ -56,6 +56,7 @@ cdef extern from "fastlstm_kernels.h" nogil:
 cdef extern from "fastlstm_gemm.h" nogil:
     int FL_NR
     int fl_gemm_packed_available()
+    int fl_gemm_limit_isa(int isa)
     size_t fl_packed_size(int K, int N)
     size_t fl_packed_a_size(int M, int K)
     void fl_pack_panels_f32(int K, int N, const float *B, int ldb, int trans, float *packed,
@@ -67,8 +68,29 @@ cdef extern from "fastlstm_gemm.h" nogil:
                         int ldw, float *C, int ldc, int accumulate, float *a_scratch)
 
 OPENMP_ENABLED = bool(fl_openmp_enabled())
-# float32 recursions run on fastlstm's own GEMM kernels on CPUs with AVX2+FMA or AVX-512.
-PACKED_GEMM = bool(fl_gemm_packed_available())
+_ISA_NAMES = ("none (BLAS only)", "AVX2+FMA", "AVX-512F")
+
+
+def packed_gemm_available():
+    """True when float32 recursions run on fastlstm's own GEMM kernels (AVX2+FMA or
+    AVX-512 CPUs); BLAS does the products otherwise."""
+    return bool(fl_gemm_packed_available())
+
+
+cdef int _isa_level = fl_gemm_limit_isa(2)   # at import: the best the CPU has
+
+
+def gemm_isa():
+    """Which of fastlstm's own GEMM kernels run here."""
+    return _ISA_NAMES[_isa_level]
+
+
+def limit_gemm_isa(int level):
+    """Use at most kernel level ``level`` (0 BLAS only, 1 AVX2, 2 AVX-512), never more
+    than the CPU has; returns the level now in use. For tests and benchmarks."""
+    global _isa_level
+    _isa_level = fl_gemm_limit_isa(level)
+    return _isa_level
 # Hidden units are shared out between threads in whole panels of this many.
 UNIT_BLOCK = FL_NR
 
@@ -250,10 +272,12 @@ def lstm_forward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x,
     """
     cdef int T = x.shape[0], B = x.shape[1], D = x.shape[2], H = W_h.shape[0]
     cdef const int *lengths_ptr = &lengths[0] if lengths is not None else NULL
-    cdef float *packed_ptr = &packed[0] if packed is not None else NULL
+    cdef float *packed_ptr = NULL
     cdef float *a_scratch = NULL
     cdef int rows = B if split_units else (B + n_threads - 1) // n_threads
     cdef size_t scratch_floats = fl_packed_a_size(rows, H)
+    if packed is not None and fl_gemm_packed_available():
+        packed_ptr = &packed[0]
     with nogil, parallel(num_threads=n_threads):
         a_scratch = <float *>malloc(scratch_floats * sizeof(float)) if packed_ptr != NULL else NULL
         try:
@@ -359,7 +383,7 @@ def lstm_backward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x
     dh, dc (B,H) hold dh_n, dc_n on entry and dh0, dc0 on return. d_gates is scratch of
     (chunk_T, B, 4H); dh_scratch (B,H) is used when lengths is given. dx, dW_x, dW_h are
     overwritten; db_acc (4H,) float64 must be zero and receives db. ``small_m_gemm``
-    (float32 with PACKED_GEMM only) runs the recursion's product on fastlstm's own
+    (float32, where packed_gemm_available()) runs the recursion's product on fastlstm's own
     kernel; ``split_units`` and ``n_threads`` as for the forward.
     """
     cdef int T = x.shape[0], B = x.shape[1], D = x.shape[2], H = W_h.shape[0]

@@ -51,7 +51,8 @@ class _Plan:
         recursion runs enough (step, row) products per thread; float32 only.
         """
         kernels = _backend.lstm_kernels
-        if dtype != np.float32 or not kernels.PACKED_GEMM or not PACKED_GEMM_ENABLED:
+        if (dtype != np.float32 or not kernels.packed_gemm_available()
+                or not PACKED_GEMM_ENABLED):
             return None
         if T * self.rows_per_thread < PACKED_GEMM_MIN_STEP_ROWS:
             return None
@@ -152,7 +153,7 @@ def lstm_backward(dhs, cache, dh_n=None, dc_n=None):
     db_acc = np.zeros(4 * H, np.float64)
     plan = _Plan(T, B, H, cache.num_threads)
     # The backward's own kernel reads W_h in place (no packing), so it pays at any size.
-    small_m_gemm = (dtype == np.float32 and _backend.lstm_kernels.PACKED_GEMM
+    small_m_gemm = (dtype == np.float32 and _backend.lstm_kernels.packed_gemm_available()
                     and PACKED_GEMM_ENABLED)
     with blas_threads(1):
         _backend.lstm_kernels.lstm_backward_kernel(x, W_x, W_h, cache.gates, cache.h_states,

@@ -35,14 +35,32 @@ PATHS = {
     "unit-split": {"UNIT_SPLIT_MAX_ROWS": 10**9, "UNIT_SPLIT_MIN_H": 1,
                    "PACKED_GEMM_MIN_STEP_ROWS": 1},
     "batch-split": {"UNIT_SPLIT_MAX_ROWS": 0},
+    # fastlstm's own kernels at a lower instruction set than this CPU's best, so the AVX2
+    # kernels are checked on AVX-512 machines too (skipped where the CPU lacks them).
+    "avx2-kernels": {"PACKED_GEMM_MIN_STEP_ROWS": 1, "isa": 1},
+    "avx2-unit-split": {"UNIT_SPLIT_MAX_ROWS": 10**9, "UNIT_SPLIT_MIN_H": 1,
+                        "PACKED_GEMM_MIN_STEP_ROWS": 1, "isa": 1},
 }
 
 
 @pytest.fixture(params=list(PATHS))
 def path(request, monkeypatch):
-    for name, value in PATHS[request.param].items():
+    settings = dict(PATHS[request.param])
+    isa = settings.pop("isa", None)
+    for name, value in settings.items():
         monkeypatch.setattr(lstm_module, name, value)
-    return request.param
+    if isa is None:
+        yield request.param
+        return
+    kernels = fastlstm._backend.lstm_kernels
+    best = kernels.limit_gemm_isa(2)
+    if kernels.limit_gemm_isa(isa) != isa:
+        kernels.limit_gemm_isa(best)
+        pytest.skip("the CPU lacks this kernel level")
+    try:
+        yield request.param
+    finally:
+        kernels.limit_gemm_isa(best)
 
 
 def run_both(x, W_x, W_h, b, h0, c0, lengths, dhs, dh_n, dc_n, num_threads):
