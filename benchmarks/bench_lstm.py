@@ -102,6 +102,31 @@ def torch_step(p, mode, n):
 STEPS = {"fastlstm": fastlstm_step, "reference": reference_step, "torch": torch_step}
 
 
+@pytest.mark.parametrize("threads", THREADS)
+def test_sgemm_peak(benchmark, threads):
+    """The ceiling: scipy's BLAS (the one the kernels call) on a 1024^3 float32 product.
+    Defined first so it runs first, on a quiet machine."""
+    from scipy.linalg.blas import sgemm
+    rng = np.random.default_rng(0)
+    A = np.asfortranarray(rng.standard_normal((1024, 1024)).astype(np.float32))
+    Bm = np.asfortranarray(rng.standard_normal((1024, 1024)).astype(np.float32))
+    C = np.zeros((1024, 1024), np.float32, order="F")
+
+    def run():
+        with blas_threads(threads):
+            sgemm(1.0, A, Bm, c=C, overwrite_c=1)
+
+    benchmark.group = "sgemm 1024^3"
+    benchmark.extra_info.update(threads=threads, flops=2 * 1024**3)
+    # Many rounds, best one kept: the ceiling should not be lowered by a noisy moment.
+    benchmark.pedantic(run, rounds=40, warmup_rounds=3)
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None and getattr(stats, "stats", None) is not None:
+        # the best round: the ceiling the kernels are measured against
+        PEAKS[threads] = 2 * 1024**3 / stats.stats.min / 1e9
+        benchmark.extra_info["gflops"] = PEAKS[threads]
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("threads", THREADS)
@@ -116,29 +141,6 @@ def test_lstm(benchmark, case, threads, mode, impl):
     benchmark(run)
     record(benchmark, case=_case_name(*case), threads=threads, mode=mode, impl=impl,
            flops=lstm_flops(T, B, D, H, mode))
-
-
-@pytest.mark.parametrize("threads", THREADS)
-def test_sgemm_peak(benchmark, threads):
-    """The ceiling: scipy's BLAS (the one the kernels call) on a 1024^3 float32 product."""
-    from scipy.linalg.blas import sgemm
-    rng = np.random.default_rng(0)
-    A = np.asfortranarray(rng.standard_normal((1024, 1024)).astype(np.float32))
-    Bm = np.asfortranarray(rng.standard_normal((1024, 1024)).astype(np.float32))
-    C = np.zeros((1024, 1024), np.float32, order="F")
-
-    def run():
-        with blas_threads(threads):
-            sgemm(1.0, A, Bm, c=C, overwrite_c=1)
-
-    benchmark.group = "sgemm 1024^3"
-    benchmark.extra_info.update(threads=threads, flops=2 * 1024**3)
-    benchmark(run)
-    stats = getattr(benchmark, "stats", None)
-    if stats is not None and getattr(stats, "stats", None) is not None:
-        # the best round: the ceiling the kernels are measured against
-        PEAKS[threads] = 2 * 1024**3 / stats.stats.min / 1e9
-        benchmark.extra_info["gflops"] = PEAKS[threads]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "T{}-B{}-D{}-H{}".format(*c))
