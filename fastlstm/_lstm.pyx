@@ -123,6 +123,14 @@ cdef inline void _split_aligned(Py_ssize_t n, Py_ssize_t align, Py_ssize_t part,
     stop[0] = min(stop[0] * align, n)
 
 
+cdef inline size_t _scratch_floats(int B, bint split_units, int min_rows, int K) noexcept nogil:
+    """Floats of per-thread scratch for the recurrent products, sized by the thread count
+    the OpenMP runtime actually granted (it may give fewer threads than asked for, and
+    each thread then takes more rows)."""
+    cdef int rows = B if split_units else (B + fl_num_threads() - 1) // fl_num_threads()
+    return fl_packed_a_size(max(rows, min_rows), K)
+
+
 cdef inline void _cell_forward(int n_rows, int H, int u0, int nu, floating *gates,
                                const floating *c_prev, floating *c_next,
                                const floating *h_prev, floating *h_next, floating *hs,
@@ -274,12 +282,12 @@ def lstm_forward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x,
     cdef const int *lengths_ptr = &lengths[0] if lengths is not None else NULL
     cdef float *packed_ptr = NULL
     cdef float *a_scratch = NULL
-    cdef int rows = B if split_units else (B + n_threads - 1) // n_threads
-    cdef size_t scratch_floats = fl_packed_a_size(rows, H)
     if packed is not None and fl_gemm_packed_available():
         packed_ptr = &packed[0]
     with nogil, parallel(num_threads=n_threads):
-        a_scratch = <float *>malloc(scratch_floats * sizeof(float)) if packed_ptr != NULL else NULL
+        a_scratch = NULL
+        if packed_ptr != NULL:
+            a_scratch = <float *>malloc(_scratch_floats(B, split_units, 1, H) * sizeof(float))
         try:
             _forward_worker(threadid(), fl_num_threads(), split_units, T, B, D, H,
                             &x[0, 0, 0], &W_x[0, 0], &W_h[0, 0], &b[0], &gates[0, 0, 0],
@@ -392,18 +400,18 @@ def lstm_backward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x
     cdef const floating *dhs_ptr = &dhs[0, 0, 0] if dhs is not None else NULL
     cdef float *a_scratch = NULL
     cdef bint use_kernel = small_m_gemm and floating is float and fl_gemm_packed_available()
-    cdef int rows = B if split_units else (B + n_threads - 1) // n_threads
-    cdef size_t scratch_floats
-    rows = max(rows, 64)   # dx's product runs in blocks of this many rows
-    scratch_floats = fl_packed_a_size(rows, 4 * H)
+    cdef int dx_block_rows = 64   # dx's product runs in blocks of (at least) this many rows
     with nogil, parallel(num_threads=n_threads):
-        a_scratch = <float *>malloc(scratch_floats * sizeof(float)) if use_kernel else NULL
+        a_scratch = NULL
+        if use_kernel:
+            a_scratch = <float *>malloc(_scratch_floats(B, split_units, dx_block_rows, 4 * H)
+                                        * sizeof(float))
         try:
             _backward_worker(threadid(), fl_num_threads(), split_units, T, B, D, H, chunk_T,
                              &x[0, 0, 0], &W_x[0, 0], &W_h[0, 0], &gates[0, 0, 0],
                              &h_states[0, 0, 0], &c_states[0, 0, 0], dhs_ptr, lengths_ptr,
                              &dh[0, 0], &dc[0, 0], &dh_scratch[0, 0], &d_gates[0, 0, 0],
                              &dx[0, 0, 0], &dW_x[0, 0], &dW_h[0, 0], &db_acc[0], a_scratch,
-                             rows)
+                             dx_block_rows)
         finally:
             free(a_scratch)

@@ -273,3 +273,35 @@ def test_kernels_release_the_gil():
     # With the GIL held for the whole call, this loop would barely advance.
     assert durations[0] > 0.01
     assert ticks > 10_000, ticks
+
+
+def test_fewer_threads_than_asked_for():
+    """The OpenMP runtime may grant fewer threads than num_threads asks for (here
+    OMP_THREAD_LIMIT=1): every thread then takes more rows, and its scratch must grow to
+    match. Run in a child process, where the limit can be set before OpenMP starts."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+    script = (
+        "import numpy as np, fastlstm\n"
+        "from conftest import make_lstm_inputs, rel_err\n"
+        "for dtype in (np.float32, np.float64):\n"
+        "    for B, H in ((5, 13), (40, 33), (3, 130)):\n"
+        "        x, W_x, W_h, b, h0, c0 = make_lstm_inputs(60, B, 7, H, dtype)\n"
+        "        lengths = np.arange(B) % 61\n"
+        "        out = [fastlstm.lstm_forward(x, W_x, W_h, b, h0, c0, lengths=lengths,\n"
+        "                                     num_threads=n) for n in (1, 2, 8)]\n"
+        "        g = [fastlstm.lstm_backward(o[0], o[2]) for o in out]\n"
+        "        for o, gi in zip(out[1:], g[1:]):\n"
+        "            assert rel_err(o[0], out[0][0]) < 1e-5\n"
+        "            assert all(rel_err(a, r) < 1e-5 for a, r in zip(gi, g[0]))\n"
+        "print('OK')\n")
+    tests = pathlib.Path(__file__).parent
+    env = dict(os.environ, OMP_THREAD_LIMIT="1",
+               PYTHONPATH=os.pathsep.join([str(pathlib.Path(fastlstm.__file__).resolve()
+                                                .parent.parent),
+                                           os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tests, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
