@@ -25,12 +25,20 @@ def _backward_chunk_steps(T, B):
     return min(T, max(1, -(-rows // B)))
 
 
+# Thread partitioning and the recurrent GEMM (module attributes so tests and benchmarks
+# can force each path).
+PACKED_GEMM_ENABLED = True
+PACKED_GEMM_MIN_STEP_ROWS = 32
+UNIT_SPLIT_MAX_ROWS = 16
+UNIT_SPLIT_MIN_H = 128
+
+
 class _Plan:
     """How the compiled kernels share one call out between threads."""
 
     __slots__ = ("n_threads", "split_units", "rows_per_thread")
 
-    def __init__(self, T, B, H, num_threads):
+    def __init__(self, B, H, num_threads):
         n = resolve_num_threads(num_threads)
         kernels = _backend.lstm_kernels
         # Small batches with wide layers: give each thread all rows and a share of the
@@ -57,13 +65,6 @@ class _Plan:
         if T * self.rows_per_thread < PACKED_GEMM_MIN_STEP_ROWS:
             return None
         return np.empty(kernels.packed_size(H, self.split_units), np.float32)
-
-
-# Tunables (module attributes so benchmarks can compare the paths).
-PACKED_GEMM_ENABLED = True
-PACKED_GEMM_MIN_STEP_ROWS = 32
-UNIT_SPLIT_MAX_ROWS = 16
-UNIT_SPLIT_MIN_H = 128
 
 
 def lstm_forward(x, W_x, W_h, b, h0=None, c0=None, *, lengths=None, backend="auto",
@@ -107,7 +108,7 @@ def lstm_forward(x, W_x, W_h, b, h0=None, c0=None, *, lengths=None, backend="aut
     h_states[0] = 0 if args.h0 is None else args.h0
     c_states[0] = 0 if args.c0 is None else args.c0
     hs = np.empty((T, B, H), dtype)
-    plan = _Plan(T, B, H, args.num_threads)
+    plan = _Plan(B, H, args.num_threads)
     packed = plan.packed_weights(T, H, dtype)
     with blas_threads(1):
         _backend.lstm_kernels.lstm_forward_kernel(x, W_x, W_h, args.b, gates, h_states,
@@ -151,7 +152,7 @@ def lstm_backward(dhs, cache, dh_n=None, dc_n=None):
     dW_x = np.empty((D, 4 * H), dtype)
     dW_h = np.empty((H, 4 * H), dtype)
     db_acc = np.zeros(4 * H, np.float64)
-    plan = _Plan(T, B, H, cache.num_threads)
+    plan = _Plan(B, H, cache.num_threads)
     # The backward's own kernel reads W_h in place (no packing), so it pays at any size.
     small_m_gemm = (dtype == np.float32 and _backend.lstm_kernels.packed_gemm_available()
                     and PACKED_GEMM_ENABLED)
