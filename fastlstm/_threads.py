@@ -64,26 +64,43 @@ def blas_info():
 
 class blas_threads:
     """``with blas_threads(n):`` runs the body with every loaded BLAS limited to ``n``
-    threads, then restores the previous counts. (A plain class rather than a generator
-    context manager: it wraps every kernel call, and this is a few microseconds cheaper.)
+    threads, then restores the previous counts.
+
+    The BLAS setting is process-wide, so overlapping bodies in several Python threads
+    share one saved state: the first to enter saves it, the last to leave restores it
+    (each restoring its own snapshot would leave the pool pinned at ``n`` when the
+    bodies interleave). A plain class rather than a generator context manager: it
+    wraps every kernel call, and this is a few microseconds cheaper.
     """
 
-    __slots__ = ("n", "saved")
+    __slots__ = ("n",)
+    _depth = 0        # bodies under way, in all Python threads
+    _saved = None     # the counts before the first of them
+    _current = None   # the counts set since
 
     def __init__(self, n):
         self.n = n
-        self.saved = None
 
     def __enter__(self):
         pools = _blas_pools()
-        self.saved = [pool.get() for pool in pools]
-        for pool, old in zip(pools, self.saved):
-            if old != self.n:
-                pool.set(self.n)
+        with _lock:
+            cls = blas_threads
+            if cls._depth == 0:
+                cls._saved = [pool.get() for pool in pools]
+                cls._current = list(cls._saved)
+            cls._depth += 1
+            for i, pool in enumerate(pools):
+                if cls._current[i] != self.n:
+                    pool.set(self.n)
+                    cls._current[i] = self.n
         return self
 
     def __exit__(self, *exc):
-        for pool, old in zip(_blas_pools(), self.saved):
-            if old != self.n:
-                pool.set(old)
+        with _lock:
+            cls = blas_threads
+            cls._depth -= 1
+            if cls._depth == 0:
+                for pool, old, now in zip(_blas_pools(), cls._saved, cls._current):
+                    if now != old:
+                        pool.set(old)
         return False

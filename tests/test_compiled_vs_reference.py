@@ -305,3 +305,33 @@ def test_fewer_threads_than_asked_for():
     proc = subprocess.run([sys.executable, "-c", script], cwd=tests, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_concurrent_calls_from_python_threads():
+    """Kernels called from several Python threads at once give the single-threaded
+    results, and the process's BLAS thread counts are restored afterwards."""
+    from fastlstm._threads import _blas_pools
+    before = [pool.get() for pool in _blas_pools()]
+    x, W_x, W_h, b, h0, c0 = make_lstm_inputs(30, 9, 8, 40, np.float32)
+    dhs = np.ones((30, 9, 40), np.float32)
+    expected_hs, _, cache = fastlstm.lstm_forward(x, W_x, W_h, b, h0, c0, num_threads=1)
+    expected = fastlstm.lstm_backward(dhs, cache)
+    errors = []
+
+    def work():
+        try:
+            for _ in range(20):
+                hs, _, c = fastlstm.lstm_forward(x, W_x, W_h, b, h0, c0, num_threads=2)
+                g = fastlstm.lstm_backward(dhs, c)
+                assert rel_err(hs, expected_hs) < 1e-5
+                assert all(rel_err(a, r) < 1e-5 for a, r in zip(g, expected))
+        except Exception as exc:  # reported below, in the main thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors, errors
+    assert [pool.get() for pool in _blas_pools()] == before
