@@ -29,8 +29,9 @@ def _backward_chunk_steps(T, B):
 # can force each path).
 PACKED_GEMM_ENABLED = True
 PACKED_GEMM_MIN_STEP_ROWS = 32
-UNIT_SPLIT_MAX_ROWS = 16
-UNIT_SPLIT_MIN_H = 128
+UNIT_SPLIT_MAX_ROWS = 16      # hidden-unit split below this many rows per thread ...
+UNIT_SPLIT_MIN_H = 128        # ... for layers at least this wide,
+UNIT_SPLIT_IDLE_MIN_H = 64    # and for narrower ones when a batch split would idle threads
 
 
 class _Plan:
@@ -42,9 +43,11 @@ class _Plan:
         n = resolve_num_threads(num_threads)
         kernels = _backend.lstm_kernels
         # Small batches with wide layers: give each thread all rows and a share of the
-        # hidden units (one barrier per step) instead of a thin slice of the batch.
-        self.split_units = (n > 1 and -(-B // n) < UNIT_SPLIT_MAX_ROWS
-                            and H >= UNIT_SPLIT_MIN_H)
+        # hidden units (one barrier per step) instead of a thin slice of the batch; and
+        # with fewer sequences than threads (B = 1), share the units so no thread idles.
+        self.split_units = n > 1 and (
+            (-(-B // n) < UNIT_SPLIT_MAX_ROWS and H >= UNIT_SPLIT_MIN_H)
+            or (B < n and H >= UNIT_SPLIT_IDLE_MIN_H))
         if self.split_units:
             self.n_threads = min(n, -(-H // kernels.UNIT_BLOCK))
             self.rows_per_thread = B
