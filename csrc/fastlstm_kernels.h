@@ -29,6 +29,20 @@ static int fl_num_threads(void) { return 1; }
 static void fl_barrier(void) {}
 #endif
 
+/* Scratch aligned to a cache line, so vector loads never straddle two lines. */
+#if defined(_MSC_VER)
+#include <malloc.h>
+static void *fl_aligned_alloc(size_t bytes) { return _aligned_malloc(bytes ? bytes : 64, 64); }
+static void fl_aligned_free(void *p) { _aligned_free(p); }
+#else
+#include <stdlib.h>
+static void *fl_aligned_alloc(size_t bytes) {
+    void *p = NULL;
+    return posix_memalign(&p, 64, bytes ? bytes : 64) == 0 ? p : NULL;
+}
+static void fl_aligned_free(void *p) { free(p); }
+#endif
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
     && !defined(FASTLSTM_NO_TARGET_CLONES)
 #define FL_TARGET_CLONES \

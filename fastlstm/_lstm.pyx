@@ -22,7 +22,6 @@ The arguments are checked and allocated by ``fastlstm.lstm``; these functions tr
 """
 from cython cimport floating
 from cython.parallel cimport parallel, threadid
-from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 from ._blas cimport gemm
@@ -32,6 +31,8 @@ cdef extern from "fastlstm_kernels.h" nogil:
     int fl_max_threads()
     int fl_num_threads()
     void fl_barrier()
+    void *fl_aligned_alloc(size_t nbytes)
+    void fl_aligned_free(void *p)
     void fl_lstm_cell_forward_f32(int n_rows, int H, int u0, int nu, float *gates,
                                   const float *c_prev, float *c_next, const float *h_prev,
                                   float *h_next, float *hs, const int *lengths, int t)
@@ -287,14 +288,15 @@ def lstm_forward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x,
     with nogil, parallel(num_threads=n_threads):
         a_scratch = NULL
         if packed_ptr != NULL:
-            a_scratch = <float *>malloc(_scratch_floats(B, split_units, 1, H) * sizeof(float))
+            a_scratch = <float *>fl_aligned_alloc(_scratch_floats(B, split_units, 1, H)
+                                                  * sizeof(float))
         try:
             _forward_worker(threadid(), fl_num_threads(), split_units, T, B, D, H,
                             &x[0, 0, 0], &W_x[0, 0], &W_h[0, 0], &b[0], &gates[0, 0, 0],
                             &h_states[0, 0, 0], &c_states[0, 0, 0], &hs[0, 0, 0],
                             lengths_ptr, packed_ptr, a_scratch)
         finally:
-            free(a_scratch)
+            fl_aligned_free(a_scratch)
 
 
 cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_units, int T,
@@ -404,8 +406,8 @@ def lstm_backward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x
     with nogil, parallel(num_threads=n_threads):
         a_scratch = NULL
         if use_kernel:
-            a_scratch = <float *>malloc(_scratch_floats(B, split_units, dx_block_rows, 4 * H)
-                                        * sizeof(float))
+            a_scratch = <float *>fl_aligned_alloc(
+                _scratch_floats(B, split_units, dx_block_rows, 4 * H) * sizeof(float))
         try:
             _backward_worker(threadid(), fl_num_threads(), split_units, T, B, D, H, chunk_T,
                              &x[0, 0, 0], &W_x[0, 0], &W_h[0, 0], &gates[0, 0, 0],
@@ -414,4 +416,4 @@ def lstm_backward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x
                              &dx[0, 0, 0], &dW_x[0, 0], &dW_h[0, 0], &db_acc[0], a_scratch,
                              dx_block_rows)
         finally:
-            free(a_scratch)
+            fl_aligned_free(a_scratch)

@@ -3,6 +3,8 @@
 Both backends share one cache layout (``LSTMCache``), so ``lstm_backward`` runs with
 the backend that made the cache.
 """
+import itertools
+
 import numpy as np
 
 from . import _backend, reference
@@ -18,6 +20,22 @@ __all__ = ["lstm_forward", "lstm_backward", "LSTMGrads", "LSTMCache"]
 # fraction of the cache.
 BACKWARD_CHUNK_ROWS = 512
 BACKWARD_CHUNK_MIN_ROWS = 64
+
+
+_stagger = itertools.count()
+
+
+def _empty(shape, dtype):
+    """np.empty starting on a 64-byte cache line, at a different line of the 4 KiB page
+    for each buffer. NumPy's own allocations are only 16-byte aligned, so vector loads
+    straddle lines; and large buffers all start at the same page offset, so the kernels'
+    parallel streams (gates, states, gradients) would alias in the L1 by their low 12
+    address bits."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + 4096 + 64, np.uint8)
+    start = -raw.ctypes.data % 64 + 64 * (next(_stagger) * 7 % 64)
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def _backward_chunk_steps(T, B):
@@ -67,7 +85,7 @@ class _Plan:
             return None
         if T * self.rows_per_thread < PACKED_GEMM_MIN_STEP_ROWS:
             return None
-        return np.empty(kernels.packed_size(H, self.split_units), np.float32)
+        return _empty((kernels.packed_size(H, self.split_units),), np.float32)
 
 
 def lstm_forward(x, W_x, W_h, b, h0=None, c0=None, *, lengths=None, backend="auto",
@@ -105,12 +123,12 @@ def lstm_forward(x, W_x, W_h, b, h0=None, c0=None, *, lengths=None, backend="aut
     T, B, _ = x.shape
     H = W_h.shape[0]
     dtype = x.dtype
-    gates = np.empty((T, B, 4 * H), dtype)
-    h_states = np.empty((T + 1, B, H), dtype)
-    c_states = np.empty((T + 1, B, H), dtype)
+    gates = _empty((T, B, 4 * H), dtype)
+    h_states = _empty((T + 1, B, H), dtype)
+    c_states = _empty((T + 1, B, H), dtype)
     h_states[0] = 0 if args.h0 is None else args.h0
     c_states[0] = 0 if args.c0 is None else args.c0
-    hs = np.empty((T, B, H), dtype)
+    hs = _empty((T, B, H), dtype)
     plan = _Plan(B, H, args.num_threads)
     packed = plan.packed_weights(T, H, dtype)
     with blas_threads(1):
@@ -148,12 +166,12 @@ def lstm_backward(dhs, cache, dh_n=None, dc_n=None):
     dtype = x.dtype
     dh = np.zeros((B, H), dtype) if dh_n is None else dh_n.copy()
     dc = np.zeros((B, H), dtype) if dc_n is None else dc_n.copy()
-    dh_scratch = np.empty((B, H), dtype) if cache.lengths is not None else dh
+    dh_scratch = _empty((B, H), dtype) if cache.lengths is not None else dh
     chunk_T = _backward_chunk_steps(T, B)
-    d_gates = np.empty((chunk_T, B, 4 * H), dtype)
-    dx = np.empty((T, B, D), dtype)
-    dW_x = np.empty((D, 4 * H), dtype)
-    dW_h = np.empty((H, 4 * H), dtype)
+    d_gates = _empty((chunk_T, B, 4 * H), dtype)
+    dx = _empty((T, B, D), dtype)
+    dW_x = _empty((D, 4 * H), dtype)
+    dW_h = _empty((H, 4 * H), dtype)
     db_acc = np.zeros(4 * H, np.float64)
     plan = _Plan(B, H, cache.num_threads)
     # The backward's own kernel reads W_h in place (no packing), so it pays at any size.
