@@ -33,8 +33,9 @@ def _empty(shape, dtype):
     address bits."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
-    raw = np.empty(nbytes + 4096 + 64, np.uint8)
-    start = -raw.ctypes.data % 64 + 64 * (next(_stagger) * 7 % 64)
+    stagger = 64 * (next(_stagger) * 7 % 64) if nbytes >= 1 << 16 else 0   # small: in cache
+    raw = np.empty(nbytes + stagger + 64, np.uint8)
+    start = -raw.ctypes.data % 64 + stagger
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
