@@ -191,10 +191,10 @@ cdef inline void _backward_step_gemm(int M, int N, int K, const floating *d_gate
                                      const floating *W_h, int ldw, floating *dh, int ldh,
                                      float *a_scratch) noexcept nogil:
     """dh (M x N) = d_gates (M x K) @ W_h^T (W_h rows are the N outputs): float32 as dot
-    products over the rows of W_h (no packed copy needed) when scratch is given, BLAS
-    otherwise."""
+    products over the rows of W_h (no packed copy needed) when scratch is given and M > 1,
+    BLAS otherwise."""
     if floating is float:
-        if a_scratch != NULL:
+        if a_scratch != NULL and M > 1:   # a single row: BLAS's GEMV is a little faster
             fl_gemm_nt_f32(M, N, K, d_gates, ldd, W_h, ldw, dh, ldh, 0, a_scratch)
             return
     gemm(False, True, M, N, K, <floating>1.0, d_gates, ldd, W_h, ldw, <floating>0.0, dh, ldh)

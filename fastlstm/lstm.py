@@ -33,7 +33,9 @@ def _empty(shape, dtype):
     address bits."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
-    stagger = 64 * (next(_stagger) * 7 % 64) if nbytes >= 1 << 16 else 0   # small: in cache
+    if nbytes < 1 << 16:   # small buffers live in cache anyway: keep the call cheap
+        return np.empty(shape, dtype)
+    stagger = 64 * (next(_stagger) * 7 % 64)
     raw = np.empty(nbytes + stagger + 64, np.uint8)
     start = -raw.ctypes.data % 64 + stagger
     return raw[start:start + nbytes].view(dtype).reshape(shape)
