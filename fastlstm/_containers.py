@@ -65,3 +65,55 @@ class LSTMCache:
         H = self.W_h.shape[0]
         return (f"LSTMCache(T={T}, B={B}, D={D}, H={H}, dtype={self.x.dtype}, "
                 f"backend={self.backend!r}, lengths={'yes' if self.lengths is not None else 'no'})")
+
+
+class RNNGrads(NamedTuple):
+    """Gradients of a vanilla-RNN call; every array has the dtype of the forward inputs.
+
+    dx   (T, B, D)  gradient w.r.t. the inputs ``x``
+    dh0  (B, H)     gradient w.r.t. the initial hidden state
+    dW_x (D, H)     gradient w.r.t. the input weights
+    dW_h (H, H)     gradient w.r.t. the recurrent weights
+    db   (H,)       gradient w.r.t. the bias
+    """
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dW_x: np.ndarray
+    dW_h: np.ndarray
+    db: np.ndarray
+
+
+class RNNCache:
+    """What ``rnn_backward`` needs from ``rnn_forward``; treat it as opaque.
+
+      x         (T, B, D)     the inputs (referenced, not copied)
+      W_x, W_h                the weights (referenced, not copied)
+      h_states  (T+1, B, H)   h_states[0] = h0, h_states[t+1] = state after step t
+      lengths   (B,) intc or None
+      nonlinearity            "tanh" or "relu"; its derivative is read off h_states
+    """
+
+    __slots__ = ("x", "W_x", "W_h", "h_states", "lengths", "nonlinearity", "num_threads",
+                 "backend")
+
+    def __init__(self, x, W_x, W_h, h_states, lengths, nonlinearity,
+                 num_threads: Optional[int], backend: str):
+        self.x = x
+        self.W_x = W_x
+        self.W_h = W_h
+        self.h_states = h_states
+        self.lengths = lengths
+        self.nonlinearity = nonlinearity
+        self.num_threads = num_threads
+        self.backend = backend
+
+    @property
+    def dtype(self):
+        return self.x.dtype
+
+    def __repr__(self):
+        T, B, D = self.x.shape
+        H = self.W_h.shape[0]
+        return (f"RNNCache(T={T}, B={B}, D={D}, H={H}, dtype={self.x.dtype}, "
+                f"nonlinearity={self.nonlinearity!r}, backend={self.backend!r})")

@@ -8,9 +8,10 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from ._containers import LSTMCache
+from ._containers import LSTMCache, RNNCache
 
 BACKENDS = ("auto", "cython", "numpy")
+NONLINEARITIES = ("tanh", "relu")
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # BLAS takes 32-bit ints for sizes and leading dimensions.
 _BLAS_INT_MAX = 2**31 - 1
@@ -154,3 +155,72 @@ def validate_lstm_backward(dhs, cache, dh_n, dc_n):
             check_shape(name, value, shape, meaning)
         out.append(value)
     return tuple(out)
+
+
+class RNNForwardArgs(NamedTuple):
+    x: np.ndarray
+    W_x: np.ndarray
+    W_h: np.ndarray
+    b: np.ndarray
+    h0: Optional[np.ndarray]
+    nonlinearity: str
+    lengths: Optional[np.ndarray]
+    backend: str
+    num_threads: Optional[int]
+
+
+def validate_rnn_forward(x, W_x, W_h, b, h0, nonlinearity, lengths, backend, num_threads):
+    """Check the arguments of ``rnn_forward``; see DESIGN.md for the contract."""
+    backend = check_backend(backend)
+    num_threads = check_num_threads(num_threads)
+    if not isinstance(nonlinearity, str) or nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
+    x = float_array("x", x)
+    if x.ndim != 3:
+        raise ValueError(f"x must be 3-D (T, B, D) (time-major), got {_describe(x)}")
+    dtype = x.dtype
+    W_h = float_array("W_h", W_h, dtype)
+    if W_h.ndim != 2 or W_h.shape[0] != W_h.shape[1]:
+        raise ValueError(f"W_h must be square, (H, H), got {_describe(W_h)}")
+    T, B, D = x.shape
+    H = W_h.shape[0]
+    _check_sizes(T, B, D, H)
+    W_x = float_array("W_x", W_x, dtype)
+    check_shape("W_x", W_x, (D, H), "(D, H)")
+    b = float_array("b", b, dtype)
+    check_shape("b", b, (H,), "(H,)")
+    if h0 is not None:
+        h0 = float_array("h0", h0, dtype)
+        check_shape("h0", h0, (B, H), "(B, H)")
+    lengths = check_lengths(lengths, T, B)
+    return RNNForwardArgs(x, W_x, W_h, b, h0, nonlinearity, lengths, backend, num_threads)
+
+
+def check_bptt_truncate(bptt_truncate):
+    """``None`` (full BPTT) or an int >= 0."""
+    if bptt_truncate is None:
+        return None
+    if (isinstance(bptt_truncate, (bool, np.bool_))
+            or not isinstance(bptt_truncate, (int, np.integer))):
+        raise TypeError(f"bptt_truncate must be None or an int >= 0, got "
+                        f"{type(bptt_truncate).__name__} {bptt_truncate!r}")
+    if bptt_truncate < 0:
+        raise ValueError(f"bptt_truncate must be None or an int >= 0, got {bptt_truncate}")
+    return int(bptt_truncate)
+
+
+def validate_rnn_backward(dhs, cache, dh_n, bptt_truncate):
+    """Check the arguments of ``rnn_backward``; returns ``(dhs, dh_n, bptt_truncate)``."""
+    if not isinstance(cache, RNNCache):
+        raise TypeError(f"cache must be the RNNCache returned by rnn_forward, "
+                        f"got {type(cache).__name__}")
+    T, B, _ = cache.x.shape
+    H = cache.W_h.shape[0]
+    dtype = cache.dtype
+    if dhs is not None:
+        dhs = float_array("dhs", dhs, dtype)
+        check_shape("dhs", dhs, (T, B, H), "(T, B, H)")
+    if dh_n is not None:
+        dh_n = float_array("dh_n", dh_n, dtype)
+        check_shape("dh_n", dh_n, (B, H), "(B, H)")
+    return dhs, dh_n, check_bptt_truncate(bptt_truncate)

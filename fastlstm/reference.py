@@ -17,10 +17,12 @@ not change what is computed here.
 """
 import numpy as np
 
-from ._containers import LSTMCache, LSTMGrads
-from ._validation import validate_lstm_backward, validate_lstm_forward
+from ._containers import LSTMCache, LSTMGrads, RNNCache, RNNGrads
+from ._validation import (validate_lstm_backward, validate_lstm_forward,
+                          validate_rnn_backward, validate_rnn_forward)
 
-__all__ = ["lstm_forward", "lstm_backward", "sigmoid", "LSTMGrads"]
+__all__ = ["lstm_forward", "lstm_backward", "rnn_forward", "rnn_backward", "sigmoid",
+           "LSTMGrads", "RNNGrads"]
 
 
 def sigmoid(z):
@@ -142,3 +144,130 @@ def lstm_backward(dhs, cache, dh_n=None, dc_n=None):
     dW_h = cache.h_states[:-1].reshape(T * B, H).T @ da_all
     db = da_all.sum(axis=0)
     return LSTMGrads(dx, dh_next, dc_next, dW_x, dW_h, db)
+
+
+# --- vanilla RNN --------------------------------------------------------------------
+#
+#     a_t = x_t W_x + h_{t-1} W_h + b,   h_t = act(a_t),   act = tanh or relu
+
+def _activation(a, nonlinearity):
+    return np.tanh(a) if nonlinearity == "tanh" else np.maximum(a, 0)
+
+
+def _activation_grad(h, nonlinearity):
+    """d act / d a, written in terms of the output h = act(a)."""
+    return 1 - h * h if nonlinearity == "tanh" else (h > 0).astype(h.dtype)
+
+
+def rnn_forward(x, W_x, W_h, b, h0=None, *, nonlinearity="tanh", lengths=None,
+                backend="numpy", num_threads=None):
+    """Run a vanilla RNN, ``h_t = act(x_t W_x + h_{t-1} W_h + b)``, over a time-major batch.
+
+    Parameters
+    ----------
+    x : (T, B, D) float32 or float64
+    W_x : (D, H), W_h : (H, H), b : (H,)  same dtype as ``x``
+    h0 : (B, H) or None (zeros)
+    nonlinearity : "tanh" or "relu"
+    lengths : (B,) ints in [0, T] or None; past its length a sequence's state is carried
+        unchanged and ``hs[t, b] = 0``
+
+    Returns
+    -------
+    hs : (T, B, H), h_n : (B, H) (each sequence's state after its own last step), cache
+    """
+    args = validate_rnn_forward(x, W_x, W_h, b, h0, nonlinearity, lengths, backend,
+                                num_threads)
+    x, W_x, W_h, b = args.x, args.W_x, args.W_h, args.b
+    T, B, D = x.shape
+    H = W_h.shape[0]
+    dtype = x.dtype
+    h_states = np.zeros((T + 1, B, H), dtype)
+    if args.h0 is not None:
+        h_states[0] = args.h0
+    mask = _step_mask(args.lengths, T, B)
+    x_proj = (x.reshape(T * B, D) @ W_x + b).reshape(T, B, H)   # every step in one GEMM
+    for t in range(T):
+        h = _activation(x_proj[t] + h_states[t] @ W_h, args.nonlinearity)
+        h_states[t + 1] = h if mask is None else np.where(mask[t], h, h_states[t])
+    hs = h_states[1:].copy() if mask is None else np.where(mask, h_states[1:], 0).astype(dtype)
+    cache = RNNCache(x, W_x, W_h, h_states, args.lengths, args.nonlinearity,
+                     args.num_threads, "numpy")
+    return hs, h_states[T].copy(), cache
+
+
+def rnn_backward(dhs, cache, dh_n=None, bptt_truncate=None):
+    """Backpropagate through ``rnn_forward``, in full or truncated.
+
+    Parameters
+    ----------
+    dhs : (T, B, H) or None  gradient of the loss w.r.t. ``hs`` (None: zeros)
+    cache : the RNNCache from ``rnn_forward``
+    dh_n : (B, H) or None  gradient w.r.t. ``h_n``; it enters at each sequence's last
+        step, like a loss term there
+    bptt_truncate : None or int k >= 0
+        None: full backpropagation through time. k: the loss term at step t sends
+        gradient to steps t, t-1, ..., t-k and no further (k = 0: only to step t
+        itself); h0 receives gradient from the loss terms whose window reaches step 0.
+        Any k >= T-1 is full BPTT. Steps are counted within each sequence's own length.
+
+        Example, T = 3, k = 1: the loss at step 2 reaches steps 2 and 1 (not step 0,
+        not h0); the loss at step 1 reaches steps 1 and 0 and, through step 0, h0; the
+        loss at step 0 reaches step 0 and h0. Every step a loss term reaches adds to
+        that step's share of dx, dW_x, dW_h and db.
+
+    Returns
+    -------
+    RNNGrads(dx (T,B,D), dh0 (B,H), dW_x (D,H), dW_h (H,H), db (H,))
+    """
+    dhs, dh_n, k = validate_rnn_backward(dhs, cache, dh_n, bptt_truncate)
+    x, W_x, W_h, h_states = cache.x, cache.W_x, cache.W_h, cache.h_states
+    T, B, D = x.shape
+    H = W_h.shape[0]
+    dtype = x.dtype
+    mask = _step_mask(cache.lengths, T, B)
+    act_grad = _activation_grad(h_states[1:], cache.nonlinearity)   # (T, B, H)
+    d_pre = np.zeros((T, B, H), dtype)   # gradient w.r.t. the pre-activations a_t
+
+    if k is None or k >= T - 1:
+        # Full BPTT: one backward sweep; frozen steps pass dh through unchanged.
+        dh = np.zeros((B, H), dtype) if dh_n is None else dh_n.copy()
+        for t in reversed(range(T)):
+            g = dh if dhs is None else dh + dhs[t]
+            da = g * act_grad[t]
+            if mask is not None:
+                da = np.where(mask[t], da, 0).astype(dtype)
+                dh = np.where(mask[t], da @ W_h.T, dh)
+            else:
+                dh = da @ W_h.T
+            d_pre[t] = da
+        dh0 = dh
+    else:
+        # Truncated: every loss term walks back through its own window of k + 1 steps.
+        lengths = np.full(B, T) if cache.lengths is None else cache.lengths
+        origin = np.zeros((T, B, H), dtype)   # the loss term at each real step
+        if dhs is not None:
+            origin += dhs if mask is None else np.where(mask, dhs, 0)
+        dh0 = np.zeros((B, H), dtype)
+        if dh_n is not None:
+            last = lengths - 1
+            for bi in range(B):
+                if last[bi] >= 0:
+                    origin[last[bi], bi] += dh_n[bi]
+                else:
+                    dh0[bi] += dh_n[bi]   # an empty sequence: h_n is h0
+        for t in range(T):
+            g = origin[t]
+            for s in range(t, max(t - k, 0) - 1, -1):
+                da = g * act_grad[s]
+                d_pre[s] += da
+                g = da @ W_h.T
+            if t - k <= 0:   # the window reached step 0, whose input state is h0
+                dh0 += g
+
+    dA = d_pre.reshape(T * B, H)
+    dx = (dA @ W_x.T).reshape(T, B, D)
+    dW_x = x.reshape(T * B, D).T @ dA
+    dW_h = h_states[:-1].reshape(T * B, H).T @ dA
+    db = dA.sum(axis=0)
+    return RNNGrads(dx, dh0, dW_x, dW_h, db)
