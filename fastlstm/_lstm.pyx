@@ -25,48 +25,7 @@ from cython.parallel cimport parallel, threadid
 from libc.string cimport memcpy
 
 from ._blas cimport gemm
-
-cdef extern from "fastlstm_kernels.h" nogil:
-    int fl_openmp_enabled()
-    int fl_max_threads()
-    int fl_num_threads()
-    void fl_barrier()
-    void *fl_aligned_alloc(size_t nbytes)
-    void fl_aligned_free(void *p)
-    void fl_lstm_cell_forward_f32(int n_rows, int H, int u0, int nu, float *gates,
-                                  const float *c_prev, float *c_next, const float *h_prev,
-                                  float *h_next, float *hs, const int *lengths, int t)
-    void fl_lstm_cell_forward_f64(int n_rows, int H, int u0, int nu, double *gates,
-                                  const double *c_prev, double *c_next, const double *h_prev,
-                                  double *h_next, double *hs, const int *lengths, int t)
-    void fl_lstm_cell_backward_f32(int n_rows, int H, int u0, int nu, const float *gates,
-                                   const float *c_prev, const float *c_cur, const float *dhs,
-                                   const float *dh, float *dc, float *d_gates,
-                                   const int *lengths, int t)
-    void fl_lstm_cell_backward_f64(int n_rows, int H, int u0, int nu, const double *gates,
-                                   const double *c_prev, const double *c_cur,
-                                   const double *dhs, const double *dh, double *dc,
-                                   double *d_gates, const int *lengths, int t)
-    void fl_copy_valid_rows_f32(int n_rows, int H, int u0, int nu, const float *src,
-                                float *dst, const int *lengths, int t)
-    void fl_copy_valid_rows_f64(int n_rows, int H, int u0, int nu, const double *src,
-                                double *dst, const int *lengths, int t)
-    void fl_add_column_sums_f32(int n_rows, int n_cols, const float *m, int ld, double *acc)
-    void fl_add_column_sums_f64(int n_rows, int n_cols, const double *m, int ld, double *acc)
-
-cdef extern from "fastlstm_gemm.h" nogil:
-    int FL_NR
-    int fl_gemm_packed_available()
-    int fl_gemm_limit_isa(int isa)
-    size_t fl_packed_size(int K, int N)
-    size_t fl_packed_a_size(int M, int K)
-    void fl_pack_panels_f32(int K, int N, const float *B, int ldb, int trans, float *packed,
-                            int p0, int p1)
-    void fl_gemm_packed_f32(int M, int N, int K, const float *A, int lda,
-                            const float *packed, float *C, int ldc, int accumulate,
-                            float *a_scratch)
-    void fl_gemm_nt_f32(int M, int N, int K, const float *A, int lda, const float *W,
-                        int ldw, float *C, int ldc, int accumulate, float *a_scratch)
+from ._kernel_common cimport *
 
 OPENMP_ENABLED = bool(fl_openmp_enabled())
 _ISA_NAMES = ("none (BLAS only)", "AVX2+FMA", "AVX-512F")
@@ -108,30 +67,6 @@ def openmp_max_threads():
     return fl_max_threads()
 
 
-cdef inline void _split(Py_ssize_t n, Py_ssize_t part, Py_ssize_t n_parts,
-                        Py_ssize_t *start, Py_ssize_t *stop) noexcept nogil:
-    """[start, stop): part ``part`` of ``n`` items cut into ``n_parts`` near-equal parts."""
-    start[0] = n * part // n_parts
-    stop[0] = n * (part + 1) // n_parts
-
-
-cdef inline void _split_aligned(Py_ssize_t n, Py_ssize_t align, Py_ssize_t part,
-                                Py_ssize_t n_parts, Py_ssize_t *start,
-                                Py_ssize_t *stop) noexcept nogil:
-    """Like _split, in whole blocks of ``align`` items (SIMD- or panel-aligned parts)."""
-    _split((n + align - 1) // align, part, n_parts, start, stop)
-    start[0] = min(start[0] * align, n)
-    stop[0] = min(stop[0] * align, n)
-
-
-cdef inline size_t _scratch_floats(int B, bint split_units, int min_rows, int K) noexcept nogil:
-    """Floats of per-thread scratch for the recurrent products, sized by the thread count
-    the OpenMP runtime actually granted (it may give fewer threads than asked for, and
-    each thread then takes more rows)."""
-    cdef int rows = B if split_units else (B + fl_num_threads() - 1) // fl_num_threads()
-    return fl_packed_a_size(max(rows, min_rows), K)
-
-
 cdef inline void _cell_forward(int n_rows, int H, int u0, int nu, floating *gates,
                                const floating *c_prev, floating *c_next,
                                const floating *h_prev, floating *h_next, floating *hs,
@@ -154,22 +89,6 @@ cdef inline void _cell_backward(int n_rows, int H, int u0, int nu, const floatin
     else:
         fl_lstm_cell_backward_f64(n_rows, H, u0, nu, gates, c_prev, c_cur, dhs, dh, dc,
                                   d_gates, lengths, t)
-
-
-cdef inline void _copy_valid_rows(int n_rows, int H, int u0, int nu, const floating *src,
-                                  floating *dst, const int *lengths, int t) noexcept nogil:
-    if floating is float:
-        fl_copy_valid_rows_f32(n_rows, H, u0, nu, src, dst, lengths, t)
-    else:
-        fl_copy_valid_rows_f64(n_rows, H, u0, nu, src, dst, lengths, t)
-
-
-cdef inline void _add_column_sums(int n_rows, int n_cols, const floating *m, int ld,
-                                  double *acc) noexcept nogil:
-    if floating is float:
-        fl_add_column_sums_f32(n_rows, n_cols, m, ld, acc)
-    else:
-        fl_add_column_sums_f64(n_rows, n_cols, m, ld, acc)
 
 
 cdef inline void _forward_step_gemm(int M, int N, int K, const floating *h, int ldh,
@@ -309,8 +228,7 @@ cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_unit
                            double *db_acc, float *a_scratch,
                            int scratch_rows) noexcept nogil:
     cdef Py_ssize_t G = 4 * H, BH = <Py_ssize_t>B * H, BG = <Py_ssize_t>B * G
-    cdef Py_ssize_t b0 = 0, b1 = B, u0 = 0, u1 = H, nb, nu, r, r0, r1, c0, c1, t, at, dt, rows
-    cdef Py_ssize_t m
+    cdef Py_ssize_t b0 = 0, b1 = B, u0 = 0, u1 = H, nb, nu, t, at, dt, rows
     cdef int t_start, t_stop = T
     cdef floating weight_beta = 0.0    # the first chunk writes dW_x, dW_h; later ones add
     cdef const int *slice_lengths
@@ -321,7 +239,6 @@ cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_unit
     nb = b1 - b0
     nu = u1 - u0
     slice_lengths = lengths + b0 if lengths != NULL else NULL
-    _split_aligned(G, 16, tid, n_threads, &c0, &c1)
 
     # Chunks of steps from the end: the recursion over the chunk, then the chunk's weight
     # and input gradients as GEMMs over chunk_T * B rows, shared out by rows (dx) and by
@@ -352,28 +269,10 @@ cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_unit
         fl_barrier()
 
         rows = (t_stop - t_start) * <Py_ssize_t>B
-        _split(rows, tid, n_threads, &r0, &r1)
-        # dx = d_gates W_x^T: W_x (D x 4H) read in place by the NT kernel, as dh's product,
-        # rather than repacked by BLAS for every chunk.
-        if floating is float and a_scratch != NULL:
-            r = r0
-            while r < r1:
-                m = min(<Py_ssize_t>scratch_rows, r1 - r)
-                fl_gemm_nt_f32(<int>m, D, <int>G, d_gates + r * G, <int>G, W_x, <int>G,
-                               dx + (t_start * <Py_ssize_t>B + r) * D, D, 0, a_scratch)
-                r += m
-        else:
-            gemm(False, True, <int>(r1 - r0), D, <int>G, <floating>1.0, d_gates + r0 * G,
-                 <int>G, W_x, <int>G, <floating>0.0,
-                 dx + (t_start * <Py_ssize_t>B + r0) * D, D)
-        if c1 > c0:
-            gemm(True, False, D, <int>(c1 - c0), <int>rows, <floating>1.0,
-                 x + t_start * <Py_ssize_t>B * D, D, d_gates + c0, <int>G, weight_beta,
-                 dW_x + c0, <int>G)
-            gemm(True, False, H, <int>(c1 - c0), <int>rows, <floating>1.0,
-                 h_states + t_start * BH, H, d_gates + c0, <int>G, weight_beta,
-                 dW_h + c0, <int>G)
-            _add_column_sums(<int>rows, <int>(c1 - c0), d_gates + c0, <int>G, db_acc + c0)
+        _chunk_gradients(tid, n_threads, rows, <int>G, D, H, d_gates,
+                         x + t_start * <Py_ssize_t>B * D, h_states + t_start * BH, W_x,
+                         dx + t_start * <Py_ssize_t>B * D, dW_x, dW_h, db_acc, weight_beta,
+                         a_scratch, scratch_rows)
         weight_beta = 1.0
         t_stop = t_start
         fl_barrier()   # d_gates is reused by the next chunk

@@ -1,0 +1,120 @@
+# Shared by the compiled LSTM and RNN kernels: the C helpers' declarations, how work is
+# cut between threads, and the per-chunk weight/input gradients of a backward pass.
+from cython cimport floating
+
+from ._blas cimport gemm
+
+cdef extern from "fastlstm_kernels.h" nogil:
+    int fl_openmp_enabled()
+    int fl_max_threads()
+    int fl_num_threads()
+    void fl_barrier()
+    void *fl_aligned_alloc(size_t nbytes)
+    void fl_aligned_free(void *p)
+    void fl_lstm_cell_forward_f32(int n_rows, int H, int u0, int nu, float *gates,
+                                  const float *c_prev, float *c_next, const float *h_prev,
+                                  float *h_next, float *hs, const int *lengths, int t)
+    void fl_lstm_cell_forward_f64(int n_rows, int H, int u0, int nu, double *gates,
+                                  const double *c_prev, double *c_next, const double *h_prev,
+                                  double *h_next, double *hs, const int *lengths, int t)
+    void fl_lstm_cell_backward_f32(int n_rows, int H, int u0, int nu, const float *gates,
+                                   const float *c_prev, const float *c_cur, const float *dhs,
+                                   const float *dh, float *dc, float *d_gates,
+                                   const int *lengths, int t)
+    void fl_lstm_cell_backward_f64(int n_rows, int H, int u0, int nu, const double *gates,
+                                   const double *c_prev, const double *c_cur,
+                                   const double *dhs, const double *dh, double *dc,
+                                   double *d_gates, const int *lengths, int t)
+    void fl_copy_valid_rows_f32(int n_rows, int H, int u0, int nu, const float *src,
+                                float *dst, const int *lengths, int t)
+    void fl_copy_valid_rows_f64(int n_rows, int H, int u0, int nu, const double *src,
+                                double *dst, const int *lengths, int t)
+    void fl_add_column_sums_f32(int n_rows, int n_cols, const float *m, int ld, double *acc)
+    void fl_add_column_sums_f64(int n_rows, int n_cols, const double *m, int ld, double *acc)
+
+cdef extern from "fastlstm_gemm.h" nogil:
+    int FL_NR
+    int fl_gemm_packed_available()
+    int fl_gemm_limit_isa(int isa)
+    size_t fl_packed_size(int K, int N)
+    size_t fl_packed_a_size(int M, int K)
+    void fl_pack_panels_f32(int K, int N, const float *B, int ldb, int trans, float *packed,
+                            int p0, int p1)
+    void fl_gemm_packed_f32(int M, int N, int K, const float *A, int lda,
+                            const float *packed, float *C, int ldc, int accumulate,
+                            float *a_scratch)
+    void fl_gemm_nt_f32(int M, int N, int K, const float *A, int lda, const float *W,
+                        int ldw, float *C, int ldc, int accumulate, float *a_scratch)
+
+cdef inline void _split(Py_ssize_t n, Py_ssize_t part, Py_ssize_t n_parts,
+                        Py_ssize_t *start, Py_ssize_t *stop) noexcept nogil:
+    """[start, stop): part ``part`` of ``n`` items cut into ``n_parts`` near-equal parts."""
+    start[0] = n * part // n_parts
+    stop[0] = n * (part + 1) // n_parts
+
+
+cdef inline void _split_aligned(Py_ssize_t n, Py_ssize_t align, Py_ssize_t part,
+                                Py_ssize_t n_parts, Py_ssize_t *start,
+                                Py_ssize_t *stop) noexcept nogil:
+    """Like _split, in whole blocks of ``align`` items (SIMD- or panel-aligned parts)."""
+    _split((n + align - 1) // align, part, n_parts, start, stop)
+    start[0] = min(start[0] * align, n)
+    stop[0] = min(stop[0] * align, n)
+
+
+cdef inline size_t _scratch_floats(int B, bint split_units, int min_rows, int K) noexcept nogil:
+    """Floats of per-thread scratch for the recurrent products, sized by the thread count
+    the OpenMP runtime actually granted (it may give fewer threads than asked for, and
+    each thread then takes more rows)."""
+    cdef int rows = B if split_units else (B + fl_num_threads() - 1) // fl_num_threads()
+    return fl_packed_a_size(max(rows, min_rows), K)
+
+
+cdef inline void _copy_valid_rows(int n_rows, int H, int u0, int nu, const floating *src,
+                                  floating *dst, const int *lengths, int t) noexcept nogil:
+    if floating is float:
+        fl_copy_valid_rows_f32(n_rows, H, u0, nu, src, dst, lengths, t)
+    else:
+        fl_copy_valid_rows_f64(n_rows, H, u0, nu, src, dst, lengths, t)
+
+
+cdef inline void _add_column_sums(int n_rows, int n_cols, const floating *m, int ld,
+                                  double *acc) noexcept nogil:
+    if floating is float:
+        fl_add_column_sums_f32(n_rows, n_cols, m, ld, acc)
+    else:
+        fl_add_column_sums_f64(n_rows, n_cols, m, ld, acc)
+
+
+
+cdef inline void _chunk_gradients(Py_ssize_t tid, Py_ssize_t n_threads, Py_ssize_t rows,
+                                  int N, int D, int H, const floating *d_pre,
+                                  const floating *x, const floating *h_prev,
+                                  const floating *W_x, floating *dx, floating *dW_x,
+                                  floating *dW_h, double *db_acc, floating weight_beta,
+                                  float *a_scratch, int scratch_rows) noexcept nogil:
+    """The weight and input gradients of ``rows`` (step, sequence) rows at once:
+    dx = d_pre W_x^T, dW_x (+)= x^T d_pre, dW_h (+)= h_prev^T d_pre, db += column sums.
+    d_pre (rows x N) holds the gradients of the pre-activations (N = 4H for the LSTM, H
+    for the RNN); dx is shared out by rows, the weight gradients by columns."""
+    cdef Py_ssize_t r, r0, r1, c0, c1, m
+    _split(rows, tid, n_threads, &r0, &r1)
+    # dx = d_pre W_x^T: W_x (D x N) read in place by the NT kernel rather than repacked
+    # by BLAS for every chunk.
+    if floating is float and a_scratch != NULL:
+        r = r0
+        while r < r1:
+            m = min(<Py_ssize_t>scratch_rows, r1 - r)
+            fl_gemm_nt_f32(<int>m, D, N, d_pre + r * N, N, W_x, N, dx + r * D, D, 0,
+                           a_scratch)
+            r += m
+    else:
+        gemm(False, True, <int>(r1 - r0), D, N, <floating>1.0, d_pre + r0 * N, N, W_x, N,
+             <floating>0.0, dx + r0 * D, D)
+    _split_aligned(N, 16, tid, n_threads, &c0, &c1)
+    if c1 > c0:
+        gemm(True, False, D, <int>(c1 - c0), <int>rows, <floating>1.0, x, D, d_pre + c0, N,
+             weight_beta, dW_x + c0, N)
+        gemm(True, False, H, <int>(c1 - c0), <int>rows, <floating>1.0, h_prev, H,
+             d_pre + c0, N, weight_beta, dW_h + c0, N)
+        _add_column_sums(<int>rows, <int>(c1 - c0), d_pre + c0, N, db_acc + c0)
