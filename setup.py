@@ -50,15 +50,16 @@ if not _compiler_is_msvc():
 
 extensions = [
     Extension(
-        "fastlstm._lstm",
-        ["fastlstm/_lstm.pyx"],
+        f"fastlstm.{name}",
+        [f"fastlstm/{name}.pyx"],
         include_dirs=["csrc", numpy.get_include()],
         depends=["csrc/fastlstm_kernels.h", "csrc/fastlstm_gemm.h", "fastlstm/_blas.pxd",
                  "fastlstm/_kernel_common.pxd"],
         extra_compile_args=extra_compile,
         extra_link_args=omp_link,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-    ),
+    )
+    for name in ("_lstm", "_rnn")
 ]
 
 setup(

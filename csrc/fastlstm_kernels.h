@@ -210,6 +210,59 @@ static void fl_lstm_cell_backward_##SUFFIX(                                     
 FL_DEFINE_CELL(f32, float, fl_sigmoidf, fl_tanhf)
 FL_DEFINE_CELL(f64, double, fl_sigmoid, tanh)
 
+
+/* ---- the vanilla-RNN cell: h = act(a), act = tanh (relu == 0) or relu (relu == 1) ----
+ * Forward: the pre-activations of a step sit in h_next; they are activated in place.
+ * Backward: d_pre = (dh + dhs) * act'(a), with act' read off the output h. Rows past
+ * their sequence's length carry the state (forward) or get zero gradients (backward). */
+#define FL_DEFINE_RNN_CELL(SUFFIX, REAL, TANH)                                                  \
+FL_TARGET_CLONES                                                                                \
+static void fl_rnn_cell_forward_##SUFFIX(int n_rows, int H, int relu, const REAL *h_prev,       \
+                                         REAL *h_next, REAL *hs, const int *lengths, int t)     \
+{                                                                                               \
+    for (int r = 0; r < n_rows; r++) {                                                          \
+        size_t off = (size_t)r * H;                                                             \
+        REAL *FL_RESTRICT hn = h_next + off;                                                    \
+        REAL *FL_RESTRICT ho = hs + off;                                                        \
+        if (lengths && t >= lengths[r]) {                                                       \
+            memcpy(hn, h_prev + off, (size_t)H * sizeof(REAL));                                 \
+            memset(ho, 0, (size_t)H * sizeof(REAL));                                            \
+        } else if (relu) {                                                                      \
+            for (int j = 0; j < H; j++) { REAL h = hn[j] > 0 ? hn[j] : 0; hn[j] = h; ho[j] = h; } \
+        } else {                                                                                \
+            for (int j = 0; j < H; j++) { REAL h = TANH(hn[j]); hn[j] = h; ho[j] = h; }         \
+        }                                                                                       \
+    }                                                                                           \
+}                                                                                               \
+                                                                                                \
+FL_TARGET_CLONES                                                                                \
+static void fl_rnn_cell_backward_##SUFFIX(int n_rows, int H, int relu, const REAL *h_cur,       \
+                                          const REAL *dh, const REAL *dhs, REAL *d_pre,         \
+                                          const int *lengths, int t)                            \
+{                                                                                               \
+    for (int r = 0; r < n_rows; r++) {                                                          \
+        size_t off = (size_t)r * H;                                                             \
+        const REAL *FL_RESTRICT h = h_cur + off;                                                \
+        const REAL *FL_RESTRICT g = dh + off;                                                   \
+        REAL *FL_RESTRICT da = d_pre + off;                                                     \
+        if (lengths && t >= lengths[r]) {                                                       \
+            memset(da, 0, (size_t)H * sizeof(REAL));                                            \
+            continue;                                                                           \
+        }                                                                                       \
+        if (dhs) {                                                                              \
+            const REAL *FL_RESTRICT go = dhs + off;                                             \
+            if (relu) for (int j = 0; j < H; j++) da[j] = h[j] > 0 ? g[j] + go[j] : 0;          \
+            else for (int j = 0; j < H; j++) da[j] = (g[j] + go[j]) * (1 - h[j] * h[j]);        \
+        } else {                                                                                \
+            if (relu) for (int j = 0; j < H; j++) da[j] = h[j] > 0 ? g[j] : 0;                  \
+            else for (int j = 0; j < H; j++) da[j] = g[j] * (1 - h[j] * h[j]);                  \
+        }                                                                                       \
+    }                                                                                           \
+}
+
+FL_DEFINE_RNN_CELL(f32, float, fl_tanhf)
+FL_DEFINE_RNN_CELL(f64, double, tanh)
+
 /* Columns [u0, u0+nu) of dst rows (row length H) take src's only where the row's step t
  * is a real step (t < lengths[r]). */
 #define FL_DEFINE_COPY_VALID(SUFFIX, REAL)                                                       \

@@ -10,8 +10,9 @@ The functional API (time-major, gate order i, f, g, o, see DESIGN.md)::
 __version__ = "0.1.0"
 
 from ._config import config, show_config
-from ._containers import LSTMCache, LSTMGrads
+from ._containers import LSTMCache, LSTMGrads, RNNCache, RNNGrads
 from .lstm import lstm_backward, lstm_forward
+from .rnn import rnn_backward, rnn_forward
 
-__all__ = ["lstm_forward", "lstm_backward", "LSTMGrads", "LSTMCache", "show_config",
-           "config", "__version__"]
+__all__ = ["lstm_forward", "lstm_backward", "rnn_forward", "rnn_backward", "LSTMGrads",
+           "LSTMCache", "RNNGrads", "RNNCache", "show_config", "config", "__version__"]

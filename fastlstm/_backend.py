@@ -3,9 +3,10 @@ import warnings
 
 try:
     from . import _lstm as lstm_kernels
+    from . import _rnn as rnn_kernels
     IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - exercised only in broken installs
-    lstm_kernels = None
+    lstm_kernels = rnn_kernels = None
     IMPORT_ERROR = exc
 
 _warned = False
@@ -24,10 +25,11 @@ def use_compiled(backend):
     global _warned
     if backend == "numpy":
         return False
-    if lstm_kernels is not None:
+    if lstm_kernels is not None and rnn_kernels is not None:
         return True
     if backend == "cython":
-        raise ImportError(f"backend='cython' needs the compiled extension fastlstm._lstm, "
+        raise ImportError(f"backend='cython' needs the compiled extensions fastlstm._lstm "
+                          f"and fastlstm._rnn, "
                           f"which failed to import: {IMPORT_ERROR}. Reinstall fastlstm "
                           f"from a wheel or build it with a C compiler.")
     if not _warned:

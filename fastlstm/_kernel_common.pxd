@@ -25,6 +25,16 @@ cdef extern from "fastlstm_kernels.h" nogil:
                                    const double *c_prev, const double *c_cur,
                                    const double *dhs, const double *dh, double *dc,
                                    double *d_gates, const int *lengths, int t)
+    void fl_rnn_cell_forward_f32(int n_rows, int H, int relu, const float *h_prev,
+                                 float *h_next, float *hs, const int *lengths, int t)
+    void fl_rnn_cell_forward_f64(int n_rows, int H, int relu, const double *h_prev,
+                                 double *h_next, double *hs, const int *lengths, int t)
+    void fl_rnn_cell_backward_f32(int n_rows, int H, int relu, const float *h_cur,
+                                  const float *dh, const float *dhs, float *d_pre,
+                                  const int *lengths, int t)
+    void fl_rnn_cell_backward_f64(int n_rows, int H, int relu, const double *h_cur,
+                                  const double *dh, const double *dhs, double *d_pre,
+                                  const int *lengths, int t)
     void fl_copy_valid_rows_f32(int n_rows, int H, int u0, int nu, const float *src,
                                 float *dst, const int *lengths, int t)
     void fl_copy_valid_rows_f64(int n_rows, int H, int u0, int nu, const double *src,

@@ -1,0 +1,35 @@
+"""Buffers the compiled kernels work in, shared by the LSTM and RNN wrappers."""
+import itertools
+
+import numpy as np
+
+# Backward runs its weight/input GEMMs over chunks of (step, sequence) rows: up to 512,
+# enough for GEMM efficiency; at least 64, so small problems are not cut into slivers;
+# and otherwise an eighth of the sequence, so the gate-gradient buffer stays a small
+# fraction of the cache.
+BACKWARD_CHUNK_ROWS = 512
+BACKWARD_CHUNK_MIN_ROWS = 64
+
+
+_stagger = itertools.count()
+
+
+def aligned_empty(shape, dtype):
+    """np.empty starting on a 64-byte cache line, at a different line of the 4 KiB page
+    for each buffer. NumPy's own allocations are only 16-byte aligned, so vector loads
+    straddle lines; and large buffers all start at the same page offset, so the kernels'
+    parallel streams (gates, states, gradients) would alias in the L1 by their low 12
+    address bits."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if nbytes < 1 << 16:   # small buffers live in cache anyway: keep the call cheap
+        return np.empty(shape, dtype)
+    stagger = 64 * (next(_stagger) * 7 % 64)
+    raw = np.empty(nbytes + stagger + 64, np.uint8)
+    start = -raw.ctypes.data % 64 + stagger
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def backward_chunk_steps(T, B):
+    rows = min(BACKWARD_CHUNK_ROWS, max(BACKWARD_CHUNK_MIN_ROWS, T * B // 8))
+    return min(T, max(1, -(-rows // B)))

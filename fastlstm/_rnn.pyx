@@ -1,0 +1,275 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled vanilla-RNN forward and backward, float32 and float64 through one fused type,
+``h_t = act(x_t W_x + h_{t-1} W_h + b)`` with act = tanh or relu.
+
+As for the LSTM (see _lstm.pyx): one OpenMP region per call, the input projection and
+the weight/input gradients as GEMMs over many rows, the recursion split over batch
+slices, BLAS single-threaded inside the region, fastlstm's own float32 kernels for the
+per-step products.
+
+Truncated BPTT (``k >= 0``) runs as one backward sweep that carries, for every row, the
+k + 1 gradients still "in flight": slot j holds what the loss term j steps later sends to
+the current step. Each step activates all slots at once, sums them into the step's
+gradient, and moves slots 0..k-1 one step back with a single GEMM of k * rows rows (the
+oldest slot has used up its window and is dropped). That is O(T) GEMMs of k-times-taller
+matrices instead of O(T * k) small ones; the O(T * k * B * H^2) arithmetic is inherent to
+the definition (every loss term has its own window).
+"""
+from cython cimport floating
+from cython.parallel cimport parallel, threadid
+from libc.string cimport memcpy, memset
+
+from ._blas cimport gemm
+from ._kernel_common cimport *
+
+
+def packed_size(int H):
+    """Floats needed for the packed recurrent weights W_h (H x H)."""
+    return fl_packed_size(H, H)
+
+
+cdef inline void _cell_forward(int n_rows, int H, bint relu, const floating *h_prev,
+                               floating *h_next, floating *hs, const int *lengths,
+                               int t) noexcept nogil:
+    if floating is float:
+        fl_rnn_cell_forward_f32(n_rows, H, relu, h_prev, h_next, hs, lengths, t)
+    else:
+        fl_rnn_cell_forward_f64(n_rows, H, relu, h_prev, h_next, hs, lengths, t)
+
+
+cdef inline void _cell_backward(int n_rows, int H, bint relu, const floating *h_cur,
+                                const floating *dh, const floating *dhs, floating *d_pre,
+                                const int *lengths, int t) noexcept nogil:
+    if floating is float:
+        fl_rnn_cell_backward_f32(n_rows, H, relu, h_cur, dh, dhs, d_pre, lengths, t)
+    else:
+        fl_rnn_cell_backward_f64(n_rows, H, relu, h_cur, dh, dhs, d_pre, lengths, t)
+
+
+cdef inline void _times_W_h_T(int M, int H, const floating *A, const floating *W_h,
+                              floating *C, float *a_scratch) noexcept nogil:
+    """C (M x H) = A (M x H) @ W_h^T: the gradient one step further back."""
+    if floating is float:
+        if a_scratch != NULL and M > 1:
+            fl_gemm_nt_f32(M, H, H, A, H, W_h, H, C, H, 0, a_scratch)
+            return
+    gemm(False, True, M, H, H, <floating>1.0, A, H, W_h, H, <floating>0.0, C, H)
+
+
+cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, int D, int H,
+                          bint relu, const floating *x, const floating *W_x,
+                          const floating *W_h, const floating *b, floating *h_states,
+                          floating *hs, const int *lengths, float *packed,
+                          float *a_scratch) noexcept nogil:
+    cdef Py_ssize_t BH = <Py_ssize_t>B * H, r, r0, r1, p0, p1, b0, b1, nb, t, at
+    cdef floating *pre = h_states + BH   # step t's pre-activations sit where h_t will
+    _split(<Py_ssize_t>T * B, tid, n_threads, &r0, &r1)
+    for r in range(r0, r1):
+        memcpy(pre + r * H, b, H * sizeof(floating))
+    gemm(False, False, <int>(r1 - r0), H, D, <floating>1.0, x + r0 * D, D, W_x, H,
+         <floating>1.0, pre + r0 * H, H)
+    if floating is float:
+        if packed != NULL:
+            _split((H + FL_NR - 1) // FL_NR, tid, n_threads, &p0, &p1)
+            fl_pack_panels_f32(H, H, W_h, H, 0, packed, <int>p0, <int>p1)
+    fl_barrier()
+
+    _split(B, tid, n_threads, &b0, &b1)
+    nb = b1 - b0
+    if nb == 0:
+        return
+    for t in range(T):
+        at = t * B + b0
+        if floating is float:
+            if packed != NULL and a_scratch != NULL:
+                fl_gemm_packed_f32(<int>nb, H, H, h_states + at * H, H, packed,
+                                   h_states + (at + B) * H, H, 1, a_scratch)
+            else:
+                gemm(False, False, <int>nb, H, H, <floating>1.0, h_states + at * H, H, W_h,
+                     H, <floating>1.0, h_states + (at + B) * H, H)
+        else:
+            gemm(False, False, <int>nb, H, H, <floating>1.0, h_states + at * H, H, W_h, H,
+                 <floating>1.0, h_states + (at + B) * H, H)
+        _cell_forward(<int>nb, H, relu, h_states + at * H, h_states + (at + B) * H,
+                      hs + at * H, lengths + b0 if lengths != NULL else NULL, <int>t)
+
+
+def rnn_forward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x,
+                       const floating[:, ::1] W_h, const floating[::1] b,
+                       floating[:, :, ::1] h_states, floating[:, :, ::1] hs,
+                       const int[::1] lengths, float[::1] packed, bint relu, int n_threads):
+    """Fill h_states (T+1,B,H; index 0 preset to h0) and hs (T,B,H). ``packed`` (float32
+    only: packed_size(H) floats, or None) turns on the packed recurrent GEMM."""
+    cdef int T = x.shape[0], B = x.shape[1], D = x.shape[2], H = W_h.shape[0]
+    cdef const int *lengths_ptr = &lengths[0] if lengths is not None else NULL
+    cdef float *packed_ptr = NULL
+    cdef float *a_scratch = NULL
+    if packed is not None and fl_gemm_packed_available():
+        packed_ptr = &packed[0]
+    with nogil, parallel(num_threads=n_threads):
+        a_scratch = NULL
+        if packed_ptr != NULL:
+            a_scratch = <float *>fl_aligned_alloc(_scratch_floats(B, False, 1, H)
+                                                  * sizeof(float))
+        try:
+            _forward_worker(threadid(), fl_num_threads(), T, B, D, H, relu, &x[0, 0, 0],
+                            &W_x[0, 0], &W_h[0, 0], &b[0], &h_states[0, 0, 0],
+                            &hs[0, 0, 0], lengths_ptr, packed_ptr, a_scratch)
+        finally:
+            fl_aligned_free(a_scratch)
+
+
+cdef void _load_origin(int nb, int H, int t, const floating *dhs, const floating *dh_n,
+                       const int *lengths, int T, floating *slot) noexcept nogil:
+    """Slot 0 at step t: the loss term there (dhs, and dh_n at each row's last step);
+    zero for rows already past their length."""
+    cdef int r, j, length
+    for r in range(nb):
+        length = lengths[r] if lengths != NULL else T
+        if t < length and dhs != NULL:
+            memcpy(slot + r * H, dhs + r * H, H * sizeof(floating))
+        else:
+            memset(slot + r * H, 0, H * sizeof(floating))
+        if dh_n != NULL and t == length - 1:
+            for j in range(H):
+                slot[r * H + j] += dh_n[r * H + j]
+
+
+cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, int D, int H,
+                           int chunk_T, bint relu, int k, const floating *x,
+                           const floating *W_x, const floating *W_h,
+                           const floating *h_states, const floating *dhs,
+                           const floating *dh_n, const int *lengths, floating *dh,
+                           floating *dh_scratch, floating *d_pre, floating *dx,
+                           floating *dW_x, floating *dW_h, double *db_acc,
+                           float *a_scratch, int scratch_rows,
+                           floating *slots) noexcept nogil:
+    cdef Py_ssize_t BH = <Py_ssize_t>B * H, b0, b1, nb, t, at, dt, j, i, rows
+    cdef Py_ssize_t slot_size
+    cdef int t_start, t_stop = T
+    cdef floating weight_beta = 0.0
+    cdef const int *slice_lengths
+    cdef floating *in_flight
+    cdef floating *activated
+    cdef floating *step_grad
+    _split(B, tid, n_threads, &b0, &b1)
+    nb = b1 - b0
+    slot_size = nb * H
+    slice_lengths = lengths + b0 if lengths != NULL else NULL
+    # truncated: k + 1 in-flight slots, then k + 1 activated ones, this thread's rows only
+    in_flight = slots
+    activated = slots + (k + 1) * slot_size if k >= 0 else NULL
+    if k >= 0 and nb > 0:
+        memset(in_flight, 0, (k + 1) * slot_size * sizeof(floating))
+
+    while t_stop > 0:
+        t_start = max(0, t_stop - chunk_T)
+        for t in range(t_stop - 1, t_start - 1, -1):
+            if nb == 0:
+                break
+            at = t * B + b0
+            dt = (t - t_start) * <Py_ssize_t>B + b0
+            step_grad = d_pre + dt * H
+            if k < 0:
+                # Full BPTT: dh carries everything; frozen rows pass it through.
+                _cell_backward(<int>nb, H, relu, h_states + (at + B) * H, dh + b0 * H,
+                               dhs + at * H if dhs != NULL else NULL, step_grad,
+                               slice_lengths, <int>t)
+                _times_W_h_T(<int>nb, H, step_grad, W_h,
+                             (dh if lengths == NULL else dh_scratch) + b0 * H, a_scratch)
+                if lengths != NULL:
+                    _copy_valid_rows(<int>nb, H, 0, H, dh_scratch + b0 * H, dh + b0 * H,
+                                     slice_lengths, <int>t)
+                continue
+            # Truncated: activate every in-flight slot, sum, move slots 0..k-1 back.
+            _load_origin(<int>nb, H, <int>t, dhs + at * H if dhs != NULL else NULL,
+                         dh_n + b0 * H if dh_n != NULL else NULL, slice_lengths, T,
+                         in_flight)
+            for j in range(k + 1):
+                _cell_backward(<int>nb, H, relu, h_states + (at + B) * H,
+                               in_flight + j * slot_size, NULL,
+                               activated + j * slot_size, slice_lengths, <int>t)
+            memcpy(step_grad, activated, slot_size * sizeof(floating))
+            for j in range(1, k + 1):
+                for i in range(slot_size):
+                    step_grad[i] += activated[j * slot_size + i]
+            if t > 0 and k > 0:
+                gemm(False, True, <int>(k * nb), H, H, <floating>1.0, activated, H, W_h, H,
+                     <floating>0.0, in_flight + slot_size, H)
+            elif t == 0:
+                # Every window still in flight at step 0 reaches h0 (rows of length 0
+                # keep the dh_n the caller put in dh).
+                if slice_lengths == NULL:
+                    _times_W_h_T(<int>nb, H, step_grad, W_h, dh + b0 * H, a_scratch)
+                else:
+                    _times_W_h_T(<int>nb, H, step_grad, W_h, dh_scratch + b0 * H,
+                                 a_scratch)
+                    _copy_valid_rows(<int>nb, H, 0, H, dh_scratch + b0 * H, dh + b0 * H,
+                                     slice_lengths, 0)
+        fl_barrier()
+        rows = (t_stop - t_start) * <Py_ssize_t>B
+        _chunk_gradients(tid, n_threads, rows, H, D, H, d_pre,
+                         x + t_start * <Py_ssize_t>B * D, h_states + t_start * BH, W_x,
+                         dx + t_start * <Py_ssize_t>B * D, dW_x, dW_h, db_acc, weight_beta,
+                         a_scratch, scratch_rows)
+        weight_beta = 1.0
+        t_stop = t_start
+        fl_barrier()   # d_pre is reused by the next chunk
+
+
+def rnn_backward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x,
+                        const floating[:, ::1] W_h, const floating[:, :, ::1] h_states,
+                        const floating[:, :, ::1] dhs, const floating[:, ::1] dh_n,
+                        const int[::1] lengths, floating[:, ::1] dh,
+                        floating[:, ::1] dh_scratch, floating[:, :, ::1] d_pre,
+                        floating[:, :, ::1] dx, floating[:, ::1] dW_x, floating[:, ::1] dW_h,
+                        double[::1] db_acc, bint relu, int bptt_truncate, bint small_m_gemm,
+                        int n_threads):
+    """Backpropagate through rnn_forward_kernel.
+
+    Full BPTT (bptt_truncate < 0): dh (B,H) holds dh_n on entry and dh0 on return.
+    Truncated (k = bptt_truncate >= 0): dh must be dh_n for rows of length 0 and zero
+    otherwise (dh_n then enters at each row's last step); it holds dh0 on return.
+    d_pre is scratch of (chunk_T, B, H); dh_scratch (B,H) is used with lengths and when
+    truncating. dx, dW_x, dW_h are overwritten; db_acc (H,) float64 must be zero.
+    """
+    cdef int T = x.shape[0], B = x.shape[1], D = x.shape[2], H = W_h.shape[0]
+    cdef int chunk_T = d_pre.shape[0]
+    cdef int k = bptt_truncate
+    cdef const int *lengths_ptr = &lengths[0] if lengths is not None else NULL
+    cdef const floating *dhs_ptr = &dhs[0, 0, 0] if dhs is not None else NULL
+    cdef const floating *dh_n_ptr = &dh_n[0, 0] if dh_n is not None else NULL
+    cdef float *a_scratch = NULL
+    cdef floating *slots = NULL
+    cdef bint use_kernel = small_m_gemm and floating is float and fl_gemm_packed_available()
+    cdef int dx_block_rows = 64
+    cdef size_t slot_floats
+    cdef int alloc_failed[1]
+    alloc_failed[0] = 0
+    with nogil, parallel(num_threads=n_threads):
+        a_scratch = NULL
+        slots = NULL
+        if use_kernel:
+            a_scratch = <float *>fl_aligned_alloc(
+                _scratch_floats(B, False, dx_block_rows, H) * sizeof(float))
+        if k >= 0:
+            slot_floats = <size_t>(2 * (k + 1)) * ((B + fl_num_threads() - 1)
+                                                   // fl_num_threads()) * H
+            slots = <floating *>fl_aligned_alloc(slot_floats * sizeof(floating))
+            if slots == NULL:
+                alloc_failed[0] = 1
+        fl_barrier()   # every thread sees whether every allocation succeeded
+        try:
+            if not alloc_failed[0]:
+                _backward_worker(threadid(), fl_num_threads(), T, B, D, H, chunk_T, relu, k,
+                                 &x[0, 0, 0], &W_x[0, 0], &W_h[0, 0], &h_states[0, 0, 0],
+                                 dhs_ptr, dh_n_ptr if k >= 0 else NULL, lengths_ptr,
+                                 &dh[0, 0], &dh_scratch[0, 0], &d_pre[0, 0, 0],
+                                 &dx[0, 0, 0], &dW_x[0, 0], &dW_h[0, 0], &db_acc[0],
+                                 a_scratch, dx_block_rows, slots)
+        finally:
+            fl_aligned_free(a_scratch)
+            fl_aligned_free(slots)
+    if alloc_failed[0]:
+        raise MemoryError(f"bptt_truncate={k}: no memory for the {2 * (k + 1)} in-flight "
+                          f"gradient slots of (rows, H={H}) per thread")
