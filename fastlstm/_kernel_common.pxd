@@ -97,6 +97,15 @@ cdef inline void _add_column_sums(int n_rows, int n_cols, const floating *m, int
 
 
 
+# fastlstm's NT kernel (dot products along k) pays when the dot products are long; for
+# short ones its per-output reductions dominate and BLAS is faster.
+DEF NT_MIN_K = 256
+
+
+cdef inline bint _nt_pays(int K) noexcept nogil:
+    return K >= NT_MIN_K
+
+
 cdef inline void _chunk_gradients(Py_ssize_t tid, Py_ssize_t n_threads, Py_ssize_t rows,
                                   int N, int D, int H, const floating *d_pre,
                                   const floating *x, const floating *h_prev,
@@ -111,7 +120,7 @@ cdef inline void _chunk_gradients(Py_ssize_t tid, Py_ssize_t n_threads, Py_ssize
     _split(rows, tid, n_threads, &r0, &r1)
     # dx = d_pre W_x^T: W_x (D x N) read in place by the NT kernel rather than repacked
     # by BLAS for every chunk.
-    if floating is float and a_scratch != NULL:
+    if floating is float and a_scratch != NULL and _nt_pays(N):
         r = r0
         while r < r1:
             m = min(<Py_ssize_t>scratch_rows, r1 - r)

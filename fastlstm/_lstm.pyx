@@ -113,7 +113,8 @@ cdef inline void _backward_step_gemm(int M, int N, int K, const floating *d_gate
     products over the rows of W_h (no packed copy needed) when scratch is given and M > 1,
     BLAS otherwise."""
     if floating is float:
-        if a_scratch != NULL and M > 1:   # a single row: BLAS's GEMV is a little faster
+        # a single row: BLAS's GEMV is a little faster; short rows: see _nt_pays
+        if a_scratch != NULL and M > 1 and _nt_pays(K):
             fl_gemm_nt_f32(M, N, K, d_gates, ldd, W_h, ldw, dh, ldh, 0, a_scratch)
             return
     gemm(False, True, M, N, K, <floating>1.0, d_gates, ldd, W_h, ldw, <floating>0.0, dh, ldh)

@@ -50,7 +50,7 @@ cdef inline void _times_W_h_T(int M, int H, const floating *A, const floating *W
                               floating *C, float *a_scratch) noexcept nogil:
     """C (M x H) = A (M x H) @ W_h^T: the gradient one step further back."""
     if floating is float:
-        if a_scratch != NULL and M > 1:
+        if a_scratch != NULL and M > 1 and _nt_pays(H):
             fl_gemm_nt_f32(M, H, H, A, H, W_h, H, C, H, 0, a_scratch)
             return
     gemm(False, True, M, H, H, <floating>1.0, A, H, W_h, H, <floating>0.0, C, H)
