@@ -27,7 +27,33 @@ class LSTMGrads(NamedTuple):
     db: np.ndarray
 
 
-class LSTMCache:
+class _KernelCache:
+    """Fields every cache has: the inputs and weights (referenced, not copied), the hidden
+    states, the lengths, and which backend and thread count made it."""
+
+    __slots__ = ("x", "W_x", "W_h", "h_states", "lengths", "num_threads", "backend")
+
+    def __init__(self, x, W_x, W_h, h_states, lengths, num_threads: Optional[int],
+                 backend: str):
+        self.x = x
+        self.W_x = W_x
+        self.W_h = W_h
+        self.h_states = h_states
+        self.lengths = lengths
+        self.num_threads = num_threads
+        self.backend = backend
+
+    @property
+    def dtype(self):
+        return self.x.dtype
+
+    def _describe(self):
+        T, B, D = self.x.shape
+        return (f"T={T}, B={B}, D={D}, H={self.W_h.shape[0]}, dtype={self.x.dtype}, "
+                f"backend={self.backend!r}, lengths={'yes' if self.lengths is not None else 'no'}")
+
+
+class LSTMCache(_KernelCache):
     """What ``lstm_backward`` needs from ``lstm_forward``; treat it as opaque.
 
     Arrays (T steps, batch B, input D, hidden H):
@@ -41,30 +67,16 @@ class LSTMCache:
     gate values are unspecified.
     """
 
-    __slots__ = ("x", "W_x", "W_h", "gates", "h_states", "c_states", "lengths",
-                 "num_threads", "backend")
+    __slots__ = ("gates", "c_states")
 
     def __init__(self, x, W_x, W_h, gates, h_states, c_states, lengths,
                  num_threads: Optional[int], backend: str):
-        self.x = x
-        self.W_x = W_x
-        self.W_h = W_h
+        super().__init__(x, W_x, W_h, h_states, lengths, num_threads, backend)
         self.gates = gates
-        self.h_states = h_states
         self.c_states = c_states
-        self.lengths = lengths
-        self.num_threads = num_threads
-        self.backend = backend
-
-    @property
-    def dtype(self):
-        return self.x.dtype
 
     def __repr__(self):
-        T, B, D = self.x.shape
-        H = self.W_h.shape[0]
-        return (f"LSTMCache(T={T}, B={B}, D={D}, H={H}, dtype={self.x.dtype}, "
-                f"backend={self.backend!r}, lengths={'yes' if self.lengths is not None else 'no'})")
+        return f"LSTMCache({self._describe()})"
 
 
 class RNNGrads(NamedTuple):
@@ -84,7 +96,7 @@ class RNNGrads(NamedTuple):
     db: np.ndarray
 
 
-class RNNCache:
+class RNNCache(_KernelCache):
     """What ``rnn_backward`` needs from ``rnn_forward``; treat it as opaque.
 
       x         (T, B, D)     the inputs (referenced, not copied)
@@ -94,26 +106,12 @@ class RNNCache:
       nonlinearity            "tanh" or "relu"; its derivative is read off h_states
     """
 
-    __slots__ = ("x", "W_x", "W_h", "h_states", "lengths", "nonlinearity", "num_threads",
-                 "backend")
+    __slots__ = ("nonlinearity",)
 
     def __init__(self, x, W_x, W_h, h_states, lengths, nonlinearity,
                  num_threads: Optional[int], backend: str):
-        self.x = x
-        self.W_x = W_x
-        self.W_h = W_h
-        self.h_states = h_states
-        self.lengths = lengths
+        super().__init__(x, W_x, W_h, h_states, lengths, num_threads, backend)
         self.nonlinearity = nonlinearity
-        self.num_threads = num_threads
-        self.backend = backend
-
-    @property
-    def dtype(self):
-        return self.x.dtype
 
     def __repr__(self):
-        T, B, D = self.x.shape
-        H = self.W_h.shape[0]
-        return (f"RNNCache(T={T}, B={B}, D={D}, H={H}, dtype={self.x.dtype}, "
-                f"nonlinearity={self.nonlinearity!r}, backend={self.backend!r})")
+        return f"RNNCache({self._describe()}, nonlinearity={self.nonlinearity!r})"

@@ -87,14 +87,33 @@ def check_lengths(lengths, T, B):
     return np.ascontiguousarray(a, dtype=np.intc)
 
 
-def _check_sizes(T, B, D, H):
+def _checked_x(x):
+    """x as a checked (T, B, D) float array; its dtype is the call's dtype."""
+    x = float_array("x", x)
+    if x.ndim != 3:
+        raise ValueError(f"x must be 3-D (T, B, D) (time-major), got {_describe(x)}")
+    return x
+
+
+def _optional_arrays(dtype, *specs):
+    """Each (name, value, shape, meaning): None stays None, an array is checked."""
+    out = []
+    for name, value, shape, meaning in specs:
+        if value is not None:
+            value = float_array(name, value, dtype)
+            check_shape(name, value, shape, meaning)
+        out.append(value)
+    return out
+
+
+def _check_sizes(T, B, D, H, gates=4):
     for name, size in (("T (x.shape[0])", T), ("B (x.shape[1])", B), ("D (x.shape[2])", D),
                        ("H (W_h.shape[0])", H)):
         if size < 1:
             raise ValueError(f"{name} must be at least 1, got {size}")
-    if T * B > _BLAS_INT_MAX or 4 * H > _BLAS_INT_MAX or D > _BLAS_INT_MAX:
-        raise ValueError(f"sizes T*B={T * B}, D={D}, 4H={4 * H} exceed the 32-bit BLAS limit "
-                         f"{_BLAS_INT_MAX}")
+    if T * B > _BLAS_INT_MAX or gates * H > _BLAS_INT_MAX or D > _BLAS_INT_MAX:
+        raise ValueError(f"sizes T*B={T * B}, D={D}, {gates}H={gates * H} exceed the 32-bit "
+                         f"BLAS limit {_BLAS_INT_MAX}")
 
 
 class LSTMForwardArgs(NamedTuple):
@@ -113,9 +132,7 @@ def validate_lstm_forward(x, W_x, W_h, b, h0, c0, lengths, backend, num_threads)
     """Check the arguments of ``lstm_forward``; see DESIGN.md for the contract."""
     backend = check_backend(backend)
     num_threads = check_num_threads(num_threads)
-    x = float_array("x", x)
-    if x.ndim != 3:
-        raise ValueError(f"x must be 3-D (T, B, D) (time-major), got {_describe(x)}")
+    x = _checked_x(x)
     dtype = x.dtype
     W_h = float_array("W_h", W_h, dtype)
     if W_h.ndim != 2 or W_h.shape[1] != 4 * W_h.shape[0]:
@@ -128,12 +145,8 @@ def validate_lstm_forward(x, W_x, W_h, b, h0, c0, lengths, backend, num_threads)
     check_shape("W_x", W_x, (D, 4 * H), "(D, 4H)")
     b = float_array("b", b, dtype)
     check_shape("b", b, (4 * H,), "(4H,)")
-    if h0 is not None:
-        h0 = float_array("h0", h0, dtype)
-        check_shape("h0", h0, (B, H), "(B, H)")
-    if c0 is not None:
-        c0 = float_array("c0", c0, dtype)
-        check_shape("c0", c0, (B, H), "(B, H)")
+    h0, c0 = _optional_arrays(dtype, ("h0", h0, (B, H), "(B, H)"),
+                              ("c0", c0, (B, H), "(B, H)"))
     lengths = check_lengths(lengths, T, B)
     return LSTMForwardArgs(x, W_x, W_h, b, h0, c0, lengths, backend, num_threads)
 
@@ -146,15 +159,9 @@ def validate_lstm_backward(dhs, cache, dh_n, dc_n):
     T, B, _ = cache.x.shape
     H = cache.W_h.shape[0]
     dtype = cache.dtype
-    out = []
-    for name, value, shape, meaning in (("dhs", dhs, (T, B, H), "(T, B, H)"),
-                                        ("dh_n", dh_n, (B, H), "(B, H)"),
-                                        ("dc_n", dc_n, (B, H), "(B, H)")):
-        if value is not None:
-            value = float_array(name, value, dtype)
-            check_shape(name, value, shape, meaning)
-        out.append(value)
-    return tuple(out)
+    return tuple(_optional_arrays(dtype, ("dhs", dhs, (T, B, H), "(T, B, H)"),
+                                  ("dh_n", dh_n, (B, H), "(B, H)"),
+                                  ("dc_n", dc_n, (B, H), "(B, H)")))
 
 
 class RNNForwardArgs(NamedTuple):
@@ -175,23 +182,19 @@ def validate_rnn_forward(x, W_x, W_h, b, h0, nonlinearity, lengths, backend, num
     num_threads = check_num_threads(num_threads)
     if not isinstance(nonlinearity, str) or nonlinearity not in NONLINEARITIES:
         raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
-    x = float_array("x", x)
-    if x.ndim != 3:
-        raise ValueError(f"x must be 3-D (T, B, D) (time-major), got {_describe(x)}")
+    x = _checked_x(x)
     dtype = x.dtype
     W_h = float_array("W_h", W_h, dtype)
     if W_h.ndim != 2 or W_h.shape[0] != W_h.shape[1]:
         raise ValueError(f"W_h must be square, (H, H), got {_describe(W_h)}")
     T, B, D = x.shape
     H = W_h.shape[0]
-    _check_sizes(T, B, D, H)
+    _check_sizes(T, B, D, H, gates=1)
     W_x = float_array("W_x", W_x, dtype)
     check_shape("W_x", W_x, (D, H), "(D, H)")
     b = float_array("b", b, dtype)
     check_shape("b", b, (H,), "(H,)")
-    if h0 is not None:
-        h0 = float_array("h0", h0, dtype)
-        check_shape("h0", h0, (B, H), "(B, H)")
+    (h0,) = _optional_arrays(dtype, ("h0", h0, (B, H), "(B, H)"))
     lengths = check_lengths(lengths, T, B)
     return RNNForwardArgs(x, W_x, W_h, b, h0, nonlinearity, lengths, backend, num_threads)
 
@@ -217,10 +220,6 @@ def validate_rnn_backward(dhs, cache, dh_n, bptt_truncate):
     T, B, _ = cache.x.shape
     H = cache.W_h.shape[0]
     dtype = cache.dtype
-    if dhs is not None:
-        dhs = float_array("dhs", dhs, dtype)
-        check_shape("dhs", dhs, (T, B, H), "(T, B, H)")
-    if dh_n is not None:
-        dh_n = float_array("dh_n", dh_n, dtype)
-        check_shape("dh_n", dh_n, (B, H), "(B, H)")
+    dhs, dh_n = _optional_arrays(dtype, ("dhs", dhs, (T, B, H), "(T, B, H)"),
+                                 ("dh_n", dh_n, (B, H), "(B, H)"))
     return dhs, dh_n, check_bptt_truncate(bptt_truncate)
