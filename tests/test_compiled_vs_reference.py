@@ -276,7 +276,8 @@ def test_kernels_release_the_gil():
 
 
 def test_fewer_threads_than_asked_for():
-    """The OpenMP runtime may grant fewer threads than num_threads asks for (here
+    """LSTM and RNN (full and truncated BPTT): the OpenMP runtime may grant fewer threads
+    than num_threads asks for (here
     OMP_THREAD_LIMIT=1): every thread then takes more rows, and its scratch must grow to
     match. Run in a child process, where the limit can be set before OpenMP starts."""
     import os
@@ -296,6 +297,14 @@ def test_fewer_threads_than_asked_for():
         "        for o, gi in zip(out[1:], g[1:]):\n"
         "            assert rel_err(o[0], out[0][0]) < 1e-5\n"
         "            assert all(rel_err(a, r) < 1e-5 for a, r in zip(gi, g[0]))\n"
+        "        W_r = W_h[:, :H].copy()\n"
+        "        for k in (None, 3):\n"
+        "            rnn = [fastlstm.rnn_forward(x, W_x[:, :H].copy(), W_r, b[:H].copy(), h0,\n"
+        "                                        lengths=lengths, num_threads=n)\n"
+        "                   for n in (1, 2, 8)]\n"
+        "            rg = [fastlstm.rnn_backward(o[0], o[2], bptt_truncate=k) for o in rnn]\n"
+        "            for gi in rg[1:]:\n"
+        "                assert all(rel_err(a, r) < 1e-5 for a, r in zip(gi, rg[0]))\n"
         "print('OK')\n")
     tests = pathlib.Path(__file__).parent
     env = dict(os.environ, OMP_THREAD_LIMIT="1",
