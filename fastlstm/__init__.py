@@ -13,6 +13,10 @@ from ._config import config, show_config
 from ._containers import LSTMCache, LSTMGrads, RNNCache, RNNGrads
 from .lstm import lstm_backward, lstm_forward
 from .rnn import rnn_backward, rnn_forward
+from . import nn, optim
+from .checkpoint import Checkpoint, CheckpointError, load, save
+from .gradcheck import gradcheck
 
 __all__ = ["lstm_forward", "lstm_backward", "rnn_forward", "rnn_backward", "LSTMGrads",
-           "LSTMCache", "RNNGrads", "RNNCache", "show_config", "config", "__version__"]
+           "LSTMCache", "RNNGrads", "RNNCache", "nn", "optim", "gradcheck", "save", "load",
+           "Checkpoint", "CheckpointError", "show_config", "config", "__version__"]

@@ -9,14 +9,15 @@ class Parameter:
     update ``data`` in place; ``zero_grad()`` resets the gradient.
     """
 
-    __slots__ = ("data", "grad")
+    __slots__ = ("data", "grad", "requires_grad")
 
-    def __init__(self, data):
+    def __init__(self, data, requires_grad=True):
         data = np.asarray(data)
         if data.dtype.kind != "f":
             raise TypeError(f"Parameter data must be a float array, got dtype {data.dtype}")
         self.data = np.ascontiguousarray(data)
         self.grad = np.zeros_like(self.data)
+        self.requires_grad = bool(requires_grad)   # False: frozen, skipped by parameters()
 
     @property
     def shape(self):

@@ -1,0 +1,220 @@
+"""Stacked LSTM and vanilla-RNN layers over the kernels, with dropout between layers and
+conversion to and from ``torch.nn.LSTM`` / ``torch.nn.RNN`` (whose weights are ours
+transposed, with the two biases summed)."""
+import numpy as np
+
+from ..lstm import lstm_backward, lstm_forward
+from ..rnn import rnn_backward, rnn_forward
+from .layers import _rng
+from .module import Module
+from .parameter import Parameter
+
+
+class _Stacked(Module):
+    """What nn.LSTM and nn.RNN share: per-layer weights, dropout between layers."""
+
+    gates = 1
+
+    def __init__(self, input_size, hidden_size, num_layers, dropout, dtype, seed, init,
+                 backend, num_threads):
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        if init not in ("default", "xavier"):
+            raise ValueError(f"init must be 'default' or 'xavier', got {init!r}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.dropout, self.backend, self.num_threads = dropout, backend, num_threads
+        self._rng = _rng(seed)
+        G, H = self.gates * hidden_size, hidden_size
+        k = 1 / np.sqrt(H)
+        for layer in range(num_layers):
+            D = input_size if layer == 0 else H
+            if init == "default":   # PyTorch's: uniform(+-1/sqrt(H)) everywhere
+                W_x = self._rng.uniform(-k, k, (D, G))
+                W_h = self._rng.uniform(-k, k, (H, G))
+                b = self._rng.uniform(-k, k, G) + self._rng.uniform(-k, k, G)
+            else:                   # Glorot uniform weights, zero bias
+                W_x = self._rng.uniform(-1, 1, (D, G)) * np.sqrt(6 / (D + G))
+                W_h = self._rng.uniform(-1, 1, (H, G)) * np.sqrt(6 / (H + G))
+                b = np.zeros(G)
+                if self.gates == 4:
+                    b[H:2 * H] = 1.0   # forget-gate bias 1: remember by default
+            setattr(self, f"W_x_l{layer}", Parameter(W_x.astype(dtype)))
+            setattr(self, f"W_h_l{layer}", Parameter(W_h.astype(dtype)))
+            setattr(self, f"b_l{layer}", Parameter(b.astype(dtype)))
+        self._caches = None
+        self._masks = None
+
+    def layer_weights(self, layer):
+        return (getattr(self, f"W_x_l{layer}"), getattr(self, f"W_h_l{layer}"),
+                getattr(self, f"b_l{layer}"))
+
+    def _dropout(self, hs, layer):
+        if not self.training or self.dropout == 0 or layer == self.num_layers - 1:
+            return hs, None
+        mask = (self._rng.random(hs.shape) >= self.dropout).astype(hs.dtype)
+        mask /= 1 - self.dropout
+        return hs * mask, mask
+
+    def to_torch_state_dict(self):
+        """This layer's weights under torch's names and layout, as NumPy arrays
+        (``{k: torch.from_numpy(v) for k, v in ...}`` loads them into torch)."""
+        out = {}
+        for layer in range(self.num_layers):
+            W_x, W_h, b = self.layer_weights(layer)
+            out[f"weight_ih_l{layer}"] = W_x.data.T.copy()
+            out[f"weight_hh_l{layer}"] = W_h.data.T.copy()
+            out[f"bias_ih_l{layer}"] = b.data.copy()
+            out[f"bias_hh_l{layer}"] = np.zeros_like(b.data)
+        return out
+
+    def _load_torch(self, module):
+        for layer in range(self.num_layers):
+            W_x, W_h, b = self.layer_weights(layer)
+            get = lambda name: getattr(module, f"{name}_l{layer}").detach().cpu().numpy()
+            W_x.data[...] = get("weight_ih").T
+            W_h.data[...] = get("weight_hh").T
+            b.data[...] = get("bias_ih") + get("bias_hh") if module.bias else 0
+        return self
+
+    @staticmethod
+    def _torch_args(module, kind):
+        if getattr(module, "batch_first", False) or getattr(module, "bidirectional", False):
+            raise ValueError(f"from_torch supports time-major, unidirectional {kind}s only")
+        if getattr(module, "proj_size", 0):
+            raise ValueError("from_torch does not support proj_size")
+        dtype = module.weight_ih_l0.detach().cpu().numpy().dtype
+        return dict(input_size=module.input_size, hidden_size=module.hidden_size,
+                    num_layers=module.num_layers, dropout=module.dropout, dtype=dtype)
+
+
+class LSTM(_Stacked):
+    """A stack of LSTM layers, weights fused per layer as ``W_x_l{k}`` (D_k, 4H),
+    ``W_h_l{k}`` (H, 4H), ``b_l{k}`` (4H,), gate order i, f, g, o.
+
+    ``forward(x (T, B, input_size), state=None, lengths=None) -> (hs, (h_n, c_n))`` with
+    ``h_n``, ``c_n`` of shape (num_layers, B, H); ``backward(dhs, dstate=None) ->
+    (dx, (dh0, dc0))`` with ``dstate = (dh_n, dc_n)`` or None. Dropout (training mode
+    only) applies to each layer's output except the last's.
+    """
+
+    gates = 4
+
+    def __init__(self, input_size, hidden_size, num_layers=1, dropout=0.0,
+                 dtype=np.float32, seed=None, init="default", backend="auto",
+                 num_threads=None):
+        self.config = dict(input_size=input_size, hidden_size=hidden_size,
+                           num_layers=num_layers, dropout=dropout,
+                           dtype=np.dtype(dtype).name, init=init)
+        super().__init__(input_size, hidden_size, num_layers, dropout, dtype, seed, init,
+                         backend, num_threads)
+
+    @classmethod
+    def from_torch(cls, module):
+        """An nn.LSTM with the weights of a ``torch.nn.LSTM``."""
+        return cls(**cls._torch_args(module, "LSTM"))._load_torch(module)
+
+    def forward(self, x, state=None, lengths=None):
+        h0s = c0s = [None] * self.num_layers
+        if state is not None:
+            h0s, c0s = state
+        self._caches, self._masks = [], []
+        h_n, c_n = [], []
+        out = x
+        for layer in range(self.num_layers):
+            W_x, W_h, b = self.layer_weights(layer)
+            hs, (h, c), cache = lstm_forward(out, W_x.data, W_h.data, b.data, h0s[layer],
+                                             c0s[layer], lengths=lengths,
+                                             backend=self.backend,
+                                             num_threads=self.num_threads)
+            self._caches.append(cache)
+            h_n.append(h)
+            c_n.append(c)
+            out, mask = self._dropout(hs, layer)
+            self._masks.append(mask)
+        return out, (np.stack(h_n), np.stack(c_n))
+
+    def backward(self, dhs, dstate=None):
+        if self._caches is None:
+            raise RuntimeError("LSTM.backward called before forward")
+        L = self.num_layers
+        dh_n, dc_n = dstate if dstate is not None else ([None] * L, [None] * L)
+        dh0, dc0 = [None] * L, [None] * L
+        d_out = dhs
+        for layer in reversed(range(L)):
+            if self._masks[layer] is not None and d_out is not None:
+                d_out = d_out * self._masks[layer]
+            g = lstm_backward(d_out, self._caches[layer], dh_n[layer], dc_n[layer])
+            W_x, W_h, b = self.layer_weights(layer)
+            W_x.grad += g.dW_x
+            W_h.grad += g.dW_h
+            b.grad += g.db
+            dh0[layer], dc0[layer] = g.dh0, g.dc0
+            d_out = g.dx
+        return d_out, (np.stack(dh0), np.stack(dc0))
+
+
+class RNN(_Stacked):
+    """A stack of vanilla-RNN layers, ``h_t = act(x_t W_x + h_{t-1} W_h + b)``, weights
+    ``W_x_l{k}`` (D_k, H), ``W_h_l{k}`` (H, H), ``b_l{k}`` (H,).
+
+    ``forward(x, h0=None, lengths=None) -> (hs, h_n)`` with h_n (num_layers, B, H);
+    ``backward(dhs, dh_n=None) -> (dx, dh0)``; ``bptt_truncate`` (None or k >= 0) is
+    applied in every layer's backward.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh",
+                 dropout=0.0, bptt_truncate=None, dtype=np.float32, seed=None,
+                 init="default", backend="auto", num_threads=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.config = dict(input_size=input_size, hidden_size=hidden_size,
+                           num_layers=num_layers, nonlinearity=nonlinearity,
+                           dropout=dropout, bptt_truncate=bptt_truncate,
+                           dtype=np.dtype(dtype).name, init=init)
+        self.nonlinearity = nonlinearity
+        self.bptt_truncate = bptt_truncate
+        super().__init__(input_size, hidden_size, num_layers, dropout, dtype, seed, init,
+                         backend, num_threads)
+
+    @classmethod
+    def from_torch(cls, module):
+        """An nn.RNN with the weights of a ``torch.nn.RNN``."""
+        return cls(nonlinearity=module.nonlinearity,
+                   **cls._torch_args(module, "RNN"))._load_torch(module)
+
+    def forward(self, x, h0=None, lengths=None):
+        h0s = [None] * self.num_layers if h0 is None else h0
+        self._caches, self._masks = [], []
+        h_n = []
+        out = x
+        for layer in range(self.num_layers):
+            W_x, W_h, b = self.layer_weights(layer)
+            hs, h, cache = rnn_forward(out, W_x.data, W_h.data, b.data, h0s[layer],
+                                       nonlinearity=self.nonlinearity, lengths=lengths,
+                                       backend=self.backend, num_threads=self.num_threads)
+            self._caches.append(cache)
+            h_n.append(h)
+            out, mask = self._dropout(hs, layer)
+            self._masks.append(mask)
+        return out, np.stack(h_n)
+
+    def backward(self, dhs, dh_n=None):
+        if self._caches is None:
+            raise RuntimeError("RNN.backward called before forward")
+        L = self.num_layers
+        dh_n = [None] * L if dh_n is None else dh_n
+        dh0 = [None] * L
+        d_out = dhs
+        for layer in reversed(range(L)):
+            if self._masks[layer] is not None and d_out is not None:
+                d_out = d_out * self._masks[layer]
+            g = rnn_backward(d_out, self._caches[layer], dh_n[layer], self.bptt_truncate)
+            W_x, W_h, b = self.layer_weights(layer)
+            W_x.grad += g.dW_x
+            W_h.grad += g.dW_h
+            b.grad += g.db
+            dh0[layer] = g.dh0
+            d_out = g.dx
+        return d_out, np.stack(dh0)
