@@ -53,6 +53,17 @@ def test_gradcheck_linear_embedding_and_losses():
     assert report.ok, str(report)
 
 
+def test_gradcheck_dropout():
+    R = _weights((4, 3), 30)
+
+    def run(x):
+        drop = nn.Dropout(0.3, seed=1)   # the same mask on every call
+        y = drop(x)
+        return float(np.sum(y * R)), drop.backward(R)
+    report = fastlstm.gradcheck(run, [_weights((4, 3), 31)])
+    assert report.ok, str(report)
+
+
 def test_gradcheck_reports_a_wrong_gradient():
     report = fastlstm.gradcheck(lambda a: (float(np.sum(a ** 2)), [3 * a]), [_weights(4, 7)])
     assert not report.ok and "FAILS" in str(report)

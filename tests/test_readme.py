@@ -12,3 +12,15 @@ def test_readme_example_runs(capsys):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     exec(compile(blocks[0], "README.md", "exec"), {})
     assert capsys.readouterr().out.strip() == "(100, 400) (25, 32, 65)"
+
+
+@pytest.mark.skipif(not README.exists(), reason="README.md is not beside the tests")
+def test_readme_training_example_learns(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    train = next(b for b in blocks if "optim.Adam" in b)
+    exec(compile(train, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    loss, uniform = (float(v) for v in re.findall(r"([\d.]+)", out)[:2])
+    assert loss < 0.8 * uniform, out          # it learned something
+    assert (tmp_path / "lstm.npz").exists()
