@@ -41,6 +41,21 @@ def rel_err(actual, expected):
     return float(np.abs(actual - expected).max() / scale)
 
 
+def numeric_grad(loss, array, eps=1e-6):
+    """Central finite differences of ``loss()`` w.r.t. every entry of ``array`` (which
+    ``loss`` reads; it is perturbed in place and restored)."""
+    grad = np.zeros_like(array)
+    for idx in np.ndindex(array.shape):
+        old = array[idx]
+        array[idx] = old + eps
+        up = loss()
+        array[idx] = old - eps
+        down = loss()
+        array[idx] = old
+        grad[idx] = (up - down) / (2 * eps)
+    return grad
+
+
 # float64 must agree with the reference to ~1e-10 relative; float32 to a few hundred ulp of
 # the array's scale (errors accumulate through the recursion and the reductions over T*B).
 TOLERANCE = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 2e-4}

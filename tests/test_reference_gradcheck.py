@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from fastlstm import reference
-from conftest import rel_err
+from conftest import numeric_grad, rel_err
 
 T, B, D, H = 3, 2, 4, 3
 PARAM_NAMES = ("x", "h0", "c0", "W_x", "W_h", "b")
@@ -108,21 +108,6 @@ def assert_entrywise_close(name, analytic, numeric, rtol=1e-6, atol=1e-9):
             f"analytic {analytic[idx]!r} vs numeric {numeric[idx]!r}")
     # And as a whole, relative to the array's scale.
     assert rel_err(analytic, numeric) < 1e-7, (name, rel_err(analytic, numeric))
-
-
-def numeric_grad(loss, params, name, eps=1e-6):
-    """Central finite differences of ``loss()`` w.r.t. every entry of params[name]."""
-    p = params[name]
-    grad = np.zeros_like(p)
-    for idx in np.ndindex(p.shape):
-        old = p[idx]
-        p[idx] = old + eps
-        up = loss()
-        p[idx] = old - eps
-        down = loss()
-        p[idx] = old
-        grad[idx] = (up - down) / (2 * eps)
-    return grad
 
 
 # --------------------------------------------------------------------------------------
@@ -277,7 +262,7 @@ def test_gradients_match_finite_differences(case):
         a = analytic[name]
         assert a.shape == params[name].shape, (name, a.shape, params[name].shape)
         assert a.dtype == np.float64, (name, a.dtype)
-        numeric = numeric_grad(loss, params, name)
+        numeric = numeric_grad(loss, params[name])
         # The problem must be non-trivial: some gradient entries are far from zero.
         assert np.abs(numeric).max() > 1e-3, (name, np.abs(numeric).max())
         assert_entrywise_close(name, a, numeric)

@@ -7,20 +7,7 @@ from fastlstm import optim
 from fastlstm.nn import Parameter
 from fastlstm.nn.functional import binary_cross_entropy_with_logits, cross_entropy
 from fastlstm.nn.utils import clip_grad_norm_, clip_grad_value_
-from conftest import rel_err
-
-
-def numeric_grad(f, x, eps=1e-6):
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        old = x[idx]
-        x[idx] = old + eps
-        up = f()
-        x[idx] = old - eps
-        down = f()
-        x[idx] = old
-        g[idx] = (up - down) / (2 * eps)
-    return g
+from conftest import numeric_grad, rel_err
 
 
 @pytest.mark.parametrize("ignore_index", [None, 2])
