@@ -1,7 +1,7 @@
 """A one-minute demo: train a small character-level LSTM language model on text taken
-from the running Python's own standard library, with the functional API.
+from the running Python's own standard library, with fastlstm.nn and fastlstm.optim.
 
-    python -m fastlstm.demo [--steps 300] [--hidden 128] [--threads N]
+    fastlstm demo [--steps 300] [--hidden 128] [--threads N]
 
 Prints the loss as it falls, the speed against the NumPy reference, and a sample.
 """
@@ -11,8 +11,9 @@ import time
 
 import numpy as np
 
-from . import lstm_backward, lstm_forward, reference
+from . import nn, optim, reference
 from ._threads import blas_threads, usable_cores
+from .nn.functional import cross_entropy
 
 _MODULES = ("json", "textwrap", "collections", "functools", "itertools", "argparse",
             "string", "pathlib", "random", "statistics")
@@ -32,17 +33,6 @@ def stdlib_text():
     return "\n".join(parts)
 
 
-def _softmax_xent(logits, targets):
-    """Mean cross-entropy over rows and its gradient w.r.t. the logits."""
-    z = logits - logits.max(axis=-1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=-1, keepdims=True)
-    n = targets.size
-    loss = -np.log(p.reshape(n, -1)[np.arange(n), targets.ravel()] + 1e-12).mean()
-    p.reshape(n, -1)[np.arange(n), targets.ravel()] -= 1
-    return float(loss), p / n
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=300)
@@ -60,93 +50,74 @@ def main(argv=None):
     V, H, T, B = len(chars), args.hidden, args.seq, args.batch
     print(f"corpus: {len(text):,} characters of stdlib docstrings, vocabulary {V}; "
           f"LSTM H={H}, T={T}, B={B}")
-
-    rng = np.random.default_rng(args.seed)
-    f32 = np.float32
-    scale = 1 / np.sqrt(H)
-    params = {
-        "W_x": rng.uniform(-scale, scale, (V, 4 * H)).astype(f32),
-        "W_h": rng.uniform(-scale, scale, (H, 4 * H)).astype(f32),
-        "b": np.zeros(4 * H, f32),
-        "W_y": rng.uniform(-scale, scale, (H, V)).astype(f32),
-        "b_y": np.zeros(V, f32),
-    }
-    params["b"][H:2 * H] = 1.0   # forget-gate bias 1: remember by default
-    memory = {k: np.full_like(v, 1e-8) for k, v in params.items()}   # Adagrad
-    # B parallel streams through the text, the state carried from chunk to chunk.
-    stream_len = (len(data) - 1) // B
-    starts = np.arange(B) * stream_len
-    eye = np.eye(V, dtype=f32)
+    # One-hot characters -> LSTM -> Linear -> softmax, trained with Adagrad and clipping
+    # as the char-LM tutorial does (forget-gate bias 1: remember by default).
+    lstm = nn.LSTM(V, H, init="xavier", seed=args.seed, num_threads=args.threads)
+    head = nn.Linear(H, V, seed=args.seed + 1)
     # The output layer's small NumPy products run single-threaded: a multi-threaded BLAS
     # keeps its idle threads spinning between calls, taking the cores from the kernels.
     with blas_threads(1):
-        params = _train(args, data, params, memory, starts, stream_len, eye, chars, index)
+        _train(args, data, lstm, head, chars, index)
     return 0
 
 
-def _train(args, data, params, memory, starts, stream_len, eye, chars, index):
+def _train(args, data, lstm, head, chars, index):
     V, H, T, B = len(chars), args.hidden, args.seq, args.batch
-    f32 = np.float32
-    lr = 0.05
-    rng = np.random.default_rng(args.seed + 1)
-    h = np.zeros((B, H), f32)
-    c = np.zeros((B, H), f32)
+    params = lstm.parameters() + head.parameters()
+    opt = optim.Adagrad(params, lr=0.05, eps=1e-8)
+    eye = np.eye(V, dtype=np.float32)
+    # B parallel streams through the text, the state carried from chunk to chunk.
+    stream_len = (len(data) - 1) // B
+    starts = np.arange(B) * stream_len
+    state = None
     pos = 0
     t0 = time.perf_counter()
     kernel_time = 0.0
     for step in range(1, args.steps + 1):
         if pos + T + 1 > stream_len:
-            pos = 0
-            h[:] = 0
-            c[:] = 0
+            pos, state = 0, None
         idx = starts[None, :] + pos + np.arange(T)[:, None]          # (T, B)
         x = eye[data[idx]]                                           # one-hot (T, B, V)
-        targets = data[idx + 1]
         pos += T
         k0 = time.perf_counter()
-        hs, (h, c), cache = lstm_forward(x, params["W_x"], params["W_h"], params["b"], h, c,
-                                         num_threads=args.threads)
+        hs, state = lstm(x, state)
         kernel_time += time.perf_counter() - k0
-        logits = hs @ params["W_y"] + params["b_y"]
-        loss, dlogits = _softmax_xent(logits, targets)
-        dlogits = dlogits.astype(f32)
-        grads = {"W_y": hs.reshape(-1, H).T @ dlogits.reshape(-1, V),
-                 "b_y": dlogits.reshape(-1, V).sum(0)}
+        loss, dlogits = cross_entropy(head(hs), data[idx + 1])
+        for p in params:
+            p.zero_grad()
+        dhs = head.backward(dlogits)
         k0 = time.perf_counter()
-        g = lstm_backward(dlogits @ params["W_y"].T, cache)
+        lstm.backward(dhs)
         kernel_time += time.perf_counter() - k0
-        grads.update(W_x=g.dW_x, W_h=g.dW_h, b=g.db)
-        for k, p in params.items():
-            gk = np.clip(grads[k], -5, 5)
-            memory[k] += gk * gk
-            p -= (lr * gk / np.sqrt(memory[k])).astype(f32)
+        nn.utils.clip_grad_value_(params, 5.0)
+        opt.step()
         if step == 1 or step % 50 == 0 or step == args.steps:
             print(f"step {step:5d}  loss {loss:.3f}  (uniform guess {np.log(V):.3f})  "
                   f"{step * T * B / (time.perf_counter() - t0):,.0f} chars/s", flush=True)
 
-    # Same forward+backward with the NumPy reference, for the speed ratio.
+    # The same forward+backward with the NumPy reference, for the speed ratio.
+    W_x, W_h, b = (p.data for p in lstm.layer_weights(0))
     with blas_threads(args.threads or usable_cores()):
         r0 = time.perf_counter()
         for _ in range(5):
-            _, _, rc = reference.lstm_forward(x, params["W_x"], params["W_h"], params["b"])
-            reference.lstm_backward(dlogits @ params["W_y"].T, rc)
+            _, _, cache = reference.lstm_forward(x, W_x, W_h, b)
+            reference.lstm_backward(dhs, cache)
         ref_time = (time.perf_counter() - r0) / 5
-    print(f"LSTM forward+backward: {kernel_time / args.steps * 1e3:.2f} ms per step compiled, "
-          f"{ref_time * 1e3:.2f} ms NumPy reference ({ref_time / (kernel_time / args.steps):.1f}x)")
+    per_step = kernel_time / args.steps
+    print(f"LSTM forward+backward: {per_step * 1e3:.2f} ms per step compiled, "
+          f"{ref_time * 1e3:.2f} ms NumPy reference ({ref_time / per_step:.1f}x)")
 
     # Sample 200 characters, one step at a time.
-    hb, cb = np.zeros((1, H), f32), np.zeros((1, H), f32)
-    ch = index.get("T", 0)
-    out = []
+    lstm.eval()
+    rng = np.random.default_rng(args.seed + 2)
+    state, ch, out = None, index.get("T", 0), []
     for _ in range(200):
-        hs, (hb, cb), _ = lstm_forward(eye[[ch]][None], params["W_x"], params["W_h"],
-                                       params["b"], hb, cb, num_threads=1)
-        z = hs[0, 0] @ params["W_y"] + params["b_y"]
+        hs, state = lstm(eye[[ch]][None], state)
+        z = head(hs[0, 0])
         p = np.exp((z - z.max()) / 0.7)
         ch = int(rng.choice(V, p=p / p.sum()))
         out.append(chars[ch])
     print("sample:", "".join(out).replace("\n", " "))
-    return params
 
 
 if __name__ == "__main__":
