@@ -5,7 +5,6 @@ import os
 import platform
 
 import numpy as np
-import pytest
 
 RESULTS = []       # dicts: case, threads, mode, impl, best_s, median_s, flops
 PEAKS = {}         # threads -> sgemm GFLOP/s on 1024^3

@@ -62,7 +62,7 @@ def main(argv=None):
 
 
 def _train(args, data, lstm, head, chars, index):
-    V, H, T, B = len(chars), args.hidden, args.seq, args.batch
+    V, T, B = len(chars), args.seq, args.batch
     params = lstm.parameters() + head.parameters()
     opt = optim.Adagrad(params, lr=0.05, eps=1e-8)
     eye = np.eye(V, dtype=np.float32)

@@ -87,7 +87,6 @@ def test_gradcheck_stacked_recurrent_layers(kind):
             return float(np.sum(hs * R) + np.sum(h_n * Rh) + np.sum(c_n * Rh))
     else:
         nonlinearity = "relu" if kind == "rnn-relu" else "tanh"
-        k = 1 if kind == "rnn-truncated" else None
         m = nn.RNN(D, H, num_layers=2, nonlinearity=nonlinearity, dtype=F64, seed=12)
         Rh = _weights((2, B, H), 13)
 
