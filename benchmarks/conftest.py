@@ -33,7 +33,7 @@ def pytest_terminal_summary(terminalreporter):
     if not RESULTS and not MEMORY:
         return
     tr = terminalreporter
-    tr.section("fastlstm: compiled vs NumPy reference vs torch.nn.LSTM (float32)")
+    tr.section("fastlstm: compiled vs NumPy reference vs torch.nn (float32)")
     try:
         import scipy
         import fastlstm
