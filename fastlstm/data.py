@@ -6,7 +6,8 @@ from collections import Counter
 
 import numpy as np
 
-__all__ = ["tokenize", "Vocab", "train_valid_split", "lm_batches", "bucketed_batches"]
+__all__ = ["tokenize", "Vocab", "train_valid_split", "lm_batches", "bucketed_batches",
+           "load_labeled", "load_aclimdb", "load_glove"]
 
 # Words (letters, digits, apostrophes inside), numbers, and single punctuation marks.
 _TOKEN = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)?|[^\sA-Za-z0-9]")
@@ -117,3 +118,133 @@ def bucketed_batches(sequences, batch_size, pad_id=0, shuffle=True, seed=None):
         for col, i in enumerate(idx):
             out[:L[col], col] = sequences[i]
         yield out, L, idx
+
+
+# --- files ------------------------------------------------------------------------------
+
+def _decoded_lines(path):
+    """The file's lines as text, with the file and line named on bytes that are not UTF-8."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 ({exc.reason} at byte "
+                                 f"{exc.start})") from None
+
+
+_LABELS = {"0": 0, "1": 1, "neg": 0, "pos": 1, "negative": 0, "positive": 1}
+
+
+def _label(value, where):
+    key = str(value).strip().lower()
+    if key not in _LABELS:
+        raise ValueError(f"{where}: label {value!r} is not one of 0/1, neg/pos, "
+                         f"negative/positive")
+    return _LABELS[key]
+
+
+def load_labeled(path):
+    """(texts, labels) from a CSV with ``text`` and ``label`` columns, or a JSONL file of
+    ``{"text": ..., "label": ...}`` objects. Bad files raise ValueError naming the file
+    and line."""
+    import csv
+    import json
+    path = str(path)
+    texts, labels = [], []
+    if path.endswith(".jsonl"):
+        for lineno, line in _decoded_lines(path):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                text, label = obj["text"], obj["label"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{lineno}: expected a JSON object with \"text\" "
+                                 f"and \"label\" ({exc})") from None
+            texts.append(str(text))
+            labels.append(_label(label, f"{path}:{lineno}"))
+    elif path.endswith(".csv"):
+        lines = (line for _, line in _decoded_lines(path))
+        reader = csv.reader(lines)
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{path}: empty file")
+        columns = [h.strip().lower() for h in header]
+        if "text" not in columns or "label" not in columns:
+            raise ValueError(f"{path}:1: the header needs 'text' and 'label' columns, got "
+                             f"{header}")
+        ti, li = columns.index("text"), columns.index("label")
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(columns):
+                raise ValueError(f"{path}:{reader.line_num}: {len(row)} fields, the header "
+                                 f"has {len(columns)}")
+            texts.append(row[ti])
+            labels.append(_label(row[li], f"{path}:{reader.line_num}"))
+    else:
+        raise ValueError(f"{path}: expected a .csv or .jsonl file")
+    if not texts:
+        raise ValueError(f"{path}: no examples in the file")
+    return texts, np.array(labels, dtype=np.int64)
+
+
+def load_aclimdb(root, split="train"):
+    """(texts, labels) from an aclImdb folder: ``root/split/pos/*.txt`` (label 1) and
+    ``root/split/neg/*.txt`` (label 0), in sorted file order."""
+    import pathlib
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    texts, labels = [], []
+    for name, label in (("neg", 0), ("pos", 1)):
+        folder = pathlib.Path(root) / split / name
+        if not folder.is_dir():
+            raise ValueError(f"{folder}: no such folder (expected aclImdb's "
+                             f"{split}/pos and {split}/neg)")
+        for file in sorted(folder.glob("*.txt")):
+            texts.append("".join(line for _, line in _decoded_lines(file)))
+            labels.append(label)
+    if not texts:
+        raise ValueError(f"{root}/{split}: no .txt reviews found")
+    return texts, np.array(labels, dtype=np.int64)
+
+
+def load_glove(path, vocab, dtype=np.float32, seed=0):
+    """An embedding matrix (len(vocab), dim) from a GloVe text file, read as a stream that
+    keeps only the vocabulary's words (memory bounded by the vocabulary, not the file).
+
+    Words the file lacks get small random vectors (N(0, 0.1)); the row of ``<pad>`` (if in
+    the vocabulary) is zero. Returns ``(matrix, coverage)``, coverage = the fraction of
+    the vocabulary's non-special tokens found."""
+    matrix = None
+    found = set()
+    for lineno, line in _decoded_lines(path):
+        parts = line.rstrip().split(" ")
+        if len(parts) < 2:
+            if not line.strip():
+                continue
+            raise ValueError(f"{path}:{lineno}: expected a word and its vector")
+        word = parts[0]
+        if matrix is None:
+            dim = len(parts) - 1
+            rng = np.random.default_rng(seed)
+            matrix = (rng.standard_normal((len(vocab), dim)) * 0.1).astype(dtype)
+        if len(parts) - 1 != matrix.shape[1]:
+            raise ValueError(f"{path}:{lineno}: {len(parts) - 1} numbers, earlier lines "
+                             f"have {matrix.shape[1]}")
+        i = vocab.stoi.get(word)
+        if i is None or word in found:
+            continue
+        try:
+            matrix[i] = np.array(parts[1:], dtype=np.float64)
+        except ValueError:
+            raise ValueError(f"{path}:{lineno}: the vector of {word!r} is not numeric") from None
+        found.add(word)
+    if matrix is None:
+        raise ValueError(f"{path}: empty file")
+    if "<pad>" in vocab.stoi:
+        matrix[vocab.stoi["<pad>"]] = 0
+    words = [t for t in vocab.itos if t not in vocab.specials]
+    coverage = len(found - set(vocab.specials)) / max(len(words), 1)
+    return matrix, coverage
