@@ -1,0 +1,179 @@
+"""The seeds' models (issue 7, first part): CharLM, WordLM, SentimentClassifier, and
+``sample`` for the language models. Explicit forward/backward like every layer."""
+import numpy as np
+
+from .checkpoint import register_model
+from .nn.layers import Embedding, Linear
+from .nn.module import Module
+from .nn.recurrent import LSTM, RNN
+
+__all__ = ["CharLM", "WordLM", "SentimentClassifier", "sample"]
+
+
+class _LanguageModel(Module):
+    """ids (T, B) -> [embedding or one-hot] -> recurrent stack -> Linear -> logits (T, B, V)."""
+
+    def _build(self, vocab_size, embedding_dim, hidden_size, num_layers, cell, dropout,
+               dtype, seed, num_threads):
+        rng = np.random.default_rng(seed)
+        self.vocab_size = vocab_size
+        self.embed = (Embedding(vocab_size, embedding_dim, dtype=dtype, seed=rng)
+                      if embedding_dim else None)
+        width = embedding_dim or vocab_size
+        if cell == "lstm":
+            self.rnn = LSTM(width, hidden_size, num_layers, dropout, dtype, rng,
+                            num_threads=num_threads)
+        elif cell == "rnn":
+            self.rnn = RNN(width, hidden_size, num_layers, dropout=dropout, dtype=dtype,
+                           seed=rng, num_threads=num_threads)
+        else:
+            raise ValueError(f"cell must be 'lstm' or 'rnn', got {cell!r}")
+        self.head = Linear(hidden_size, vocab_size, dtype=dtype, seed=rng)
+        self._eye = None
+
+    def _inputs(self, ids):
+        ids = np.asarray(ids)
+        if self.embed is not None:
+            return self.embed(ids)
+        if self._eye is None:
+            self._eye = np.eye(self.vocab_size, dtype=self.head.W.data.dtype)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise ValueError(f"ids must lie in [0, {self.vocab_size})")
+        return self._eye[ids]
+
+    def forward(self, ids, state=None, lengths=None):
+        """logits (T, B, V) and the recurrent state to carry into the next chunk."""
+        hs, state = self.rnn(self._inputs(ids), state, lengths=lengths)
+        return self.head(hs), state
+
+    def backward(self, dlogits):
+        """Accumulate every parameter's gradient from dlogits (T, B, V)."""
+        dx, _ = self.rnn.backward(self.head.backward(dlogits))
+        if self.embed is not None:
+            self.embed.backward(dx)
+
+
+@register_model
+class CharLM(_LanguageModel):
+    """Character-level LM: one-hot (``embedding_dim=None``) or embedded characters."""
+
+    def __init__(self, vocab_size, hidden_size=128, num_layers=1, embedding_dim=None,
+                 dropout=0.0, dtype=np.float32, seed=None, num_threads=None):
+        self.config = dict(vocab_size=vocab_size, hidden_size=hidden_size,
+                           num_layers=num_layers, embedding_dim=embedding_dim,
+                           dropout=dropout, dtype=np.dtype(dtype).name)
+        self._build(vocab_size, embedding_dim, hidden_size, num_layers, "lstm", dropout,
+                    dtype, seed, num_threads)
+
+
+@register_model
+class WordLM(_LanguageModel):
+    """Word-level LM: Embedding -> LSTM or vanilla RNN (``cell``) -> Linear."""
+
+    def __init__(self, vocab_size, embedding_dim=64, hidden_size=128, num_layers=1,
+                 cell="lstm", dropout=0.0, dtype=np.float32, seed=None, num_threads=None):
+        self.config = dict(vocab_size=vocab_size, embedding_dim=embedding_dim,
+                           hidden_size=hidden_size, num_layers=num_layers, cell=cell,
+                           dropout=dropout, dtype=np.dtype(dtype).name)
+        self._build(vocab_size, embedding_dim, hidden_size, num_layers, cell, dropout,
+                    dtype, seed, num_threads)
+
+
+@register_model
+class SentimentClassifier(Module):
+    """Embedding -> LSTM -> pooling over each review's valid steps -> Linear -> one logit.
+
+    ``pooling``: "last" (each sequence's final state), "mean" or "max" over its steps.
+    Padded batches pass ``lengths``; padding never changes a prediction.
+    """
+
+    def __init__(self, vocab_size, embedding_dim=50, hidden_size=64, num_layers=1,
+                 pooling="last", dropout=0.0, freeze_embedding=False, dtype=np.float32,
+                 seed=None, num_threads=None, embedding_weight=None):
+        if pooling not in ("last", "mean", "max"):
+            raise ValueError(f"pooling must be 'last', 'mean' or 'max', got {pooling!r}")
+        self.config = dict(vocab_size=vocab_size, embedding_dim=embedding_dim,
+                           hidden_size=hidden_size, num_layers=num_layers, pooling=pooling,
+                           dropout=dropout, freeze_embedding=freeze_embedding,
+                           dtype=np.dtype(dtype).name)
+        rng = np.random.default_rng(seed)
+        self.pooling = pooling
+        self.embed = Embedding(vocab_size, embedding_dim, weight=embedding_weight,
+                               freeze=freeze_embedding, dtype=dtype, seed=rng)
+        self.lstm = LSTM(embedding_dim, hidden_size, num_layers, dropout, dtype, rng,
+                         init="xavier", num_threads=num_threads)
+        self.head = Linear(hidden_size, 1, dtype=dtype, seed=rng)
+        self._pool = None
+
+    def forward(self, ids, lengths=None):
+        """ids (T, B) -> logits (B,)."""
+        ids = np.asarray(ids)
+        T, B = ids.shape
+        lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
+        if np.any(lengths < 1):
+            raise ValueError("every review needs at least one token (lengths >= 1)")
+        hs, (h_n, _) = self.lstm(self.embed(ids), lengths=lengths)
+        valid = (np.arange(T)[:, None] < lengths[None, :])[:, :, None]   # (T, B, 1)
+        if self.pooling == "last":
+            pooled = h_n[-1]
+        elif self.pooling == "mean":
+            pooled = hs.sum(axis=0) / lengths[:, None].astype(hs.dtype)
+        else:
+            masked = np.where(valid, hs, -np.inf)
+            pooled = masked.max(axis=0)
+            self._argmax = masked.argmax(axis=0)
+        self._pool = (hs.shape, lengths, valid)
+        return self.head(pooled)[:, 0]
+
+    def backward(self, dlogits):
+        (T, B, H), lengths, valid = self._pool
+        dpooled = self.head.backward(np.asarray(dlogits)[:, None])
+        L = self.lstm.num_layers
+        if self.pooling == "last":
+            dh_n = np.zeros((L, B, H), dpooled.dtype)
+            dh_n[-1] = dpooled
+            dx, _ = self.lstm.backward(None, (dh_n, np.zeros_like(dh_n)))
+        else:
+            if self.pooling == "mean":
+                dhs = np.broadcast_to(dpooled / lengths[:, None].astype(dpooled.dtype),
+                                      (T, B, H)) * valid
+            else:
+                dhs = np.zeros((T, B, H), dpooled.dtype)
+                np.put_along_axis(dhs, self._argmax[None], dpooled[None], axis=0)
+            dx, _ = self.lstm.backward(np.ascontiguousarray(dhs, dtype=dpooled.dtype))
+        self.embed.backward(dx)
+
+
+def sample(model, prefix, length, temperature=1.0, top_k=None, seed=None):
+    """Continue ``prefix`` (a sequence of ids) by ``length`` ids from a language model.
+
+    Temperature 0 is greedy; ``top_k`` keeps only the k likeliest ids; the same seed gives
+    the same ids. The prefix is read in one call, then one step per generated id.
+    """
+    prefix = np.asarray(prefix, dtype=np.int64)
+    if prefix.ndim != 1 or prefix.size == 0:
+        raise ValueError("prefix must be a non-empty 1-D sequence of ids")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    rng = np.random.default_rng(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        logits, state = model(prefix[:, None])
+        out = []
+        z = logits[-1, 0].astype(np.float64)
+        for _ in range(length):
+            if top_k is not None:
+                cut = np.sort(z)[-min(top_k, z.size)]
+                z = np.where(z >= cut, z, -np.inf)
+            if temperature == 0:
+                nxt = int(np.argmax(z))
+            else:
+                p = np.exp((z - z.max()) / temperature)
+                nxt = int(rng.choice(z.size, p=p / p.sum()))
+            out.append(nxt)
+            logits, state = model(np.array([[nxt]]), state)
+            z = logits[-1, 0].astype(np.float64)
+        return out
+    finally:
+        model.train(was_training)

@@ -1,0 +1,118 @@
+"""The seeds' models: gradcheck, learning, padding invariance, sampling, checkpoints."""
+import numpy as np
+import pytest
+
+import fastlstm
+from fastlstm import optim
+from fastlstm.models import CharLM, SentimentClassifier, WordLM, sample
+from fastlstm.nn.functional import binary_cross_entropy_with_logits, cross_entropy
+
+F64 = np.float64
+
+
+def _lm_loss(ids, targets):
+    def run(m):
+        logits, _ = m(ids)
+        loss, d = cross_entropy(logits, targets)
+        m.backward(d)
+        return loss
+    return run
+
+
+@pytest.mark.parametrize("make", [
+    lambda: CharLM(6, 5, dtype=F64, seed=0),
+    lambda: CharLM(6, 5, embedding_dim=3, num_layers=2, dtype=F64, seed=1),
+    lambda: WordLM(7, 3, 4, cell="lstm", dtype=F64, seed=2),
+    lambda: WordLM(7, 3, 4, cell="rnn", dtype=F64, seed=3),
+], ids=["char-onehot", "char-embed-2layer", "word-lstm", "word-rnn"])
+def test_language_models_pass_gradcheck(make):
+    m = make()
+    rng = np.random.default_rng(4)
+    V = m.vocab_size
+    ids, targets = rng.integers(0, V, (4, 2)), rng.integers(0, V, (4, 2))
+    report = fastlstm.gradcheck(_lm_loss(ids, targets), m)
+    assert report.ok, str(report)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+def test_sentiment_classifier_passes_gradcheck(pooling):
+    m = SentimentClassifier(8, 3, 4, pooling=pooling, dtype=F64, seed=5)
+    rng = np.random.default_rng(6)
+    ids = rng.integers(0, 8, (5, 3))
+    lengths = np.array([5, 2, 3])
+    y = np.array([1.0, 0.0, 1.0])
+
+    def run(m):
+        loss, d = binary_cross_entropy_with_logits(m(ids, lengths), y)
+        m.backward(d)
+        return loss
+    report = fastlstm.gradcheck(run, m)
+    assert report.ok, str(report)
+
+
+def test_char_lm_overfits_a_short_text():
+    text = ("the quick brown fox jumps over the lazy dog. " * 5)[:200]
+    chars = sorted(set(text))
+    ids = np.array([chars.index(c) for c in text])
+    m = CharLM(len(chars), 64, seed=7)
+    opt = optim.Adam(m.parameters(), lr=0.01)
+    x, y = ids[:-1, None], ids[1:, None]
+    for _ in range(150):
+        m.zero_grad()
+        logits, _ = m(x)
+        loss, d = cross_entropy(logits, y)
+        m.backward(d)
+        opt.step()
+    assert loss < 0.1, loss
+    # and it recites the text greedily from its first character
+    out = sample(m, ids[:1], 40, temperature=0)
+    assert "".join(chars[i] for i in out) == text[1:41]
+
+
+def test_sentiment_classifier_learns_a_separable_task_and_ignores_padding():
+    rng = np.random.default_rng(8)
+    n, V = 400, 20
+    lengths = rng.integers(3, 12, n)
+    labels = rng.integers(0, 2, n)
+    seqs = []
+    for L, y in zip(lengths, labels):
+        s = rng.integers(2, 10, L) if y == 0 else rng.integers(10, 20, L)
+        seqs.append(s)
+    T = lengths.max()
+    ids = np.zeros((T, n), np.int64)   # id 0 pads
+    for j, s in enumerate(seqs):
+        ids[:len(s), j] = s
+    m = SentimentClassifier(V, 8, 16, pooling="mean", seed=9)
+    opt = optim.Adam(m.parameters(), lr=0.02)
+    for step in range(60):
+        m.zero_grad()
+        loss, d = binary_cross_entropy_with_logits(m(ids, lengths), labels.astype(np.float32))
+        m.backward(d)
+        opt.step()
+    m.eval()
+    acc = np.mean((m(ids, lengths) > 0) == labels)
+    assert acc > 0.95, acc
+    padded = np.concatenate([ids, np.full((7, n), 3)])   # extra garbage past the lengths
+    np.testing.assert_allclose(m(padded, lengths), m(ids, lengths), rtol=1e-5, atol=1e-6)
+
+
+def test_sampling_is_seeded_and_validated():
+    m = CharLM(9, 8, seed=10)
+    assert sample(m, [1, 2], 10, seed=3) == sample(m, [1, 2], 10, seed=3)
+    greedy = sample(m, [1], 5, temperature=0)
+    assert greedy == sample(m, [1], 5, temperature=0, top_k=1, seed=99)
+    assert all(0 <= i < 9 for i in sample(m, [1], 20, top_k=2, seed=1))
+    with pytest.raises(ValueError, match="prefix"):
+        sample(m, [], 3)
+    with pytest.raises(ValueError, match="temperature"):
+        sample(m, [1], 3, temperature=-1)
+
+
+def test_models_round_trip_through_checkpoints(tmp_path):
+    for m in (CharLM(9, 8, embedding_dim=4, seed=11), WordLM(12, 4, 8, cell="rnn", seed=12),
+              SentimentClassifier(10, 4, 6, pooling="max", seed=13)):
+        fastlstm.save(tmp_path / "m.npz", m, epoch=1)
+        again = fastlstm.load(tmp_path / "m.npz").model
+        assert type(again) is type(m)
+        for a, b in zip(m.state_dict().values(), again.state_dict().values()):
+            np.testing.assert_array_equal(a, b)
