@@ -12,26 +12,9 @@ import time
 import numpy as np
 
 from . import nn, optim, reference
+from .corpus import stdlib_text
 from ._threads import blas_threads, usable_cores
 from .nn.functional import cross_entropy
-
-_MODULES = ("json", "textwrap", "collections", "functools", "itertools", "argparse",
-            "string", "pathlib", "random", "statistics")
-
-
-def stdlib_text():
-    """Docstrings of a few standard-library modules and their public functions."""
-    import importlib
-    parts = []
-    for name in _MODULES:
-        mod = importlib.import_module(name)
-        parts.append(mod.__doc__ or "")
-        for attr in sorted(vars(mod)):
-            obj = getattr(mod, attr)
-            if not attr.startswith("_") and callable(obj) and obj.__doc__:
-                parts.append(obj.__doc__)
-    return "\n".join(parts)
-
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
