@@ -49,14 +49,23 @@ def float_array(name, value, dtype=None):
         return value   # the common case, checked cheaply: kernels are called per step
     if value is None:
         raise TypeError(f"{name} must be a float32 or float64 array, got None")
-    a = np.asarray(value)
+    a = _as_array(name, value)
     if a.dtype.kind != "f" or a.dtype.newbyteorder("=") not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must be a float32 or float64 array, got dtype {a.dtype}")
     native = a.dtype.newbyteorder("=")
     if dtype is not None and native != dtype:
         raise TypeError(f"{name} has dtype {native} but x has dtype {dtype}; fastlstm never "
                         f"converts between precisions: pass {name}.astype(np.{dtype})")
-    return np.ascontiguousarray(a, dtype=native)
+    a = a.astype(native, copy=False)
+    # (np.ascontiguousarray would turn a 0-d array into shape (1,) and misreport it)
+    return a if a.flags.c_contiguous else a.copy(order="C")
+
+
+def _as_array(name, value):
+    try:
+        return np.asarray(value)
+    except ValueError as exc:   # ragged nested sequences
+        raise ValueError(f"{name} must be a rectangular array, got {exc}") from None
 
 
 def check_shape(name, a, expected, meaning):
@@ -70,7 +79,7 @@ def check_lengths(lengths, T, B):
     """``lengths`` as a C-contiguous ``(B,)`` intc array with values in ``[0, T]``, or None."""
     if lengths is None:
         return None
-    a = np.asarray(lengths)
+    a = _as_array("lengths", lengths)
     if a.dtype.kind == "f":
         if not np.all(np.isfinite(a)):
             raise ValueError("lengths must be finite integers in [0, T], got non-finite values")
@@ -84,7 +93,7 @@ def check_lengths(lengths, T, B):
     if B and (a.min() < 0 or a.max() > T):
         raise ValueError(f"lengths must lie in [0, T] = [0, {T}], got values from "
                          f"{a.min()} to {a.max()}")
-    return np.ascontiguousarray(a, dtype=np.intc)
+    return np.array(a, dtype=np.intc, order="C")   # a copy: the cache keeps it
 
 
 def _checked_x(x):
@@ -151,11 +160,43 @@ def validate_lstm_forward(x, W_x, W_h, b, h0, c0, lengths, backend, num_threads)
     return LSTMForwardArgs(x, W_x, W_h, b, h0, c0, lengths, backend, num_threads)
 
 
+def _check_cache(cache, gates):
+    """A cache's arrays must agree with each other (it may have been built by hand): the
+    kernels index them by the shapes of x and W_h."""
+    arrays = {"x": cache.x, "W_x": cache.W_x, "W_h": cache.W_h, "h_states": cache.h_states}
+    if gates == 4:
+        arrays.update(gates=cache.gates, c_states=cache.c_states)
+    for name, a in arrays.items():
+        if not (isinstance(a, np.ndarray) and a.dtype in _FLOAT_DTYPES
+                and a.flags.c_contiguous):
+            raise TypeError(f"cache.{name} must be a C-contiguous float32/float64 array")
+    if cache.x.ndim != 3 or cache.W_h.ndim != 2:
+        raise ValueError("cache.x must be (T, B, D) and cache.W_h 2-D")
+    T, B, D = cache.x.shape
+    H = cache.W_h.shape[0]
+    expected = {"W_x": (D, gates * H), "W_h": (H, gates * H), "h_states": (T + 1, B, H)}
+    if gates == 4:
+        expected.update(gates=(T, B, 4 * H), c_states=(T + 1, B, H))
+    for name, shape in expected.items():
+        if arrays[name].shape != shape:
+            raise ValueError(f"cache.{name} has shape {arrays[name].shape}, expected {shape} "
+                             f"from cache.x {cache.x.shape} and cache.W_h {cache.W_h.shape}")
+        if arrays[name].dtype != cache.x.dtype:
+            raise TypeError(f"cache.{name} has dtype {arrays[name].dtype}, cache.x "
+                            f"{cache.x.dtype}")
+    if cache.lengths is not None:
+        L = cache.lengths
+        if not (isinstance(L, np.ndarray) and L.dtype == np.intc and L.shape == (B,)
+                and L.flags.c_contiguous and (B == 0 or (L.min() >= 0 and L.max() <= T))):
+            raise ValueError(f"cache.lengths must be a ({B},) intc array in [0, {T}]")
+
+
 def validate_lstm_backward(dhs, cache, dh_n, dc_n):
     """Check the arguments of ``lstm_backward``; returns ``(dhs, dh_n, dc_n)``."""
     if not isinstance(cache, LSTMCache):
         raise TypeError(f"cache must be the LSTMCache returned by lstm_forward, "
                         f"got {type(cache).__name__}")
+    _check_cache(cache, gates=4)
     T, B, _ = cache.x.shape
     H = cache.W_h.shape[0]
     dtype = cache.dtype
@@ -217,6 +258,7 @@ def validate_rnn_backward(dhs, cache, dh_n, bptt_truncate):
     if not isinstance(cache, RNNCache):
         raise TypeError(f"cache must be the RNNCache returned by rnn_forward, "
                         f"got {type(cache).__name__}")
+    _check_cache(cache, gates=1)
     T, B, _ = cache.x.shape
     H = cache.W_h.shape[0]
     dtype = cache.dtype
