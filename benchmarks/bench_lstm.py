@@ -1,164 +1,272 @@
-"""LSTM speed: fastlstm's compiled kernels vs the NumPy reference vs torch.nn.LSTM, float32,
-forward and forward+backward, 1 and 2 threads for every implementation.
+"""LSTM speed and memory: fastlstm's compiled kernels vs the NumPy reference vs
+torch.nn.LSTM, float32, "forward" and "forward+backward", 1 and 2 threads each.
 
-    pytest benchmarks/bench_lstm.py                               # the full table
-    FASTLSTM_BENCH_QUICK=1 pytest benchmarks/bench_lstm.py --benchmark-disable   # smoke
+Run from the repository root:
 
-FLOPs: forward = 2*T*B*(D+H)*4H, forward+backward = 3x that. Timings are never asserted;
-the table printed at the end (benchmarks/conftest.py) holds the ratios.
+    # the full measurement (a few minutes on 2 quiet cores)
+    python -m pytest benchmarks/bench_lstm.py --benchmark-min-rounds=3 --benchmark-max-time=0.5
+    # smoke: every case once, no timing (CI)
+    python -m pytest benchmarks/bench_lstm.py --benchmark-disable
+    # quicker smoke: only the two smallest cases
+    FASTLSTM_BENCH_QUICK=1 python -m pytest benchmarks/bench_lstm.py --benchmark-disable
+
+Every implementation runs at the same thread count n: the compiled kernels with
+``num_threads=n`` (they keep BLAS single-threaded inside their own threads), the
+reference with NumPy's BLAS limited to n threads (threadpoolctl), torch with
+``torch.set_num_threads(n)``. The thread limit is set around the whole ``benchmark()``
+call, so its cost stays out of the timings.
+
+FLOPs: forward = 2*T*B*(D+H)*4H (the two GEMMs of every step), forward+backward = 3x
+that. ``extra_info`` carries T, B, D, H, threads, impl, mode, flops and GFLOP/s (from
+the mean time); benchmarks/conftest.py prints the comparison table at the end.
+Timings are never asserted.
 """
+import contextlib
+import functools
 import os
 import tracemalloc
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 import fastlstm
 from fastlstm import reference
-from fastlstm._threads import blas_threads
 
-from conftest import MEMORY, PEAKS, _case_name, record
+QUICK = os.environ.get("FASTLSTM_BENCH_QUICK", "") not in ("", "0")
+DTYPE = np.float32
+THREADS = [1, 2]
+FORWARD, FORWARD_BACKWARD = "forward", "forward+backward"
+MODES = [FORWARD, FORWARD_BACKWARD]
+MEMORY_THREADS = 1    # tracemalloc sees NumPy buffers only; their sizes do not depend on it
 
-QUICK = bool(os.environ.get("FASTLSTM_BENCH_QUICK"))
-CASES = [  # (T, B, D, H)
-    (25, 1, 65, 100),     # the char-LM tutorial
-    (25, 32, 65, 100),
-    (200, 128, 100, 128),  # the IMDB tutorial
+ALL_CASES = [  # (T, B, D, H)
+    (25, 1, 65, 100),      # the char-LM tutorial
+    (25, 32, 65, 100),     # ... batched
+    (200, 128, 100, 128),  # the IMDB sentiment tutorial
     (100, 64, 256, 256),
     (50, 32, 512, 1024),
-    (1, 1, 256, 512),     # one decode step
+    (1, 1, 256, 512),      # one decode step
 ]
-if QUICK:
-    CASES = [CASES[0], CASES[-1]]
-THREADS = [1, 2]
-MODES = ["forward", "forward+backward"]
-IMPLS = ["fastlstm", "reference", "torch"]
 
 
-def lstm_flops(T, B, D, H, mode):
-    forward = 2 * T * B * (D + H) * 4 * H
-    return forward if mode == "forward" else 3 * forward
+def forward_flops(T, B, D, H):
+    return 2 * T * B * (D + H) * 4 * H
 
 
-def make_problem(T, B, D, H, seed=0):
+def lstm_flops(case, mode):
+    return forward_flops(*case) * (1 if mode == FORWARD else 3)
+
+
+def _smallest(cases, k):
+    keep = sorted(cases, key=lambda c: forward_flops(*c))[:k]
+    return [c for c in cases if c in keep]
+
+
+CASES = _smallest(ALL_CASES, 2) if QUICK else ALL_CASES
+
+
+def case_label(case):
+    return "T{} B{} D{} H{}".format(*case)
+
+
+def case_id(case):
+    return "T{}-B{}-D{}-H{}".format(*case)
+
+
+@functools.lru_cache(maxsize=1)     # the tests run case by case: build each problem once
+def problem(case, seed=0):
+    """Inputs with PyTorch's initial weight magnitudes, and a random dhs."""
+    T, B, D, H = case
     rng = np.random.default_rng(seed)
     k = 1 / np.sqrt(H)
-    f32 = np.float32
-    return dict(
-        x=rng.standard_normal((T, B, D)).astype(f32),
-        W_x=rng.uniform(-k, k, (D, 4 * H)).astype(f32),
-        W_h=rng.uniform(-k, k, (H, 4 * H)).astype(f32),
-        b=rng.uniform(-k, k, 4 * H).astype(f32),
-        dhs=rng.standard_normal((T, B, H)).astype(f32),
+    return SimpleNamespace(
+        x=rng.standard_normal((T, B, D)).astype(DTYPE),
+        W_x=rng.uniform(-k, k, (D, 4 * H)).astype(DTYPE),
+        W_h=rng.uniform(-k, k, (H, 4 * H)).astype(DTYPE),
+        b=rng.uniform(-k, k, 4 * H).astype(DTYPE),
+        dhs=rng.standard_normal((T, B, H)).astype(DTYPE),
     )
 
 
-def fastlstm_step(p, mode, n):
-    def run():
-        hs, _, cache = fastlstm.lstm_forward(p["x"], p["W_x"], p["W_h"], p["b"],
-                                             backend="cython", num_threads=n)
-        if mode != "forward":
-            fastlstm.lstm_backward(p["dhs"], cache)
-    return run
+# --- the implementations: impl(case, mode, n) -> (run, thread_limit) ---------------
+# ``run()`` is what is timed; ``thread_limit()`` a context manager entered around the
+# whole benchmark.
 
-
-def reference_step(p, mode, n):
-    def run():
-        with blas_threads(n):   # NumPy's BLAS gets the same thread count
-            hs, _, cache = reference.lstm_forward(p["x"], p["W_x"], p["W_h"], p["b"])
-            if mode != "forward":
-                reference.lstm_backward(p["dhs"], cache)
-    return run
-
-
-def torch_step(p, mode, n):
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(n)
-    D, H = p["W_x"].shape[0], p["W_h"].shape[0]
-    lstm = torch.nn.LSTM(D, H)
-    with torch.no_grad():
-        lstm.weight_ih_l0.copy_(torch.from_numpy(p["W_x"].T.copy()))
-        lstm.weight_hh_l0.copy_(torch.from_numpy(p["W_h"].T.copy()))
-        lstm.bias_ih_l0.copy_(torch.from_numpy(p["b"]))
-        lstm.bias_hh_l0.zero_()
-    x = torch.from_numpy(p["x"])
-    dhs = torch.from_numpy(p["dhs"])
+def compiled_impl(case, mode, n):
+    p = problem(case)
 
     def forward():
-        torch.set_num_threads(n)
+        fastlstm.lstm_forward(p.x, p.W_x, p.W_h, p.b, backend="cython", num_threads=n)
+
+    def forward_backward():
+        _, _, cache = fastlstm.lstm_forward(p.x, p.W_x, p.W_h, p.b, backend="cython",
+                                            num_threads=n)
+        fastlstm.lstm_backward(p.dhs, cache, None, None)
+
+    return (forward if mode == FORWARD else forward_backward), contextlib.nullcontext
+
+
+def reference_impl(case, mode, n):
+    p = problem(case)
+
+    def forward():
+        reference.lstm_forward(p.x, p.W_x, p.W_h, p.b)
+
+    def forward_backward():
+        _, _, cache = reference.lstm_forward(p.x, p.W_x, p.W_h, p.b)
+        reference.lstm_backward(p.dhs, cache, None, None)
+
+    # threadpool_limits applies its limit when constructed: hence the partial.
+    return ((forward if mode == FORWARD else forward_backward),
+            functools.partial(threadpool_limits, limits=n, user_api="blas"))
+
+
+def import_torch():
+    """torch, or skip the benchmark (torch is an optional extra, never a dependency)."""
+    try:
+        import torch
+    except ImportError as exc:     # absent, or a broken install
+        pytest.skip(f"torch not importable: {exc}")
+    return torch
+
+
+@functools.lru_cache(maxsize=1)
+def torch_lstm(case):
+    """A float32 torch.nn.LSTM with the problem's weights (b as bias_ih, bias_hh = 0),
+    checked once against the compiled forward so the comparison is like for like."""
+    torch = import_torch()
+    p = problem(case)
+    T, B, D, H = case
+    lstm = torch.nn.LSTM(D, H).float()
+    with torch.no_grad():
+        lstm.weight_ih_l0.copy_(torch.from_numpy(np.ascontiguousarray(p.W_x.T)))
+        lstm.weight_hh_l0.copy_(torch.from_numpy(np.ascontiguousarray(p.W_h.T)))
+        lstm.bias_ih_l0.copy_(torch.from_numpy(p.b))
+        lstm.bias_hh_l0.zero_()
+        out, _ = lstm(torch.from_numpy(p.x))
+    hs, _, _ = fastlstm.lstm_forward(p.x, p.W_x, p.W_h, p.b, backend="cython")
+    np.testing.assert_allclose(out.numpy(), hs, rtol=1e-3, atol=1e-4,
+                               err_msg="torch.nn.LSTM set-up differs from fastlstm")
+    return lstm
+
+
+def torch_impl(case, mode, n):
+    torch = import_torch()
+    p = problem(case)
+    lstm = torch_lstm(case)
+    x = torch.from_numpy(p.x)
+    dhs = torch.from_numpy(p.dhs)
+
+    def forward():
         with torch.no_grad():
             lstm(x)
 
+    xg = x.detach().clone().requires_grad_(True)
+
     def forward_backward():
-        torch.set_num_threads(n)
-        xg = x.detach().requires_grad_(True)
         lstm.zero_grad(set_to_none=True)
+        xg.grad = None
         out, _ = lstm(xg)
         out.backward(dhs)
 
-    return forward if mode == "forward" else forward_backward
+    @contextlib.contextmanager
+    def thread_limit():
+        old = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)
+
+    return (forward if mode == FORWARD else forward_backward), thread_limit
 
 
-STEPS = {"fastlstm": fastlstm_step, "reference": reference_step, "torch": torch_step}
+IMPLS = {"compiled": compiled_impl, "reference": reference_impl, "torch": torch_impl}
 
+
+# --- the benchmarks -----------------------------------------------------------------
 
 @pytest.mark.parametrize("threads", THREADS)
-def test_sgemm_peak(benchmark, threads):
-    """The ceiling: scipy's BLAS (the one the kernels call) on a 1024^3 float32 product.
-    Defined first so it runs first, on a quiet machine."""
+def test_sgemm_peak(benchmark, bench_log, threads):
+    """The ceiling the kernels are compared with: scipy's BLAS (the one the compiled
+    kernels call) on a 1024^3 float32 product, BLAS limited to ``threads``. Defined first
+    so it runs first."""
     from scipy.linalg.blas import sgemm
     rng = np.random.default_rng(0)
-    A = np.asfortranarray(rng.standard_normal((1024, 1024)).astype(np.float32))
-    Bm = np.asfortranarray(rng.standard_normal((1024, 1024)).astype(np.float32))
-    C = np.zeros((1024, 1024), np.float32, order="F")
+    n = 1024
+    A = np.asfortranarray(rng.standard_normal((n, n)), dtype=DTYPE)
+    Bm = np.asfortranarray(rng.standard_normal((n, n)), dtype=DTYPE)
+    C = np.zeros((n, n), DTYPE, order="F")
 
     def run():
-        with blas_threads(threads):
-            sgemm(1.0, A, Bm, c=C, overwrite_c=1)
+        sgemm(1.0, A, Bm, beta=0.0, c=C, overwrite_c=1)
 
-    benchmark.group = "sgemm 1024^3"
-    benchmark.extra_info.update(threads=threads, flops=2 * 1024**3)
-    # Many rounds, best one kept: the ceiling should not be lowered by a noisy moment.
-    benchmark.pedantic(run, rounds=40, warmup_rounds=3)
-    stats = getattr(benchmark, "stats", None)
-    if stats is not None and getattr(stats, "stats", None) is not None:
-        # the best round: the ceiling the kernels are measured against
-        PEAKS[threads] = 2 * 1024**3 / stats.stats.min / 1e9
-        benchmark.extra_info["gflops"] = PEAKS[threads]
+    flops = 2 * n ** 3
+    benchmark.group = "sgemm 1024^3 float32 (scipy BLAS)"
+    benchmark.extra_info.update(M=n, N=n, K=n, threads=threads, impl="scipy sgemm",
+                                flops=flops)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        run()    # warm-up: BLAS thread start-up and buffers
+        benchmark(run)
+    bench_log.record_peak(benchmark, threads=threads, flops=flops)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("threads", THREADS)
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "T{}-B{}-D{}-H{}".format(*c))
-def test_lstm(benchmark, case, threads, mode, impl):
+LSTM_PARAMS = [
+    pytest.param(case, threads, mode, impl,
+                 id=f"{case_id(case)}-{threads}thr-{mode}-{impl}")
+    for case in CASES for threads in THREADS for mode in MODES for impl in IMPLS
+]
+
+
+@pytest.mark.parametrize("case, threads, mode, impl", LSTM_PARAMS)
+def test_lstm(benchmark, bench_log, case, threads, mode, impl):
     T, B, D, H = case
-    problem = make_problem(T, B, D, H)
-    run = STEPS[impl](problem, mode, threads)
-    benchmark.group = f"{_case_name(*case)} {mode} {threads} thread(s)"
+    run, thread_limit = IMPLS[impl](case, mode, threads)
+    flops = lstm_flops(case, mode)
+    benchmark.group = f"LSTM {case_label(case)} {mode}, {threads} thread(s)"
     benchmark.extra_info.update(T=T, B=B, D=D, H=H, threads=threads, impl=impl, mode=mode,
-                                flops=lstm_flops(T, B, D, H, mode))
-    benchmark(run)
-    record(benchmark, case=_case_name(*case), threads=threads, mode=mode, impl=impl,
-           flops=lstm_flops(T, B, D, H, mode))
+                                flops=flops)
+    # pytest-benchmark's calibration call is not timed: it doubles as the warm-up.
+    with thread_limit():
+        benchmark(run)
+    bench_log.record(benchmark, case=case_label(case), threads=threads, mode=mode,
+                     impl=impl, flops=flops)
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "T{}-B{}-D{}-H{}".format(*c))
-def test_memory(case):
-    """Peak traced memory of one compiled forward+backward against the arrays it must keep:
-    the cache (gates (T,B,4H), h and c states (T+1,B,H) each) and the gradients."""
+def must_keep_bytes(T, B, D, H, itemsize=np.dtype(DTYPE).itemsize):
+    """The arrays a forward+backward has to hold: the cache (gates (T,B,4H), h and c
+    states (T+1,B,H) each) and the gradients (dx, dh0, dc0, dW_x, dW_h, db)."""
+    cache = T * B * 4 * H + 2 * (T + 1) * B * H
+    grads = T * B * D + 2 * B * H + (D + H) * 4 * H + 4 * H
+    return itemsize * (cache + grads)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_memory(benchmark, bench_log, case):
+    """Peak traced memory (tracemalloc; NumPy reports its buffers to it) of one compiled
+    forward+backward, against ``must_keep_bytes``. A measurement, not a check: the ratio
+    goes to extra_info and the summary table. The inputs are allocated before tracing
+    starts, so they are not counted; the kernels' small per-thread C scratch is not
+    traced. The one timed round includes tracemalloc's overhead: not a speed figure."""
     T, B, D, H = case
-    p = make_problem(T, B, D, H)
-    fastlstm_step(p, "forward+backward", 1)()      # warm up: lazy imports, BLAS handles
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        fastlstm_step(p, "forward+backward", 1)()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    item = np.dtype(np.float32).itemsize
-    keep = item * (T * B * 4 * H + 2 * (T + 1) * B * H            # cache
-                   + T * B * D + 2 * B * H + (D + H) * 4 * H + 4 * H)   # gradients
-    MEMORY.append(dict(case=_case_name(*case), peak_bytes=peak, keep_bytes=keep))
-    assert peak > 0
+    run, _ = compiled_impl(case, FORWARD_BACKWARD, MEMORY_THREADS)
+    run()    # warm-up outside the trace: lazy imports, thread pools, caches
+    peak = {}
+
+    def traced():
+        tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            run()
+            peak["bytes"] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    benchmark.group = "memory: compiled forward+backward under tracemalloc"
+    benchmark.extra_info.update(T=T, B=B, D=D, H=H, threads=MEMORY_THREADS, impl="compiled",
+                                mode=FORWARD_BACKWARD)
+    benchmark.pedantic(traced, rounds=1, iterations=1)
+    bench_log.record_memory(benchmark, case=case_label(case), threads=MEMORY_THREADS,
+                            peak_bytes=peak["bytes"], keep_bytes=must_keep_bytes(T, B, D, H))

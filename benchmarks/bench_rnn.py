@@ -1,8 +1,9 @@
 """Vanilla-RNN speed: fastlstm's compiled kernels vs the NumPy reference vs torch.nn.RNN,
 float32 forward+backward, 1 and 2 threads, full and truncated (k=4) BPTT.
 
-    pytest benchmarks/bench_rnn.py
-    FASTLSTM_BENCH_QUICK=1 pytest benchmarks/bench_rnn.py --benchmark-disable   # smoke
+    python -m pytest benchmarks/bench_rnn.py --benchmark-min-rounds=3 \
+        --benchmark-max-time=0.5
+    FASTLSTM_BENCH_QUICK=1 python -m pytest benchmarks/bench_rnn.py --benchmark-disable   # smoke
 
 torch.nn.RNN has no per-loss-term truncation, so it appears in the full-BPTT rows only.
 GFLOP/s use the nominal 3 x forward FLOPs (forward = 2*T*B*(D+H)*H) in both modes;
@@ -17,14 +18,16 @@ import fastlstm
 from fastlstm import reference
 from fastlstm._threads import blas_threads
 
-from conftest import _case_name, record
-
 QUICK = bool(os.environ.get("FASTLSTM_BENCH_QUICK"))
 CASES = [(25, 1, 100, 100), (50, 32, 128, 100), (100, 64, 256, 512)]   # (T, B, D, H)
 if QUICK:
     CASES = CASES[:1]
 THREADS = [1, 2]
 MODES = {"rnn full BPTT": None, "rnn BPTT k=4": 4}
+
+
+def _case_name(T, B, D, H):
+    return f"T{T} B{B} D{D} H{H}"
 
 
 def make_problem(T, B, D, H, seed=0):
@@ -77,14 +80,14 @@ def torch_step(p, k, n):
     return run
 
 
-STEPS = {"fastlstm": fastlstm_step, "reference": reference_step, "torch": torch_step}
+STEPS = {"compiled": fastlstm_step, "reference": reference_step, "torch": torch_step}
 
 
 @pytest.mark.parametrize("impl", list(STEPS))
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("threads", THREADS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "T{}-B{}-D{}-H{}".format(*c))
-def test_rnn(benchmark, case, threads, mode, impl):
+def test_rnn(benchmark, bench_log, case, threads, mode, impl):
     T, B, D, H = case
     run = STEPS[impl](make_problem(T, B, D, H), MODES[mode], threads)
     flops = 3 * 2 * T * B * (D + H) * H
@@ -92,5 +95,5 @@ def test_rnn(benchmark, case, threads, mode, impl):
     benchmark.extra_info.update(T=T, B=B, D=D, H=H, threads=threads, impl=impl, mode=mode,
                                 flops=flops)
     benchmark(run)
-    record(benchmark, case=_case_name(*case), threads=threads, mode=mode, impl=impl,
-           flops=flops)
+    bench_log.record(benchmark, case=_case_name(*case), threads=threads, mode=mode,
+                     impl=impl, flops=flops)

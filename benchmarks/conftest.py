@@ -1,80 +1,182 @@
-"""Collects every benchmark's best round and prints one comparison table at the end:
-GFLOP/s, the ratios over torch.nn.LSTM and over the NumPy reference at the same thread
-count, the share of the sgemm peak, and the memory measurements."""
+"""pytest-benchmark plumbing shared by ``benchmarks/bench_*.py``.
+
+* Collects ``bench_*.py`` even where the ini file's ``python_files`` lacks the pattern
+  (the root pyproject.toml has it; this keeps the suite collectable without it).
+* Makes the in-place build importable when fastlstm is not installed (an installed
+  fastlstm always wins: a clean clone has no compiled extension in its source tree).
+* The ``bench_log`` fixture: each benchmark reports its case, thread count, mode,
+  implementation and FLOPs after its run; the log adds GFLOP/s (from the mean time) to
+  the benchmark's ``extra_info`` (hence to ``--benchmark-json`` / ``--benchmark-autosave``)
+  and ``pytest_terminal_summary`` prints one table at the end: mean and best time,
+  GFLOP/s, share of the sgemm peak, speedup over torch and over the NumPy reference
+  (same case, thread count and mode), and the memory measurements.
+
+Nothing here asserts a timing: speed is measured, never tested.
+"""
+import fnmatch
+import importlib.util
 import os
 import platform
+import sys
+from pathlib import Path
 
-import numpy as np
+import pytest
 
-RESULTS = []       # dicts: case, threads, mode, impl, best_s, median_s, flops
-PEAKS = {}         # threads -> sgemm GFLOP/s on 1024^3
-MEMORY = []        # dicts: case, peak_bytes, keep_bytes
+if importlib.util.find_spec("fastlstm") is None:   # built in place, not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def record(benchmark, **info):
-    """Store the finished benchmark's best and median round (nothing when
-    --benchmark-disable). The table uses the best round: on a shared virtual machine the
-    host's noise only ever adds time, so the minimum is the steadiest comparison."""
-    stats = getattr(benchmark, "stats", None)
-    if stats is None or getattr(stats, "stats", None) is None:
-        return
-    info["best_s"] = stats.stats.min
-    info["median_s"] = stats.stats.median
-    RESULTS.append(info)
-    if "flops" in info:
-        benchmark.extra_info["gflops"] = info["flops"] / info["best_s"] / 1e9
+BENCH_FILES = "bench_*.py"
+BASELINES = (("torch", "vs torch"), ("reference", "vs ref"))
 
 
-def _case_name(T, B, D, H):
-    return f"T{T} B{B} D{D} H{H}"
+def pytest_collect_file(file_path, parent):
+    """Collect ``bench_*.py`` here even when ``python_files`` does not name the pattern
+    (files named on the command line and matching files are left to pytest itself)."""
+    if file_path.suffix != ".py" or not fnmatch.fnmatch(file_path.name, BENCH_FILES):
+        return None
+    if parent.session.isinitpath(file_path) or any(
+            fnmatch.fnmatch(file_path.name, p) for p in parent.config.getini("python_files")):
+        return None
+    return parent.session.gethookproxy(file_path).pytest_pycollect_makemodule(
+        module_path=file_path, parent=parent)
 
 
-def pytest_terminal_summary(terminalreporter):
-    if not RESULTS and not MEMORY:
+class BenchLog:
+    """What the summary table needs, one entry per finished (not disabled) benchmark."""
+
+    def __init__(self):
+        self.results = []   # dicts: case, threads, mode, impl, mean_s, min_s, flops, gflops
+        self.peaks = {}     # threads -> dict(mean=GFLOP/s, best=GFLOP/s) of the sgemm peak
+        self.memory = []    # dicts: case, threads, peak_bytes, keep_bytes, ratio
+
+    @staticmethod
+    def _times(benchmark):
+        stats = getattr(benchmark, "stats", None)          # None under --benchmark-disable
+        stats = getattr(stats, "stats", None)
+        if stats is None or not stats.data:
+            return None
+        return stats.mean, stats.min
+
+    def record(self, benchmark, *, case, threads, mode, impl, flops):
+        """After ``benchmark(...)``: store the run and put GFLOP/s (mean time) into
+        extra_info. Returns the GFLOP/s, or None when the timings are disabled."""
+        times = self._times(benchmark)
+        if times is None:
+            return None
+        mean_s, min_s = times
+        gflops = flops / mean_s / 1e9
+        benchmark.extra_info.update(flops=flops, gflops=gflops,
+                                    gflops_best=flops / min_s / 1e9)
+        self.results.append(dict(case=case, threads=threads, mode=mode, impl=impl,
+                                 mean_s=mean_s, min_s=min_s, flops=flops, gflops=gflops))
+        return gflops
+
+    def record_peak(self, benchmark, *, threads, flops):
+        times = self._times(benchmark)
+        if times is None:
+            return None
+        mean_s, min_s = times
+        self.peaks[threads] = dict(mean=flops / mean_s / 1e9, best=flops / min_s / 1e9)
+        benchmark.extra_info.update(flops=flops, gflops=self.peaks[threads]["mean"],
+                                    gflops_best=self.peaks[threads]["best"])
+        return self.peaks[threads]["mean"]
+
+    def record_memory(self, benchmark, *, case, threads, peak_bytes, keep_bytes):
+        """A measurement, recorded even under --benchmark-disable (it needs no timing)."""
+        ratio = peak_bytes / keep_bytes
+        benchmark.extra_info.update(peak_bytes=peak_bytes, keep_bytes=keep_bytes,
+                                    mem_ratio=ratio)
+        self.memory.append(dict(case=case, threads=threads, peak_bytes=peak_bytes,
+                                keep_bytes=keep_bytes, ratio=ratio))
+        return ratio
+
+
+_LOG = pytest.StashKey[BenchLog]()
+
+
+def pytest_configure(config):
+    config.stash[_LOG] = BenchLog()
+    # tests/conftest.py is also a top-level module named "conftest", which test modules
+    # there import helpers from; pytest drops the cached one before loading this file, so
+    # hand the name back (nothing here is imported by name) and `pytest tests benchmarks`
+    # keeps working in either order.
+    if getattr(sys.modules.get("conftest"), "__file__", None) == __file__:
+        del sys.modules["conftest"]
+
+
+@pytest.fixture
+def bench_log(request):
+    """The session's BenchLog: call ``bench_log.record(benchmark, ...)`` after the run."""
+    return request.config.stash[_LOG]
+
+
+def _banner(tr):
+    import numpy as np
+    import scipy
+    from threadpoolctl import threadpool_info
+    parts = [f"NumPy {np.__version__}", f"SciPy {scipy.__version__}"]
+    try:
+        import fastlstm
+        parts.insert(0, f"fastlstm {fastlstm.__version__}")
+    except ImportError:                                   # pragma: no cover
+        pass
+    if "torch" in sys.modules:
+        parts.append(f"torch {sys.modules['torch'].__version__}")
+    else:
+        parts.append("torch not imported (absent or not run)")
+    tr.write_line(", ".join(parts))
+    blas = sorted({f"{i['internal_api']} {i.get('version')} ({i.get('architecture', '?')})"
+                   for i in threadpool_info() if i.get("user_api") == "blas"})
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count())
+    tr.write_line(f"BLAS: {'; '.join(blas) or '?'}; {platform.machine()}, {cores} usable cores")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    log = config.stash.get(_LOG, None)
+    if log is None or not (log.results or log.memory or log.peaks):
         return
     tr = terminalreporter
-    tr.section("fastlstm: compiled vs NumPy reference vs torch.nn (float32)")
+    tr.section("fastlstm benchmarks: compiled vs NumPy reference vs torch (float32)")
     try:
-        import scipy
-        import fastlstm
-        from fastlstm._threads import blas_info
-        blas = ", ".join(f"{b['internal_api']} {b['version']} ({b['architecture']})"
-                         for b in blas_info())
-        tr.write_line(f"fastlstm {fastlstm.__version__}, NumPy {np.__version__}, "
-                      f"SciPy {scipy.__version__}, BLAS: {blas}; {platform.processor() or platform.machine()}, "
-                      f"{os.cpu_count()} CPUs")
-    except Exception:  # pragma: no cover - the table matters more than the banner
-        pass
-    try:
-        import torch
-        tr.write_line(f"torch {torch.__version__}")
-    except ImportError:
-        tr.write_line("torch not installed: no torch column")
-    for n, gf in sorted(PEAKS.items()):
-        tr.write_line(f"sgemm 1024^3 peak (scipy BLAS, {n} thread{'s' * (n > 1)}): {gf:.1f} GFLOP/s")
-    by_key = {(r["case"], r["threads"], r["mode"], r["impl"]): r for r in RESULTS}
-    tr.write_line("best round of each benchmark (median in brackets); ratios = other's time "
-                  "/ fastlstm's")
-    header = (f"{'case':<22}{'thr':>4} {'mode':<17}{'impl':<10}{'best ms':>9}{'(median)':>10}"
-              f"{'GFLOP/s':>9}{'%peak':>7}{'x torch':>9}{'x ref':>8}")
-    tr.write_line(header)
-    tr.write_line("-" * len(header))
-    for r in RESULTS:
-        gflops = r["flops"] / r["best_s"] / 1e9
-        peak = PEAKS.get(r["threads"])
-        share = f"{100 * gflops / peak:6.0f}%" if peak else "      "
-        ratios = []
-        for other in ("torch", "reference"):
-            o = by_key.get((r["case"], r["threads"], r["mode"], other))
-            ratios.append(f"{o['best_s'] / r['best_s']:.2f}" if o and r["impl"] == "fastlstm"
-                          else "")
-        tr.write_line(f"{r['case']:<22}{r['threads']:>4} {r['mode']:<17}{r['impl']:<10}"
-                      f"{r['best_s'] * 1e3:>9.3f}{'(%.3f)' % (r['median_s'] * 1e3):>10}"
-                      f"{gflops:>9.1f}{share}{ratios[0]:>9}{ratios[1]:>8}")
-    if MEMORY:
+        _banner(tr)
+    except Exception as exc:                              # pragma: no cover
+        tr.write_line(f"(no banner: {exc!r})")
+    for n, peak in sorted(log.peaks.items()):
+        tr.write_line(f"sgemm 1024^3 peak (scipy BLAS, {n} thread{'s' * (n > 1)}): "
+                      f"{peak['mean']:.1f} GFLOP/s mean, {peak['best']:.1f} best round")
+    if log.results:
+        by_key = {(r["case"], r["threads"], r["mode"], r["impl"]): r for r in log.results}
+        tr.write_line("GFLOP/s and speedups from the mean time; speedup = the other's mean "
+                      "/ this row's mean (> 1: this row is faster); %peak vs the sgemm mean")
+        header = (f"{'case':<21}{'thr':>4}  {'mode':<18}{'impl':<11}{'mean ms':>10}"
+                  f"{'min ms':>10}{'GFLOP/s':>9}{'%peak':>7}"
+                  + "".join(f"{label:>10}" for _, label in BASELINES))
+        tr.write_line(header)
+        tr.write_line("-" * len(header))
+        for r in log.results:
+            peak = log.peaks.get(r["threads"])
+            share = f"{100 * r['gflops'] / peak['mean']:6.0f}%" if peak else " " * 7
+            cols = []
+            for impl, _ in BASELINES:
+                other = by_key.get((r["case"], r["threads"], r["mode"], impl))
+                cols.append(f"{other['mean_s'] / r['mean_s']:>10.2f}"
+                            if other is not None and impl != r["impl"] else " " * 10)
+            tr.write_line(f"{r['case']:<21}{r['threads']:>4}  {r['mode']:<18}{r['impl']:<11}"
+                          f"{r['mean_s'] * 1e3:>10.3f}{r['min_s'] * 1e3:>10.3f}"
+                          f"{r['gflops']:>9.2f}{share}" + "".join(cols))
+    else:
+        tr.write_line("timings disabled (--benchmark-disable): no speed table")
+    if log.memory:
         tr.write_line("")
-        tr.write_line("memory of one compiled forward+backward (tracemalloc peak) vs the arrays "
-                      "it must keep (gates, h and c states, gradients):")
-        for m in MEMORY:
-            tr.write_line(f"  {m['case']:<22} peak {m['peak_bytes'] / 1e6:9.2f} MB  keep "
-                          f"{m['keep_bytes'] / 1e6:9.2f} MB  ratio {m['peak_bytes'] / m['keep_bytes']:.3f}")
+        tr.write_line("memory of one compiled forward+backward: tracemalloc peak vs the arrays "
+                      "that must be kept")
+        tr.write_line("(keep = gates (T,B,4H) + h, c states 2x(T+1,B,H) + dx, dh0, dc0, "
+                      "dW_x, dW_h, db; the peak may add the forward's output hs (T,B,H) or the "
+                      "backward's gate-gradient chunk)")
+        header = f"{'case':<21}{'thr':>4}{'peak MB':>11}{'keep MB':>11}{'ratio':>8}"
+        tr.write_line(header)
+        tr.write_line("-" * len(header))
+        for m in log.memory:
+            tr.write_line(f"{m['case']:<21}{m['threads']:>4}{m['peak_bytes'] / 1e6:>11.3f}"
+                          f"{m['keep_bytes'] / 1e6:>11.3f}{m['ratio']:>8.3f}")

@@ -17,7 +17,7 @@ import pathlib
 import re
 import subprocess
 import sys
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import pytest
