@@ -75,6 +75,7 @@ def save(path, model, optimizer=None, **metadata):
 
 def load(path):
     """Read a checkpoint written by ``save``: ``Checkpoint(model, optimizer, metadata)``."""
+    from . import models  # noqa: F401 - registers CharLM, WordLM, SentimentClassifier
     path = os.fspath(path)
     try:
         with np.load(path, allow_pickle=False) as data:

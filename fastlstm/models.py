@@ -46,6 +46,24 @@ class _LanguageModel(Module):
         hs, state = self.rnn(self._inputs(ids), state, lengths=lengths)
         return self.head(hs), state
 
+    def decode_step(self, ids, state):
+        """One step of inference for every row: ids (B,) int -> (logits (B, V), state).
+
+        The fast path for sampling: plain NumPy on the current weights, no input checks
+        (ids must lie in [0, V)), no cache, no dropout. ``state`` is what ``forward`` or
+        ``decode_step`` returned.
+        """
+        if self.embed is None:
+            # A one-hot input's projection x @ W_x is a row of W_x.
+            W_x0 = self.rnn.layer_weights(0)[0].data
+            top, state = self.rnn.step(None, state, first_projection=W_x0[ids])
+        else:
+            top, state = self.rnn.step(self.embed.weight.data[ids], state)
+        logits = top @ self.head.W.data
+        if self.head.b is not None:
+            logits += self.head.b.data
+        return logits, state
+
     def backward(self, dlogits):
         """Accumulate every parameter's gradient from dlogits (T, B, V)."""
         dx, _ = self.rnn.backward(self.head.backward(dlogits))
@@ -71,12 +89,18 @@ class WordLM(_LanguageModel):
     """Word-level LM: Embedding -> LSTM or vanilla RNN (``cell``) -> Linear."""
 
     def __init__(self, vocab_size, embedding_dim=64, hidden_size=128, num_layers=1,
-                 cell="lstm", dropout=0.0, dtype=np.float32, seed=None, num_threads=None):
+                 cell="lstm", dropout=0.0, dtype=np.float32, seed=None, num_threads=None,
+                 bptt_truncate=None):
+        if bptt_truncate is not None and cell != "rnn":
+            raise ValueError("bptt_truncate applies to cell='rnn' only")
         self.config = dict(vocab_size=vocab_size, embedding_dim=embedding_dim,
                            hidden_size=hidden_size, num_layers=num_layers, cell=cell,
-                           dropout=dropout, dtype=np.dtype(dtype).name)
+                           dropout=dropout, dtype=np.dtype(dtype).name,
+                           bptt_truncate=bptt_truncate)
         self._build(vocab_size, embedding_dim, hidden_size, num_layers, cell, dropout,
                     dtype, seed, num_threads)
+        if cell == "rnn":
+            self.rnn.bptt_truncate = bptt_truncate
 
 
 @register_model
@@ -144,36 +168,50 @@ class SentimentClassifier(Module):
         self.embed.backward(dx)
 
 
-def sample(model, prefix, length, temperature=1.0, top_k=None, seed=None):
+def sample(model, prefix, length, temperature=1.0, top_k=None, seed=None, stop=None):
     """Continue ``prefix`` (a sequence of ids) by ``length`` ids from a language model.
 
     Temperature 0 is greedy; ``top_k`` keeps only the k likeliest ids; the same seed gives
-    the same ids. The prefix is read in one call, then one step per generated id.
+    the same ids. The prefix is read in one checked call; then each generated id takes one
+    ``decode_step`` (no per-step checks). ``stop`` (an id or None) ends the sample early
+    once generated (it is included). Returns a list of at most ``length`` ids.
     """
-    prefix = np.asarray(prefix, dtype=np.int64)
-    if prefix.ndim != 1 or prefix.size == 0:
-        raise ValueError("prefix must be a non-empty 1-D sequence of ids")
-    if temperature < 0:
+    prefix = np.asarray(prefix)
+    if prefix.ndim != 1 or prefix.size == 0 or not np.issubdtype(prefix.dtype, np.integer):
+        raise ValueError("prefix must be a non-empty 1-D sequence of integer ids")
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
+        raise ValueError(f"length must be an int >= 0, got {length!r}")
+    if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and (isinstance(top_k, bool)
+                              or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
     rng = np.random.default_rng(seed)
     was_training = model.training
     model.eval()
     try:
-        logits, state = model(prefix[:, None])
+        logits, state = model(prefix.astype(np.int64)[:, None])
+        z = logits[-1, 0]
         out = []
-        z = logits[-1, 0].astype(np.float64)
+        step_ids = np.zeros(1, np.int64)
         for _ in range(length):
-            if top_k is not None:
-                cut = np.sort(z)[-min(top_k, z.size)]
+            z = z.astype(np.float64)
+            if top_k is not None and top_k < z.size:
+                cut = np.partition(z, z.size - top_k)[z.size - top_k]
                 z = np.where(z >= cut, z, -np.inf)
             if temperature == 0:
                 nxt = int(np.argmax(z))
             else:
                 p = np.exp((z - z.max()) / temperature)
-                nxt = int(rng.choice(z.size, p=p / p.sum()))
+                cdf = np.cumsum(p)
+                nxt = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")),
+                          z.size - 1)
             out.append(nxt)
-            logits, state = model(np.array([[nxt]]), state)
-            z = logits[-1, 0].astype(np.float64)
+            if nxt == stop:
+                break
+            step_ids[0] = nxt
+            logits, state = model.decode_step(step_ids, state)
+            z = logits[0]
         return out
     finally:
         model.train(was_training)

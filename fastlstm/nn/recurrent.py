@@ -135,6 +135,37 @@ class LSTM(_Stacked):
             self._masks.append(mask)
         return out, (np.stack(h_n), np.stack(c_n))
 
+    def step(self, x, state, first_projection=None):
+        """One time step for decoding, in NumPy, without input checks or a cache.
+
+        x (B, input_size) (ignored when ``first_projection``, layer 0's ``x @ W_x`` of
+        shape (B, 4H), is given: a one-hot input's projection is a row lookup);
+        state ``(h, c)``, each (num_layers, B, H). Returns ``(h_top (B, H), (h, c))``.
+        Inference only: no dropout, nothing kept for a backward pass.
+        """
+        h_prev, c_prev = state
+        H = self.hidden_size
+        h_new, c_new = np.empty_like(h_prev), np.empty_like(c_prev)
+        out = x
+        for layer in range(self.num_layers):
+            W_x, W_h, b = self.layer_weights(layer)
+            z = (first_projection if layer == 0 and first_projection is not None
+                 else out @ W_x.data)
+            z = z + h_prev[layer] @ W_h.data
+            z += b.data
+            g = np.tanh(z[:, 2 * H:3 * H])
+            # sigmoid over all four gate blocks in place (the g block is unused)
+            np.negative(z, out=z)
+            np.exp(z, out=z)
+            z += 1
+            np.reciprocal(z, out=z)
+            c = c_new[layer]
+            np.multiply(z[:, H:2 * H], c_prev[layer], out=c)
+            c += z[:, :H] * g
+            out = h_new[layer]
+            np.multiply(z[:, 3 * H:], np.tanh(c), out=out)
+        return out, (h_new, c_new)
+
     def backward(self, dhs, dstate=None):
         if self._caches is None:
             raise RuntimeError("LSTM.backward called before forward")
@@ -199,6 +230,22 @@ class RNN(_Stacked):
             out, mask = self._dropout(hs, layer)
             self._masks.append(mask)
         return out, np.stack(h_n)
+
+    def step(self, x, h, first_projection=None):
+        """One time step for decoding, in NumPy, without input checks or a cache:
+        x (B, input_size) (or layer 0's ``x @ W_x`` as ``first_projection``), h
+        (num_layers, B, H). Returns ``(h_top (B, H), h_new)``."""
+        act = np.tanh if self.nonlinearity == "tanh" else (lambda z: np.maximum(z, 0))
+        h_new = np.empty_like(h)
+        out = x
+        for layer in range(self.num_layers):
+            W_x, W_h, b = self.layer_weights(layer)
+            z = (first_projection if layer == 0 and first_projection is not None
+                 else out @ W_x.data)
+            z = z + h[layer] @ W_h.data
+            z += b.data
+            out = h_new[layer] = act(z)
+        return out, h_new
 
     def backward(self, dhs, dh_n=None):
         if self._caches is None:

@@ -1,0 +1,579 @@
+"""The ``fastlstm`` command (also ``python -m fastlstm``).
+
+    fastlstm train char      [--text FILE] [--steps N] [--out DIR] [--resume] ...
+    fastlstm train word      [--text FILE] [--cell lstm|rnn] ...
+    fastlstm train sentiment --data PATH [--glove FILE] ...
+    fastlstm sample DIR_OR_CHECKPOINT [--prefix TEXT] [--length N] [--temperature T]
+    fastlstm eval   DIR_OR_CHECKPOINT [--text FILE | --data PATH]
+    fastlstm demo | config | --version
+
+``fastlstm <command> --help`` lists every option with its default. Without ``--text``
+the language models train on the built-in corpus (``fastlstm.corpus``: docstrings of
+Python's own standard library, read at run time).
+"""
+import argparse
+import os
+import re
+import sys
+import time
+
+import numpy as np
+
+from . import __version__
+
+# Options that may change when a run is resumed; every other one comes from the checkpoint.
+RESUMABLE = {"steps", "epochs", "threads", "out", "resume", "save_every", "log_every",
+             "sample_every", "sample_length", "temperature", "progress", "lr", "eval_batch"}
+
+LM_DEFAULTS = dict(char=dict(hidden=256, layers=1, embedding=0, seq=64, batch=32,
+                             steps=1500, lr=3e-3, sample_length=200, sample_every=250),
+                   word=dict(hidden=256, layers=1, embedding=64, seq=32, batch=32,
+                             steps=1500, lr=3e-3, sample_length=40, sample_every=250))
+
+
+class _Options:
+    """argparse with defaults kept aside, so a resumed run can tell what was typed."""
+
+    def __init__(self, parser):
+        self.parser = parser
+        self.defaults = {}
+
+    def add(self, *flags, default=None, help="", **kw):
+        action = self.parser.add_argument(*flags, default=None, help=(
+            f"{help} (default: {default})" if default not in (None, False) else help), **kw)
+        self.defaults[action.dest] = default
+        return action
+
+
+def _common_train_options(opt, task):
+    d = LM_DEFAULTS.get(task, {})
+    opt.add("--steps", type=int, default=d.get("steps"), help="training steps in total")
+    opt.add("--batch", type=int, default=d.get("batch", 32), help="batch size B")
+    opt.add("--hidden", type=int, default=d.get("hidden", 64), help="LSTM hidden size H")
+    opt.add("--layers", type=int, default=d.get("layers", 1), help="stacked layers")
+    opt.add("--dropout", type=float, default=0.0, help="dropout between layers")
+    opt.add("--optimizer", choices=("adam", "adagrad", "sgd"), default="adam",
+            help="optimizer")
+    opt.add("--lr", type=float, default=d.get("lr", 1e-3), help="learning rate")
+    opt.add("--clip", type=float, default=5.0,
+            help="clip the gradients' global norm to this (0: no clipping)")
+    opt.add("--valid-fraction", type=float, default=0.05 if task != "sentiment" else 0.1,
+            help="share of the data held out for validation")
+    opt.add("--seed", type=int, default=0, help="seed of the weights, data order, samples")
+    opt.add("--threads", type=int, default=None,
+            help="threads for the kernels (default: every usable core)")
+    opt.add("--out", metavar="DIR", default=None,
+            help="run directory: checkpoint.npz, log.csv, loss.png "
+                 "(default: runs/<task>-<date>-<time>)")
+    opt.add("--resume", action="store_true", default=False,
+            help="continue the run in --out (model, data and settings from its checkpoint)")
+    opt.add("--save-every", type=int, default=500, help="checkpoint every N steps")
+    opt.add("--log-every", type=int, default=50, help="a log.csv row every N steps")
+    opt.add("--no-progress", dest="progress", action="store_false", default=True,
+            help="print a line every --log-every steps instead of a progress bar")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="fastlstm", description="Fast LSTMs and RNNs on the CPU from NumPy.",
+        epilog="Run 'fastlstm COMMAND --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"fastlstm {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    options = {}
+
+    train = commands.add_parser("train", help="train a model (char, word or sentiment)",
+                                description="Train a model; see 'fastlstm train TASK --help'.")
+    tasks = train.add_subparsers(dest="task", metavar="TASK")
+    tasks.required = True
+
+    p = tasks.add_parser("char", help="character-level LSTM language model",
+                         description="Train a character-level LSTM language model "
+                                     "(CharLM) with truncated BPTT.")
+    opt = options["char"] = _Options(p)
+    opt.add("--text", metavar="FILE", help="UTF-8 text to learn "
+            "(default: the built-in corpus of standard-library docstrings)")
+    _common_train_options(opt, "char")
+    opt.add("--embedding", type=int, default=0,
+            help="character embedding size (0: one-hot characters)")
+    _lm_options(opt, "char")
+
+    p = tasks.add_parser("word", help="word-level LSTM or vanilla-RNN language model",
+                         description="Train a word-level language model (WordLM).")
+    opt = options["word"] = _Options(p)
+    opt.add("--text", metavar="FILE", help="UTF-8 text to learn "
+            "(default: the built-in corpus of standard-library docstrings)")
+    _common_train_options(opt, "word")
+    opt.add("--cell", choices=("lstm", "rnn"), default="lstm", help="recurrent cell")
+    opt.add("--bptt-truncate", type=int, default=None,
+            help="vanilla RNN: gradient flows at most this many steps back "
+                 "(default: the whole chunk)")
+    opt.add("--embedding", type=int, default=64, help="word embedding size")
+    opt.add("--vocab-size", type=int, default=10000,
+            help="largest vocabulary, <unk> <s> </s> included")
+    opt.add("--min-freq", type=int, default=2, help="rarer words become <unk>")
+    _lm_options(opt, "word")
+
+    p = tasks.add_parser("sentiment", help="LSTM sentiment classifier on labelled reviews",
+                         description="Train an LSTM sentiment classifier (SentimentClassifier)"
+                                     " on an aclImdb folder, a CSV (text,label) or a JSONL "
+                                     "file.")
+    opt = options["sentiment"] = _Options(p)
+    opt.add("--data", metavar="PATH",
+            help="aclImdb folder (train/ for training, test/ for validation), or a .csv / "
+                 ".jsonl file of (text, label)")
+    _common_train_options(opt, "sentiment")
+    opt.add("--epochs", type=int, default=5, help="passes over the training set "
+            "(--steps, if given, counts steps instead)")
+    opt.add("--glove", metavar="FILE", help="initialise the embedding from GloVe vectors")
+    opt.add("--freeze-embedding", action="store_true", default=False,
+            help="keep the (GloVe) embedding fixed")
+    opt.add("--embedding", type=int, default=50, help="embedding size (without --glove)")
+    opt.add("--pooling", choices=("last", "mean", "max"), default="mean",
+            help="how the LSTM's outputs over a review become one vector")
+    opt.add("--vocab-size", type=int, default=20000, help="largest vocabulary")
+    opt.add("--min-freq", type=int, default=2, help="rarer words become <unk>")
+    opt.add("--max-len", type=int, default=400, help="reviews are cut to this many tokens")
+    opt.add("--eval-batch", type=int, default=64, help="batch size for validation")
+
+    p = commands.add_parser("sample", help="continue a prefix with a trained language model",
+                            description="Print text generated by a trained language model.")
+    p.add_argument("checkpoint", metavar="DIR_OR_CHECKPOINT")
+    p.add_argument("--prefix", default=None,
+                   help="text to continue (default: the training text's first character "
+                        "/ a sentence start)")
+    p.add_argument("--length", type=int, default=None,
+                   help="tokens to generate (default: 500 characters / 60 words)")
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help="0: greedy; below 1: more conservative (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest")
+    p.add_argument("--seed", type=int, default=None, help="seed (default: random)")
+
+    p = commands.add_parser("eval", help="loss, perplexity or accuracy of a trained model",
+                            description="Evaluate a trained model; without --text/--data on "
+                                        "the validation split of its training data.")
+    p.add_argument("checkpoint", metavar="DIR_OR_CHECKPOINT")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--text", metavar="FILE", help="language models: a UTF-8 text")
+    src.add_argument("--data", metavar="PATH",
+                     help="classifier: aclImdb folder (its test/ split), .csv or .jsonl")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch size (default: the training batch size)")
+    p.add_argument("--threads", type=int, default=None, help="kernel threads")
+
+    commands.add_parser("demo", add_help=False,
+                        help="one-minute demo: a small char-level LSTM on stdlib docstrings")
+    commands.add_parser("config", help="show the build: compiled kernels, OpenMP, BLAS")
+    return parser, options
+
+
+def _lm_options(opt, task):
+    d = LM_DEFAULTS[task]
+    opt.add("--seq", type=int, default=d["seq"], help="steps per chunk T (truncated BPTT)")
+    opt.add("--sample-every", type=int, default=d["sample_every"],
+            help="print a sample every N steps (0: never)")
+    opt.add("--sample-length", type=int, default=d["sample_length"],
+            help="tokens per sample printed while training")
+    opt.add("--temperature", type=float, default=0.8, help="of the samples printed")
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, options = build_parser()
+    if argv[:1] == ["demo"]:
+        from . import demo
+        return demo.main(argv[1:])
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args, options[args.task])
+        if args.command == "sample":
+            return _sample(args)
+        if args.command == "eval":
+            return _eval(args)
+    except (ValueError, OSError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"fastlstm {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    if args.command == "config":
+        from . import show_config
+        show_config()
+        return 0
+    parser.print_help()
+    return 0
+
+
+# --- data -------------------------------------------------------------------------------
+
+def _read_text(path):
+    if path is None:
+        from .corpus import stdlib_text
+        return stdlib_text(), "the built-in corpus (standard-library docstrings)"
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as exc:
+        line = 1 + open(path, "rb").read()[:exc.start].count(b"\n")
+        raise ValueError(f"{path}:{line}: not UTF-8 ({exc.reason})") from None
+    if not text.strip():
+        raise ValueError(f"{path}: the file is empty")
+    return text, path
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
+
+
+def _word_sentences(text):
+    """Token lists, one per sentence, each framed by <s> and </s> (the RNN tutorial's)."""
+    from .data import tokenize
+    out = []
+    for sentence in _SENTENCE_END.split(text):
+        tokens = tokenize(sentence)
+        if tokens:
+            out.append(["<s>"] + tokens + ["</s>"])
+    return out
+
+
+def _detokenize(tokens):
+    text = " ".join(t for t in tokens if t != "<s>").replace(" </s>", "\n").replace(
+        "</s>", "\n")
+    return re.sub(r" ([.,;:!?)\]}])", r"\1", text).replace("\n ", "\n")
+
+
+def _lm_data(task, text, vocab=None, min_freq=2, vocab_size=None):
+    """(ids, vocab) of a text for a char or word model (a given vocab is kept)."""
+    from .data import Vocab
+    if task == "char":
+        vocab = vocab or Vocab.characters(text)
+        return vocab.encode(text), vocab
+    sentences = _word_sentences(text)
+    if not sentences:
+        raise ValueError("the text has no words")
+    vocab = vocab or Vocab.build(sentences, min_freq=min_freq, max_size=vocab_size,
+                                 specials=("<unk>", "<s>", "</s>"))
+    return vocab.encode([t for s in sentences for t in s]), vocab
+
+
+def _reviews(texts, max_len):
+    from .data import tokenize
+    return [tokenize(t)[:max_len] or ["<unk>"] for t in texts]
+
+
+def _sentiment_data(path, valid_fraction, seed):
+    """(train texts, train labels, valid texts, valid labels, description)."""
+    from .data import load_aclimdb, load_labeled
+    if path is None:
+        raise ValueError("train sentiment needs --data (an aclImdb folder, .csv or .jsonl)")
+    if os.path.isdir(path):
+        tr_x, tr_y = load_aclimdb(path, "train")
+        va_x, va_y = load_aclimdb(path, "test")
+        return tr_x, tr_y, va_x, va_y, f"{path} (train/ and test/)"
+    texts, labels = load_labeled(path)
+    order = np.random.default_rng(seed).permutation(len(texts))
+    n_valid = int(round(len(texts) * valid_fraction))
+    if n_valid < 1 or n_valid >= len(texts):
+        raise ValueError(f"{path}: {len(texts)} examples cannot be split with "
+                         f"--valid-fraction {valid_fraction}")
+    va, tr = order[:n_valid], order[n_valid:]
+    return ([texts[i] for i in tr], labels[tr], [texts[i] for i in va], labels[va],
+            f"{path} ({len(tr)} for training, {n_valid} for validation)")
+
+
+# --- train ------------------------------------------------------------------------------
+
+def _settings(args, opt, stored=None):
+    """The run's settings: typed options over the checkpoint's (when resuming) over the
+    defaults. A resumed run refuses a changed model or data option."""
+    typed = {k: v for k, v in vars(args).items() if k in opt.defaults and v is not None}
+    if stored is None:
+        return {**opt.defaults, **typed}
+    conflicts = [f"--{k.replace('_', '-')}" for k, v in typed.items()
+                 if k not in RESUMABLE and k in stored and stored[k] != v]
+    if conflicts:
+        raise ValueError(f"{', '.join(conflicts)} cannot change when resuming (the "
+                         f"checkpoint fixes the model and the data)")
+    return {**opt.defaults, **stored, **{k: v for k, v in typed.items() if k in RESUMABLE}}
+
+
+def _check_settings(s):
+    for key in ("steps", "batch", "hidden", "layers", "seq", "epochs", "save_every",
+                "log_every", "max_len", "vocab_size", "min_freq", "eval_batch"):
+        if s.get(key) is not None and s[key] < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {s[key]}")
+    for key in ("sample_every", "embedding", "clip"):
+        if s.get(key) is not None and s[key] < 0:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 0, got {s[key]}")
+    if not s["lr"] > 0:
+        raise ValueError(f"--lr must be > 0, got {s['lr']}")
+    if not 0 <= s["valid_fraction"] < 1:
+        raise ValueError(f"--valid-fraction must lie in [0, 1), got {s['valid_fraction']}")
+    if s.get("threads") is not None and s["threads"] < 1:
+        raise ValueError(f"--threads must be >= 1, got {s['threads']}")
+
+
+def _make_optimizer(name, params, lr):
+    from . import optim
+    if name == "adam":
+        return optim.Adam(params, lr=lr)
+    if name == "adagrad":
+        return optim.Adagrad(params, lr=lr)
+    return optim.SGD(params, lr=lr)
+
+
+def _set_threads(model, n):
+    for name in ("rnn", "lstm"):
+        if hasattr(model, name):
+            getattr(model, name).num_threads = n
+
+
+def _n_params(model):
+    return sum(p.data.size for p in model.parameters())
+
+
+def _train(args, opt):
+    from . import checkpoint, models, optim, training
+    from .data import Vocab, train_valid_split
+
+    task = args.task
+    out = args.out or os.path.join("runs", time.strftime(f"{task}-%Y%m%d-%H%M%S"))
+    run = training.RunDirectory(out)
+    run.check(resume=args.resume)
+    ck = None
+    if args.resume:
+        ck = checkpoint.load(run.checkpoint)
+        if ck.metadata.get("task") != task:
+            raise ValueError(f"{run.checkpoint} holds a {ck.metadata.get('task')!r} run, not "
+                             f"{task!r}")
+    s = _settings(args, opt, ck.metadata["settings"] if ck else None)
+    _check_settings(s)
+    stdout = sys.stdout
+
+    # Data and vocabulary (a resumed run keeps its vocabulary).
+    vocab = Vocab.from_dict(ck.metadata["vocab"]) if ck else None
+    if task in ("char", "word"):
+        text, source = _read_text(s["text"])
+        ids, vocab = _lm_data(task, text, vocab, s.get("min_freq", 1), s.get("vocab_size"))
+        train_ids, valid_ids = train_valid_split(ids, s["valid_fraction"])
+        if len(valid_ids) < 2:
+            raise ValueError(f"the text ({len(ids)} tokens) leaves no validation data with "
+                             f"--valid-fraction {s['valid_fraction']}")
+        steps_per_epoch = training.lm_steps_per_epoch(len(train_ids), s["seq"], s["batch"])
+        unit = "characters" if task == "char" else "words"
+        print(f"data: {source}: {len(ids):,} {unit} ({len(train_ids):,} training, "
+              f"{len(valid_ids):,} validation), vocabulary {len(vocab):,}", file=stdout)
+        baseline = training.unigram_loss(train_ids, valid_ids, len(vocab))
+    else:
+        tr_x, tr_y, va_x, va_y, source = _sentiment_data(s["data"], s["valid_fraction"],
+                                                         s["seed"])
+        train_tok, valid_tok = _reviews(tr_x, s["max_len"]), _reviews(va_x, s["max_len"])
+        if vocab is None:
+            vocab = Vocab.build(train_tok, min_freq=s["min_freq"], max_size=s["vocab_size"],
+                                specials=("<pad>", "<unk>"))
+        train_seqs = [vocab.encode(t) for t in train_tok]
+        valid_seqs = [vocab.encode(t) for t in valid_tok]
+        steps_per_epoch = -(-len(train_seqs) // s["batch"])
+        print(f"data: {source}: {len(train_seqs):,} training and {len(valid_seqs):,} "
+              f"validation reviews ({np.mean(tr_y):.0%} positive), vocabulary {len(vocab):,}",
+              file=stdout)
+        baseline = None
+
+    # Model and optimizer.
+    if ck:
+        model, optimizer = ck.model, ck.optimizer
+        if args.lr is not None:
+            optimizer.lr = args.lr
+    else:
+        V = len(vocab)
+        if task == "char":
+            model = models.CharLM(V, s["hidden"], s["layers"], s["embedding"] or None,
+                                  s["dropout"], seed=s["seed"])
+        elif task == "word":
+            model = models.WordLM(V, s["embedding"], s["hidden"], s["layers"], s["cell"],
+                                  s["dropout"], seed=s["seed"],
+                                  bptt_truncate=s["bptt_truncate"])
+        else:
+            weight = None
+            if s["glove"]:
+                from .data import load_glove
+                weight, coverage = load_glove(s["glove"], vocab, seed=s["seed"])
+                print(f"GloVe: {s['glove']}: {weight.shape[1]}-dimensional vectors for "
+                      f"{coverage:.1%} of the vocabulary", file=stdout)
+            model = models.SentimentClassifier(
+                V, weight.shape[1] if weight is not None else s["embedding"], s["hidden"],
+                s["layers"], s["pooling"], s["dropout"], s["freeze_embedding"],
+                seed=s["seed"], embedding_weight=weight)
+        optimizer = _make_optimizer(s["optimizer"], model.parameters(), s["lr"])
+    _set_threads(model, s["threads"])
+    scheduler = optim.ReduceLROnPlateau(optimizer, factor=0.5, patience=0)
+    meta = ck.metadata if ck else {}
+    if meta.get("scheduler"):
+        scheduler.best = meta["scheduler"]["best"]
+        scheduler.bad_epochs = meta["scheduler"]["bad_epochs"]
+    start_step = meta.get("step", 0)
+    total_steps = s["steps"] or s["epochs"] * steps_per_epoch
+    if start_step >= total_steps:
+        raise ValueError(f"the run in {out} has done {start_step} steps already; pass a "
+                         f"larger --steps to continue it")
+
+    from ._threads import resolve_num_threads
+    threads = resolve_num_threads(s["threads"])
+    print(f"model: {type(model).__name__}, {_n_params(model):,} parameters; "
+          f"{s['optimizer']} lr {optimizer.lr:g}, clip {s['clip']:g}, batch {s['batch']}"
+          + (f", chunks of {s['seq']}" if task != "sentiment" else "")
+          + f", {threads} thread{'s' * (threads > 1)}", file=stdout)
+    if baseline is not None:
+        print(f"unigram baseline: validation loss {baseline:.3f} (perplexity "
+              f"{np.exp(baseline):.1f}); a uniform guess: {np.log(len(vocab)):.3f}",
+              file=stdout)
+    print((f"resuming at step {start_step} of {total_steps}" if ck else
+           f"training for {total_steps} steps ({total_steps / steps_per_epoch:.1f} epochs)")
+          + f"; run directory: {out}", file=stdout, flush=True)
+
+    # The loop.
+    if task == "sentiment":
+        epoch_batches = training.classifier_epoch_batches(train_seqs, tr_y, s["batch"],
+                                                          s["seed"])
+        train_step = training.classifier_train_step(model, optimizer, s["clip"])
+
+        def evaluate():
+            return training.classifier_evaluate(model, valid_seqs, va_y, s["eval_batch"])
+        sample_fn, title = None, "sentiment classifier"
+    else:
+        epoch_batches = training.lm_epoch_batches(train_ids, s["seq"], s["batch"])
+        train_step = training.lm_train_step(model, optimizer, s["clip"])
+
+        def evaluate():
+            return training.lm_evaluate(model, valid_ids, s["seq"], s["batch"])
+        prefix = _default_prefix(task, vocab, text)
+
+        def sample_fn():
+            out_ids = models.sample(model, prefix, s["sample_length"], s["temperature"],
+                                    seed=s["seed"])
+            return _render(task, vocab, list(prefix) + out_ids)
+        title = f"{task}-level language model"
+
+    def metadata(step, epoch, extra):
+        return dict(task=task, vocab=vocab.to_dict(), settings=s, step=step, epoch=epoch,
+                    fastlstm_version=__version__, **extra)
+
+    result = training.fit(
+        model, optimizer, run=run, steps=total_steps, steps_per_epoch=steps_per_epoch,
+        epoch_batches=epoch_batches, train_step=train_step, evaluate=evaluate,
+        metadata=metadata, start_step=start_step, tokens_seen=meta.get("tokens", 0),
+        seconds_before=meta.get("seconds", 0.0), log_every=s["log_every"],
+        save_every=s["save_every"], sample_every=s.get("sample_every") or 0,
+        sample=sample_fn if task != "sentiment" else None, scheduler=scheduler,
+        progress=s["progress"], title=title, baseline=baseline)
+
+    if result["interrupted"]:
+        print(f"stopped at step {result['step']} of {total_steps}: checkpoint written to "
+              f"{run.checkpoint}; continue with: fastlstm train {task} --out {out} --resume",
+              file=stdout, flush=True)
+        return 130
+    last = result["last_eval"] or {}
+    summary = ", ".join(f"{k[6:]} {v:.4g}" for k, v in last.items())
+    print(f"done: {result['step']} steps; validation {summary}"
+          + (f" (unigram baseline loss {baseline:.3f})" if baseline is not None else "")
+          + f"\nrun directory: {out} (checkpoint.npz, log.csv"
+          + (", loss.png" if os.path.exists(run.plot) else
+             "; pip install matplotlib for loss.png") + ")", file=stdout)
+    if task != "sentiment":
+        print(f"sample with: fastlstm sample {out}", file=stdout)
+    return 0
+
+
+def _default_prefix(task, vocab, text=None):
+    if task == "word":
+        return [vocab.stoi["<s>"]]
+    first = (text or "\n")[0]
+    return [vocab.stoi.get(first, vocab.unk if vocab.unk is not None else 0)]
+
+
+def _render(task, vocab, ids):
+    if task == "char":
+        return vocab.decode(ids)
+    return _detokenize([vocab.itos[i] for i in ids])
+
+
+# --- sample and eval --------------------------------------------------------------------
+
+def _load(path):
+    from . import checkpoint
+    if os.path.isdir(path):
+        path = os.path.join(path, "checkpoint.npz")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    ck = checkpoint.load(path)
+    if ck.metadata.get("task") not in ("char", "word", "sentiment"):
+        raise ValueError(f"{path}: not a checkpoint of 'fastlstm train' (no task recorded)")
+    return ck
+
+
+def _sample(args):
+    from .data import Vocab, tokenize
+    from .models import sample
+    ck = _load(args.checkpoint)
+    task = ck.metadata["task"]
+    if task == "sentiment":
+        raise ValueError("sample needs a language model; this checkpoint is a sentiment "
+                         "classifier (try: fastlstm eval)")
+    vocab = Vocab.from_dict(ck.metadata["vocab"])
+    if args.prefix is None or args.prefix == "":
+        prefix = _default_prefix(task, vocab, "\n")
+    elif task == "char":
+        prefix = list(vocab.encode(args.prefix))
+    else:
+        prefix = [vocab.stoi["<s>"]] + list(vocab.encode(tokenize(args.prefix)))
+    length = args.length if args.length is not None else (500 if task == "char" else 60)
+    out = sample(ck.model, prefix, length, args.temperature, top_k=args.top_k,
+                 seed=args.seed)
+    if task == "char":
+        shown = (args.prefix or "") + vocab.decode(out)
+    else:
+        shown = _render(task, vocab, prefix + out)
+    print(shown)
+    return 0
+
+
+def _eval(args):
+    from . import training
+    from .data import Vocab, train_valid_split
+    ck = _load(args.checkpoint)
+    task, s = ck.metadata["task"], ck.metadata["settings"]
+    vocab = Vocab.from_dict(ck.metadata["vocab"])
+    model = ck.model
+    _set_threads(model, args.threads)
+    batch = s["batch"] if args.batch is None else args.batch
+    if batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {batch}")
+    model.eval()
+    if task == "sentiment":
+        if args.text:
+            raise ValueError("a sentiment classifier is evaluated on --data, not --text")
+        if args.data:
+            from .data import load_aclimdb, load_labeled
+            texts, labels = (load_aclimdb(args.data, "test") if os.path.isdir(args.data)
+                             else load_labeled(args.data))
+            where = args.data
+        else:
+            _, _, texts, labels, _ = _sentiment_data(s["data"], s["valid_fraction"],
+                                                     s["seed"])
+            where = f"the validation split of {s['data']}"
+        seqs = [vocab.encode(t) for t in _reviews(texts, s["max_len"])]
+        m = training.classifier_evaluate(model, seqs, labels, batch)
+        print(f"{where}: {len(seqs):,} reviews, loss {m['valid_loss']:.4f}, accuracy "
+              f"{m['valid_accuracy']:.2%}")
+        return 0
+    if args.data:
+        raise ValueError("a language model is evaluated on --text, not --data")
+    text, source = _read_text(args.text if args.text else s["text"])
+    ids, _ = _lm_data(task, text, vocab)
+    if args.text:
+        where = args.text
+    else:
+        ids = train_valid_split(ids, s["valid_fraction"])[1]
+        where = f"the validation split of {source}"
+    m = training.lm_evaluate(model, ids, s["seq"], batch)
+    unit = "character" if task == "char" else "word"
+    print(f"{where}: {len(ids):,} {unit}s, loss {m['valid_loss']:.4f} nats per {unit}, "
+          f"perplexity {m['valid_perplexity']:.3f}")
+    return 0

@@ -1,0 +1,359 @@
+"""The training loop behind ``fastlstm train``: steps, validation, checkpoints, logs.
+
+``fit`` runs any model whose one training step is a function of a batch; the language
+models and the sentiment classifier differ only in their batches, their step and their
+evaluation (``lm_*`` and ``classifier_*`` below). A run directory receives
+
+    checkpoint.npz   model, optimizer and where the run stands (``fastlstm.load`` reads it)
+    log.csv          one row every ``log_every`` steps and at each validation
+    loss.png         training and validation loss, when matplotlib is installed
+
+Ctrl-C (SIGINT) finishes the current step, writes a complete checkpoint and stops; a
+second Ctrl-C stops at once (the previous checkpoint stays intact: saves are atomic).
+"""
+import csv
+import math
+import os
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+
+from . import checkpoint
+from ._threads import blas_threads
+from .data import bucketed_batches, lm_batches
+from .nn.functional import binary_cross_entropy_with_logits, cross_entropy
+from .nn.utils import clip_grad_norm_
+
+__all__ = ["fit", "RunDirectory", "lm_steps_per_epoch", "lm_epoch_batches", "lm_train_step",
+           "lm_evaluate", "unigram_loss", "classifier_epoch_batches",
+           "classifier_train_step", "classifier_evaluate"]
+
+LOG_FIELDS = ("step", "epoch", "tokens", "train_loss", "valid_loss", "valid_perplexity",
+              "valid_accuracy", "lr", "seconds", "tokens_per_s")
+
+
+class RunDirectory:
+    """The files of one training run (see the module docstring)."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.checkpoint = os.path.join(self.path, "checkpoint.npz")
+        self.log = os.path.join(self.path, "log.csv")
+        self.plot = os.path.join(self.path, "loss.png")
+
+    def check(self, resume):
+        """Refuse to overwrite an earlier run, or to resume one that is not there."""
+        if resume:
+            if not os.path.isfile(self.checkpoint):
+                raise FileNotFoundError(f"--resume: {self.checkpoint} does not exist")
+        elif os.path.exists(self.checkpoint):
+            raise FileExistsError(f"{self.path} already holds a run (checkpoint.npz); pass "
+                                  f"--resume to continue it or choose another --out")
+
+    def read_log(self):
+        """The rows of log.csv (numbers as floats, blanks as None)."""
+        if not os.path.isfile(self.log):
+            return []
+        with open(self.log, newline="") as f:
+            return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
+                    for row in csv.DictReader(f)]
+
+    def append_log(self, row):
+        new = not os.path.isfile(self.log)
+        with open(self.log, "a", newline="") as f:
+            writer = csv.DictWriter(f, LOG_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow({k: _fmt(row.get(k)) for k in LOG_FIELDS})
+
+    def write_plot(self, title, baseline=None):
+        """loss.png from log.csv; False when matplotlib is not installed."""
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return False
+        rows = self.read_log()
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+        train = [(r["step"], r["train_loss"]) for r in rows if r["train_loss"] is not None]
+        valid = [(r["step"], r["valid_loss"]) for r in rows if r["valid_loss"] is not None]
+        if train:
+            ax.plot(*zip(*train), lw=1, alpha=0.8, label="training loss")
+        if valid:
+            ax.plot(*zip(*valid), "o-", lw=1.5, label="validation loss")
+        if baseline is not None:
+            ax.axhline(baseline, color="grey", ls="--", lw=1, label="unigram baseline")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats per token)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        tmp = f"{self.plot}.tmp-{os.getpid()}.png"
+        fig.savefig(tmp)
+        plt.close(fig)
+        os.replace(tmp, self.plot)
+        return True
+
+
+def _fmt(value):
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+class _SigintGuard:
+    """Turn the first Ctrl-C into a request to stop after the current step."""
+
+    def __init__(self, write):
+        self.requested = False
+        self._write = write
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self._write("Ctrl-C: stopping after this step and writing a checkpoint "
+                    "(press again to stop at once)")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, train_step,
+        evaluate, metadata, start_step=0, tokens_seen=0, seconds_before=0.0, log_every=50,
+        save_every=500,
+        sample_every=0, sample=None, scheduler=None, progress=True, title="",
+        baseline=None, out=None):
+    """Train ``model`` until ``steps`` steps have run in total (counting ``start_step``
+    steps done before a resume; ``tokens_seen`` and ``seconds_before`` likewise).
+
+    epoch_batches(epoch, skip) yields the batches of one epoch, the first ``skip`` left
+    out (resuming mid-epoch); train_step(batch) -> (loss, tokens) runs one step and
+    updates the weights; evaluate() -> dict with "valid_loss" and "valid_perplexity" or
+    "valid_accuracy"; metadata(step, epoch, extra) -> the checkpoint's metadata.
+    Validates at every epoch end and at the end; returns
+    ``{"step", "interrupted", "last_eval", "tokens"}``.
+    """
+    from tqdm.auto import tqdm
+    out = out or sys.stdout
+    bar = tqdm(total=steps, initial=start_step, unit="step", dynamic_ncols=True,
+               disable=not progress, file=sys.stderr, smoothing=0.1)
+
+    def say(text):
+        if progress:
+            bar.write(text, file=out)
+        else:
+            print(text, file=out, flush=True)
+
+    step, tokens = start_step, tokens_seen
+    last_eval, last_eval_step = None, None
+    window_loss, window_steps, window_tokens, window_time = 0.0, 0, 0, 0.0
+    run_start = time.perf_counter()
+
+    def seconds():
+        return seconds_before + time.perf_counter() - run_start
+
+    def validate():
+        nonlocal last_eval, last_eval_step
+        model.eval()
+        try:
+            last_eval = evaluate()
+        finally:
+            model.train()
+        last_eval_step = step
+        if scheduler is not None:
+            scheduler.step(last_eval["valid_loss"])
+        run.append_log(dict(step=step, epoch=step / steps_per_epoch, tokens=tokens,
+                            lr=optimizer.lr, seconds=seconds(), **last_eval))
+        shown = ", ".join(f"{k[6:]} {v:.4g}" for k, v in last_eval.items())
+        say(f"step {step}  epoch {step / steps_per_epoch:.2f}  validation: {shown}"
+            + (f"  (unigram baseline loss {baseline:.4g})" if baseline is not None else ""))
+        run.write_plot(title, baseline)
+
+    def save():
+        extra = {"tokens": tokens, "seconds": seconds(), "last_eval": last_eval}
+        if scheduler is not None:
+            extra["scheduler"] = {"best": scheduler.best, "bad_epochs": scheduler.bad_epochs}
+        checkpoint.save(run.checkpoint, model, optimizer,
+                        **metadata(step, step // steps_per_epoch, extra))
+
+    os.makedirs(run.path, exist_ok=True)
+    guard = _SigintGuard(say)
+    model.train()
+    try:
+        with guard, blas_threads(1):
+            while step < steps and not guard.requested:
+                epoch, skip = divmod(step, steps_per_epoch)
+                for batch in epoch_batches(epoch, skip):
+                    t0 = time.perf_counter()
+                    loss, n_tokens = train_step(batch)
+                    window_time += time.perf_counter() - t0
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(
+                            f"the training loss became {loss} at step {step + 1}; lower the "
+                            f"learning rate or the clipping threshold")
+                    step += 1
+                    tokens += n_tokens
+                    window_loss += loss
+                    window_steps += 1
+                    window_tokens += n_tokens
+                    bar.update(1)
+                    if step % log_every == 0 or step == steps:
+                        # tokens/s of the training steps alone (not validation or saving)
+                        rate = window_tokens / max(window_time, 1e-9)
+                        row = dict(step=step, epoch=step / steps_per_epoch, tokens=tokens,
+                                   train_loss=window_loss / window_steps, lr=optimizer.lr,
+                                   seconds=seconds(), tokens_per_s=rate)
+                        run.append_log(row)
+                        bar.set_postfix(loss=f"{row['train_loss']:.3f}",
+                                        tok_s=f"{rate:,.0f}", refresh=False)
+                        if not progress:
+                            say(f"step {step}/{steps}  loss {row['train_loss']:.4f}  "
+                                f"{rate:,.0f} tokens/s")
+                        window_loss, window_steps, window_tokens = 0.0, 0, 0
+                        window_time = 0.0
+                    if sample is not None and sample_every and step % sample_every == 0:
+                        say(f"--- sample at step {step} ---\n{sample()}\n---")
+                    if save_every and step % save_every == 0 and step < steps:
+                        save()
+                    if step >= steps or guard.requested:
+                        break
+                if step % steps_per_epoch == 0 and step > start_step and not guard.requested:
+                    validate()
+            if not guard.requested and last_eval_step != step:
+                validate()
+            save()
+    finally:
+        bar.close()
+    run.write_plot(title, baseline)
+    return {"step": step, "interrupted": guard.requested, "last_eval": last_eval,
+            "tokens": tokens}
+
+
+# --- language models -------------------------------------------------------------------
+
+def lm_steps_per_epoch(n_tokens, seq_len, batch_size):
+    """Training steps in one pass over a stream of ``n_tokens`` ids."""
+    stream_len = (n_tokens - 1) // batch_size
+    if stream_len < 1:
+        raise ValueError(f"the training text has {n_tokens} tokens: too few for "
+                         f"{batch_size} streams (lower --batch)")
+    return -(-stream_len // seq_len)
+
+
+def lm_epoch_batches(ids, seq_len, batch_size):
+    """epoch_batches for ``fit``: (x, y, first) with ``first`` marking a chunk that
+    starts a pass (or a resumed one), where the carried state restarts from zeros."""
+    def epoch_batches(epoch, skip):
+        for k, (x, y) in enumerate(lm_batches(ids, seq_len, batch_size)):
+            if k >= skip:
+                yield x, y, k == skip
+    return epoch_batches
+
+
+def lm_train_step(model, optimizer, clip):
+    """train_step for ``fit``: truncated BPTT, the state carried from chunk to chunk."""
+    params = model.parameters()
+    state = [None]
+
+    def train_step(batch):
+        x, y, first = batch
+        if first:
+            state[0] = None
+        logits, new_state = model(x, state[0])
+        loss, dlogits = cross_entropy(logits, y)
+        model.zero_grad()
+        model.backward(dlogits)
+        if clip:
+            clip_grad_norm_(params, clip)
+        optimizer.step()
+        state[0] = new_state
+        return loss, x.size
+    return train_step
+
+
+def lm_evaluate(model, ids, seq_len, batch_size):
+    """Mean cross-entropy (nats per token) of ``model`` on the stream ``ids``, the state
+    carried across chunks; with its perplexity. Fewer streams when the text is short."""
+    ids = np.asarray(ids, dtype=np.int64)
+    B = max(1, min(batch_size, (len(ids) - 1) // max(seq_len, 1)))
+    if len(ids) < 2:
+        raise ValueError("the evaluation text needs at least two tokens")
+    total, count, state = 0.0, 0, None
+    for x, y in lm_batches(ids, seq_len, B):
+        logits, state = model(x, state)
+        loss, _ = cross_entropy(logits, y)
+        total += loss * y.size
+        count += y.size
+    loss = total / count
+    return {"valid_loss": loss, "valid_perplexity": math.exp(min(loss, 700))}
+
+
+def unigram_loss(train_ids, valid_ids, vocab_size):
+    """Cross-entropy of ``valid_ids`` under the training ids' unigram frequencies (add-one
+    smoothed): the loss a model without context would reach."""
+    counts = np.bincount(np.asarray(train_ids), minlength=vocab_size) + 1.0
+    log_p = np.log(counts / counts.sum())
+    return float(-log_p[np.asarray(valid_ids)].mean())
+
+
+# --- classification --------------------------------------------------------------------
+
+def classifier_epoch_batches(sequences, labels, batch_size, seed, pad_id=0):
+    """epoch_batches for ``fit``: length-bucketed (ids, lengths, labels), shuffled with a
+    seed of its own per epoch so a resumed run sees the same order."""
+    labels = np.asarray(labels)
+
+    def epoch_batches(epoch, skip):
+        batches = bucketed_batches(sequences, batch_size, pad_id=pad_id, shuffle=True,
+                                   seed=None if seed is None else seed + epoch)
+        for k, (ids, lengths, index) in enumerate(batches):
+            if k >= skip:
+                yield ids, lengths, labels[index]
+    return epoch_batches
+
+
+def classifier_train_step(model, optimizer, clip):
+    params = model.parameters()
+
+    def train_step(batch):
+        ids, lengths, y = batch
+        logits = model(ids, lengths=lengths)
+        loss, dlogits = binary_cross_entropy_with_logits(logits, y.astype(logits.dtype))
+        model.zero_grad()
+        model.backward(dlogits)
+        if clip:
+            clip_grad_norm_(params, clip)
+        optimizer.step()
+        return loss, int(np.sum(lengths))
+    return train_step
+
+
+def classifier_evaluate(model, sequences, labels, batch_size=64, pad_id=0):
+    """Mean binary cross-entropy and accuracy of ``model`` on (sequences, labels)."""
+    labels = np.asarray(labels)
+    if len(sequences) == 0:
+        raise ValueError("no examples to evaluate")
+    total, correct = 0.0, 0
+    for ids, lengths, index in bucketed_batches(sequences, batch_size, pad_id=pad_id,
+                                                shuffle=False):
+        logits = model(ids, lengths=lengths)
+        y = labels[index]
+        loss, _ = binary_cross_entropy_with_logits(logits, y.astype(logits.dtype))
+        total += loss * len(index)
+        correct += int(np.sum((logits > 0) == (y == 1)))
+    return {"valid_loss": total / len(sequences), "valid_accuracy": correct / len(sequences)}
