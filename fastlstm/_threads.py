@@ -62,6 +62,9 @@ def blas_info():
     return [pool.controller.info() for pool in _blas_pools()]
 
 
+_nesting = threading.local()   # this thread's open bodies, innermost last
+
+
 class blas_threads:
     """``with blas_threads(n):`` runs the body with every loaded BLAS limited to ``n``
     threads, then restores the previous counts.
@@ -89,6 +92,7 @@ class blas_threads:
                 cls._saved = [pool.get() for pool in pools]
                 cls._current = list(cls._saved)
             cls._depth += 1
+            _nesting.__dict__.setdefault("stack", []).append(self.n)
             for i, pool in enumerate(pools):
                 if cls._current[i] != self.n:
                     pool.set(self.n)
@@ -99,8 +103,18 @@ class blas_threads:
         with _lock:
             cls = blas_threads
             cls._depth -= 1
+            stack = _nesting.__dict__.setdefault("stack", [])
+            if stack:
+                stack.pop()
             if cls._depth == 0:
                 for pool, old, now in zip(_blas_pools(), cls._saved, cls._current):
                     if now != old:
                         pool.set(old)
+            elif stack:
+                # Leaving a body nested in another of this thread: back to the outer count.
+                outer = stack[-1]
+                for i, pool in enumerate(_blas_pools()):
+                    if cls._current[i] != outer:
+                        pool.set(outer)
+                        cls._current[i] = outer
         return False

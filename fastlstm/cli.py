@@ -26,7 +26,7 @@ RESUMABLE = {"steps", "epochs", "threads", "out", "resume", "save_every", "log_e
              "sample_every", "sample_length", "temperature", "progress", "lr", "eval_batch"}
 
 LM_DEFAULTS = dict(char=dict(hidden=256, layers=1, embedding=0, seq=64, batch=32,
-                             steps=1500, lr=3e-3, sample_length=200, sample_every=250),
+                             steps=2500, lr=3e-3, sample_length=200, sample_every=250),
                    word=dict(hidden=256, layers=1, embedding=64, seq=32, batch=32,
                              steps=1500, lr=3e-3, sample_length=40, sample_every=250))
 
@@ -455,6 +455,15 @@ def _train(args, opt):
         return dict(task=task, vocab=vocab.to_dict(), settings=s, step=step, epoch=epoch,
                     fastlstm_version=__version__, **extra)
 
+    # The output layer's products run on NumPy's BLAS: single-threaded unless they
+    # outweigh the recurrence (multiply-adds per token: H*V against 4H(D+H) per layer).
+    numpy_threads = 1
+    if task != "sentiment":
+        H, V = s["hidden"], len(vocab)
+        D = s["embedding"] or V
+        if H * V > 4 * H * (D + H) * s["layers"]:
+            numpy_threads = threads
+
     result = training.fit(
         model, optimizer, run=run, steps=total_steps, steps_per_epoch=steps_per_epoch,
         epoch_batches=epoch_batches, train_step=train_step, evaluate=evaluate,
@@ -462,7 +471,7 @@ def _train(args, opt):
         seconds_before=meta.get("seconds", 0.0), log_every=s["log_every"],
         save_every=s["save_every"], sample_every=s.get("sample_every") or 0,
         sample=sample_fn if task != "sentiment" else None, scheduler=scheduler,
-        progress=s["progress"], title=title, baseline=baseline)
+        progress=s["progress"], title=title, baseline=baseline, numpy_threads=numpy_threads)
 
     if result["interrupted"]:
         print(f"stopped at step {result['step']} of {total_steps}: checkpoint written to "
@@ -484,7 +493,8 @@ def _train(args, opt):
 def _default_prefix(task, vocab, text=None):
     if task == "word":
         return [vocab.stoi["<s>"]]
-    first = (text or "\n")[0]
+    # A newline starts a paragraph (a docstring, in the built-in corpus).
+    first = "\n" if "\n" in vocab.stoi else (text or " ")[0]
     return [vocab.stoi.get(first, vocab.unk if vocab.unk is not None else 0)]
 
 

@@ -137,7 +137,7 @@ def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, train_s
         evaluate, metadata, start_step=0, tokens_seen=0, seconds_before=0.0, log_every=50,
         save_every=500,
         sample_every=0, sample=None, scheduler=None, progress=True, title="",
-        baseline=None, out=None):
+        baseline=None, out=None, numpy_threads=1):
     """Train ``model`` until ``steps`` steps have run in total (counting ``start_step``
     steps done before a resume; ``tokens_seen`` and ``seconds_before`` likewise).
 
@@ -145,7 +145,10 @@ def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, train_s
     out (resuming mid-epoch); train_step(batch) -> (loss, tokens) runs one step and
     updates the weights; evaluate() -> dict with "valid_loss" and "valid_perplexity" or
     "valid_accuracy"; metadata(step, epoch, extra) -> the checkpoint's metadata.
-    Validates at every epoch end and at the end; returns
+    ``numpy_threads``: BLAS threads for the NumPy products around the kernels (the output
+    layer). One keeps idle BLAS threads from spinning on the cores the kernels' OpenMP
+    threads need; more pays when the output layer outweighs the recurrence (a large
+    vocabulary). Validates at every epoch end and at the end; returns
     ``{"step", "interrupted", "last_eval", "tokens"}``.
     """
     from tqdm.auto import tqdm
@@ -195,7 +198,7 @@ def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, train_s
     guard = _SigintGuard(say)
     model.train()
     try:
-        with guard, blas_threads(1):
+        with guard, blas_threads(numpy_threads):
             while step < steps and not guard.requested:
                 epoch, skip = divmod(step, steps_per_epoch)
                 for batch in epoch_batches(epoch, skip):

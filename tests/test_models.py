@@ -116,3 +116,39 @@ def test_models_round_trip_through_checkpoints(tmp_path):
         assert type(again) is type(m)
         for a, b in zip(m.state_dict().values(), again.state_dict().values()):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: CharLM(11, 12, num_layers=2, seed=0),
+    lambda: CharLM(11, 12, embedding_dim=5, seed=1),
+    lambda: WordLM(13, 6, 10, num_layers=2, cell="rnn", seed=2),
+    lambda: WordLM(13, 6, 10, cell="lstm", seed=3),
+], ids=["char-onehot-2layers", "char-embedded", "word-rnn-2layers", "word-lstm"])
+def test_decode_step_equals_the_checked_forward(make):
+    # The fast sampling path (NumPy, no checks) against the kernels, step after step.
+    m = make().eval()
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, m.vocab_size, (6, 3))
+    full, final = m(ids)
+    logits, state = m(ids[:1])
+    for t in range(1, 6):
+        logits, state = m.decode_step(ids[t], state)
+        np.testing.assert_allclose(logits, full[t], rtol=1e-5, atol=1e-5)
+    for got, want in zip(state if isinstance(state, tuple) else (state,),
+                         final if isinstance(final, tuple) else (final,)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_sample_stops_at_the_stop_id_and_checks_its_arguments():
+    m = CharLM(9, 8, seed=0)
+    greedy = sample(m, [1], 30, temperature=0)
+    stop = greedy[3]
+    cut = sample(m, [1], 30, temperature=0, stop=stop)
+    assert cut == greedy[:greedy.index(stop) + 1]
+    assert sample(m, [1], 0) == []
+    for bad in (dict(length=-1), dict(length=2.5), dict(top_k=0), dict(temperature=float("nan"))):
+        kwargs = {"length": 3, **bad}
+        with pytest.raises(ValueError):
+            sample(m, [1], **kwargs)
+    with pytest.raises(ValueError, match="integer ids"):
+        sample(m, [0.5], 3)

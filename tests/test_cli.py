@@ -1,0 +1,268 @@
+"""The ``fastlstm`` command end to end, in child processes with tiny settings: train
+(char, word, sentiment), sample, eval, resume, Ctrl-C, and the errors users meet."""
+import csv
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import fastlstm
+
+TEXT = ("the quick brown fox jumps over the lazy dog. a stitch in time saves nine! "
+        "all that glitters is not gold. the early bird catches the worm.\n") * 12
+TINY = ["--hidden", "16", "--seq", "8", "--batch", "4", "--threads", "1", "--no-progress"]
+
+
+def child_env():
+    env = dict(os.environ)
+    package_parent = str(pathlib.Path(fastlstm.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH"))
+                                        if p)
+    env["MPLBACKEND"] = "Agg"
+    return env
+
+
+def fastlstm_cli(*args, cwd, timeout=300, check=True):
+    proc = subprocess.run([sys.executable, "-m", "fastlstm", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env=child_env())
+    if check and proc.returncode != 0:
+        raise AssertionError(f"fastlstm {' '.join(map(str, args))} exited with "
+                             f"{proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n"
+                             f"{proc.stderr}")
+    return proc
+
+
+def log_rows(run):
+    with open(run / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def weights(run):
+    model = fastlstm.load(run / "checkpoint.npz").model
+    return model.state_dict()
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+def test_version_and_help(tmp_path):
+    assert fastlstm_cli("--version", cwd=tmp_path).stdout.strip() == \
+        f"fastlstm {fastlstm.__version__}"
+    usage = fastlstm_cli("train", "char", "--help", cwd=tmp_path).stdout
+    for option in ("--text", "--steps", "--out", "--resume", "--seed", "(default: 2500)"):
+        assert option in usage
+
+
+@pytest.mark.slow
+def test_char_train_sample_eval_resume(tmp_path, text_file):
+    run = tmp_path / "run"
+    proc = fastlstm_cli("train", "char", "--text", text_file, "--steps", 30, "--out", run,
+                        "--sample-every", 10, "--sample-length", 20, "--save-every", 10,
+                        "--log-every", 5, *TINY, cwd=tmp_path)
+    out = proc.stdout
+    assert "unigram baseline" in out and "--- sample at step 20 ---" in out
+    assert "validation: loss" in out and "done: 30 steps" in out
+    assert (run / "checkpoint.npz").is_file()
+    try:
+        import matplotlib  # noqa: F401
+        assert (run / "loss.png").stat().st_size > 1000
+    except ImportError:
+        assert "pip install matplotlib" in out
+    rows = log_rows(run)
+    train_rows = [r for r in rows if r["train_loss"]]
+    assert [int(r["step"]) for r in train_rows] == [5, 10, 15, 20, 25, 30]
+    assert all(float(r["tokens_per_s"]) > 0 for r in train_rows)
+    last_valid = [r for r in rows if r["valid_loss"]][-1]
+    assert int(last_valid["step"]) == 30
+
+    ck = fastlstm.load(run / "checkpoint.npz")
+    assert ck.metadata["step"] == 30 and ck.metadata["task"] == "char"
+    assert type(ck.model).__name__ == "CharLM" and ck.optimizer is not None
+
+    # sample: deterministic for a seed, greedy at temperature 0, the prefix echoed
+    a = fastlstm_cli("sample", run, "--length", 40, "--seed", 3, cwd=tmp_path).stdout
+    b = fastlstm_cli("sample", run / "checkpoint.npz", "--length", 40, "--seed", 3,
+                     cwd=tmp_path).stdout
+    assert a == b and len(a.rstrip("\n")) >= 30
+    g = fastlstm_cli("sample", run, "--prefix", "the q", "--temperature", 0, "--length", 10,
+                     cwd=tmp_path).stdout
+    assert g.startswith("the q")
+
+    # eval without --text reproduces the last validation loss of the run
+    ev = fastlstm_cli("eval", run, cwd=tmp_path).stdout
+    assert "validation split" in ev
+    loss = float(ev.split("loss ")[1].split()[0])
+    assert loss == pytest.approx(float(last_valid["valid_loss"]), rel=1e-4)
+    ev_text = fastlstm_cli("eval", run, "--text", text_file, cwd=tmp_path).stdout
+    assert "perplexity" in ev_text
+
+    # a second run into the same directory is refused; --resume continues it
+    again = fastlstm_cli("train", "char", "--text", text_file, "--out", run, *TINY,
+                         cwd=tmp_path, check=False)
+    assert again.returncode == 1 and "--resume" in again.stderr
+    more = fastlstm_cli("train", "char", "--out", run, "--resume", "--steps", 45,
+                        "--log-every", 5, "--no-progress", cwd=tmp_path).stdout
+    assert "resuming at step 30 of 45" in more and "done: 45 steps" in more
+    assert int(log_rows(run)[-1]["step"]) == 45
+    assert fastlstm.load(run / "checkpoint.npz").metadata["step"] == 45
+    done = fastlstm_cli("train", "char", "--out", run, "--resume", cwd=tmp_path, check=False)
+    assert done.returncode == 1 and "larger --steps" in done.stderr
+    changed = fastlstm_cli("train", "char", "--out", run, "--resume", "--steps", 50,
+                           "--hidden", 32, cwd=tmp_path, check=False)
+    assert changed.returncode == 1 and "--hidden cannot change" in changed.stderr
+
+
+@pytest.mark.slow
+def test_resume_at_an_epoch_end_equals_an_uninterrupted_run(tmp_path, text_file):
+    # The carried state restarts at every epoch, so stopping there loses nothing: the
+    # model, Adam's moments and the learning-rate schedule all continue exactly.
+    n = len(TEXT)
+    n_train = n - int(round(n * 0.05))
+    per_epoch = -(-((n_train - 1) // 4) // 8)
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    fastlstm_cli("train", "char", "--text", text_file, "--steps", 2 * per_epoch,
+                 "--out", whole, "--sample-every", 0, *TINY, cwd=tmp_path)
+    fastlstm_cli("train", "char", "--text", text_file, "--steps", per_epoch,
+                 "--out", split, "--sample-every", 0, *TINY, cwd=tmp_path)
+    fastlstm_cli("train", "char", "--out", split, "--resume", "--steps", 2 * per_epoch,
+                 cwd=tmp_path)
+    a, b = weights(whole), weights(split)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.slow
+def test_word_lm_with_a_truncated_rnn(tmp_path, text_file):
+    run = tmp_path / "word"
+    out = fastlstm_cli("train", "word", "--text", text_file, "--cell", "rnn",
+                       "--bptt-truncate", 2, "--min-freq", 1, "--embedding", 8, "--steps", 12,
+                       "--sample-every", 6, "--sample-length", 8, "--out", run, *TINY,
+                       cwd=tmp_path).stdout
+    assert "vocabulary" in out and "done: 12 steps" in out
+    ck = fastlstm.load(run / "checkpoint.npz")
+    assert ck.model.config["cell"] == "rnn" and ck.model.rnn.bptt_truncate == 2
+    words = fastlstm_cli("sample", run, "--prefix", "the quick", "--length", 5, "--seed", 0,
+                         cwd=tmp_path).stdout
+    assert words.startswith("the quick")
+    assert "perplexity" in fastlstm_cli("eval", run, cwd=tmp_path).stdout
+
+
+def _reviews(n, seed):
+    rng = np.random.default_rng(seed)
+    good, bad = ["great", "wonderful", "superb", "loved"], ["awful", "boring", "terrible",
+                                                            "hated"]
+    filler = ["the", "movie", "plot", "actors", "was", "and", "it", "this"]
+    rows = []
+    for i in range(n):
+        label = int(rng.integers(0, 2))
+        words = list(rng.choice(filler, int(rng.integers(3, 12))))
+        words.insert(int(rng.integers(0, len(words) + 1)), rng.choice(good if label else bad))
+        rows.append((" ".join(words), label))
+    return rows
+
+
+@pytest.mark.slow
+def test_sentiment_from_jsonl_csv_and_aclimdb(tmp_path):
+    rows = _reviews(400, 0)
+    jsonl = tmp_path / "reviews.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+    run = tmp_path / "sent"
+    out = fastlstm_cli("train", "sentiment", "--data", jsonl, "--epochs", 6, "--hidden", 16,
+                       "--embedding", 16, "--batch", 16, "--lr", 0.01, "--min-freq", 1,
+                       "--out", run, "--threads", 1, "--no-progress", cwd=tmp_path).stdout
+    assert "360 training and 40 validation reviews" in out
+    accuracy = float(out.split("accuracy ")[-1].split()[0])
+    assert accuracy >= 0.95, out
+    ev = fastlstm_cli("eval", run, cwd=tmp_path).stdout
+    assert "40 reviews" in ev and "accuracy" in ev
+
+    csv_path = tmp_path / "more.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "text"])
+        for t, y in _reviews(100, 1):
+            w.writerow(["pos" if y else "neg", t])
+    ev_csv = fastlstm_cli("eval", run, "--data", csv_path, cwd=tmp_path).stdout
+    assert "100 reviews" in ev_csv
+    assert float(ev_csv.split("accuracy ")[1].rstrip("%\n")) >= 90
+
+    imdb = tmp_path / "aclImdb"
+    for split, seed in (("train", 2), ("test", 3)):
+        for k, (t, y) in enumerate(_reviews(40, seed)):
+            folder = imdb / split / ("pos" if y else "neg")
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{k}_x.txt").write_text(t)
+    out = fastlstm_cli("train", "sentiment", "--data", imdb, "--steps", 4, "--hidden", 8,
+                       "--embedding", 8, "--batch", 16, "--out", tmp_path / "imdb",
+                       "--threads", 1, "--no-progress", cwd=tmp_path).stdout
+    assert "40 training and 40 validation reviews" in out and "done: 4 steps" in out
+    sample = fastlstm_cli("sample", tmp_path / "imdb", cwd=tmp_path, check=False)
+    assert sample.returncode == 1 and "sentiment classifier" in sample.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_writes_a_complete_checkpoint(tmp_path, text_file):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastlstm", "train", "char", "--text", str(text_file),
+         "--steps", "1000000", "--out", str(run), "--log-every", "1", "--sample-every", "0",
+         "--save-every", "1000000", *TINY], cwd=tmp_path, env=child_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "log.csv").exists() or len(log_rows(run)) < 5:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.05)
+        assert not (run / "checkpoint.npz").exists()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (out, err)
+    assert "stopped at step" in out and "--resume" in out
+    ck = fastlstm.load(run / "checkpoint.npz")
+    step = ck.metadata["step"]
+    assert 5 <= step < 1000000
+    assert int(log_rows(run)[-1]["step"]) <= step
+    more = fastlstm_cli("train", "char", "--out", run, "--resume", "--steps", step + 3,
+                        cwd=tmp_path).stdout
+    assert f"done: {step + 3} steps" in more
+
+
+def test_errors_name_the_problem(tmp_path, text_file):
+    def fails(*args):
+        proc = fastlstm_cli(*args, cwd=tmp_path, check=False)
+        assert proc.returncode != 0
+        return proc.stderr
+
+    assert "--steps must be >= 1" in fails("train", "char", "--text", text_file,
+                                           "--steps", 0, "--out", tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\nstill fine\n\xff\xfe broken\n")
+    assert f"{bad}:3: not UTF-8" in fails("train", "char", "--text", bad,
+                                          "--out", tmp_path / "b")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    assert "empty" in fails("train", "char", "--text", empty, "--out", tmp_path / "c")
+    assert "needs --data" in fails("train", "sentiment", "--out", tmp_path / "d")
+    assert "does not exist" in fails("train", "char", "--out", tmp_path / "e", "--resume")
+    assert "no such checkpoint" in fails("sample", tmp_path / "nothing")
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip")
+    assert "not a readable fastlstm checkpoint" in fails("eval", junk)
+    assert "required" in fails("train")
+    assert "invalid choice" in fails("train", "char", "--optimizer", "rmsprop")
