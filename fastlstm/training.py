@@ -153,8 +153,12 @@ def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, train_s
     """
     from tqdm.auto import tqdm
     out = out or sys.stdout
-    bar = tqdm(total=steps, initial=start_step, unit="step", dynamic_ncols=True,
-               disable=not progress, file=sys.stderr, smoothing=0.1)
+    # A progress bar in a terminal; in a log file or a pipe, a line every log_every steps.
+    progress = progress and sys.stderr.isatty()
+    bar = tqdm(total=steps, initial=start_step, unit="step",
+               disable=not progress, file=sys.stderr, smoothing=0.1,
+               bar_format="{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps "
+                          "[{elapsed}<{remaining}]")
 
     def say(text):
         if progress:
@@ -222,8 +226,8 @@ def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, train_s
                                    train_loss=window_loss / window_steps, lr=optimizer.lr,
                                    seconds=seconds(), tokens_per_s=rate)
                         run.append_log(row)
-                        bar.set_postfix(loss=f"{row['train_loss']:.3f}",
-                                        tok_s=f"{rate:,.0f}", refresh=False)
+                        bar.set_description_str(f"loss {row['train_loss']:.3f}, "
+                                                f"{rate:,.0f} tokens/s ", refresh=False)
                         if not progress:
                             say(f"step {step}/{steps}  loss {row['train_loss']:.4f}  "
                                 f"{rate:,.0f} tokens/s")
