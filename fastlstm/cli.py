@@ -28,7 +28,7 @@ RESUMABLE = {"steps", "epochs", "threads", "out", "resume", "save_every", "log_e
 LM_DEFAULTS = dict(char=dict(hidden=256, layers=1, embedding=0, seq=64, batch=32,
                              steps=2500, lr=3e-3, sample_length=200, sample_every=250),
                    word=dict(hidden=256, layers=1, embedding=64, seq=32, batch=32,
-                             steps=1500, lr=3e-3, sample_length=40, sample_every=250))
+                             steps=1000, lr=3e-3, sample_length=40, sample_every=250))
 
 
 class _Options:
@@ -108,7 +108,7 @@ def build_parser():
             help="vanilla RNN: gradient flows at most this many steps back "
                  "(default: the whole chunk)")
     opt.add("--embedding", type=int, default=64, help="word embedding size")
-    opt.add("--vocab-size", type=int, default=10000,
+    opt.add("--vocab-size", type=int, default=8000,
             help="largest vocabulary, <unk> <s> </s> included")
     opt.add("--min-freq", type=int, default=2, help="rarer words become <unk>")
     _lm_options(opt, "word")
