@@ -266,3 +266,29 @@ def test_errors_name_the_problem(tmp_path, text_file):
     assert "not a readable fastlstm checkpoint" in fails("eval", junk)
     assert "required" in fails("train")
     assert "invalid choice" in fails("train", "char", "--optimizer", "rmsprop")
+
+
+@pytest.mark.slow
+def test_sentiment_with_frozen_glove_vectors(tmp_path):
+    rows = _reviews(120, 4)
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+    rng = np.random.default_rng(0)
+    vectors = {w: rng.standard_normal(6).round(4) for w in
+               ("great", "awful", "movie", "the", "unrelated")}
+    glove = tmp_path / "glove.txt"
+    glove.write_text("".join(w + " " + " ".join(map(str, v)) + "\n"
+                             for w, v in vectors.items()))
+    run = tmp_path / "run"
+    out = fastlstm_cli("train", "sentiment", "--data", data, "--glove", glove,
+                       "--freeze-embedding", "--steps", 5, "--hidden", 8, "--batch", 16,
+                       "--min-freq", 1, "--out", run, "--threads", 1, "--no-progress",
+                       cwd=tmp_path).stdout
+    assert "6-dimensional vectors" in out
+    ck = fastlstm.load(run / "checkpoint.npz")
+    from fastlstm.data import Vocab
+    vocab = Vocab.from_dict(ck.metadata["vocab"])
+    table = ck.model.embed.weight.data
+    assert table.shape[1] == 6
+    for word in ("great", "awful", "movie", "the"):
+        np.testing.assert_allclose(table[vocab.stoi[word]], vectors[word], rtol=1e-6)
