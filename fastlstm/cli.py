@@ -183,6 +183,15 @@ def main(argv=None):
         from . import demo
         return demo.main(argv[1:])
     args = parser.parse_args(argv)
+    if args.command == "train":
+        from .distributed import context
+        try:
+            dist = context()
+        except ImportError as exc:
+            print(f"fastlstm train: error: {exc}", file=sys.stderr)
+            return 1
+        if dist.size > 1:
+            return _train_distributed(args, options[args.task], dist)
     try:
         if args.command == "train":
             return _train(args, options[args.task])
@@ -329,23 +338,56 @@ def _n_params(model):
     return sum(p.data.size for p in model.parameters())
 
 
-def _train(args, opt):
-    from . import checkpoint, models, optim, training
-    from .data import Vocab, train_valid_split
+def _train_distributed(args, opt, dist):
+    """``_train`` on every rank of an MPI job; any rank's error ends the whole job."""
+    from .distributed import run_or_abort
+    return run_or_abort(_train, args, opt, dist)
 
+
+def _load_checkpoint_everywhere(path, dist):
+    """Rank 0 reads the checkpoint; every rank gets it (other machines may not see the
+    file)."""
+    from . import checkpoint
+    if dist.size == 1:
+        return checkpoint.load(path)
+    import tempfile
+    data = None
+    if dist.is_root:
+        with open(path, "rb") as f:
+            data = f.read()
+    data = dist.broadcast_object(data)
+    if dist.is_root:
+        return checkpoint.load(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = os.path.join(tmp, "checkpoint.npz")
+        with open(copy, "wb") as f:
+            f.write(data)
+        return checkpoint.load(copy)
+
+
+def _train(args, opt, dist=None):
+    from . import models, optim, training
+    from .data import Vocab, train_valid_split
+    from .distributed import Context
+
+    dist = dist or Context()
     task = args.task
     out = args.out or os.path.join("runs", time.strftime(f"{task}-%Y%m%d-%H%M%S"))
+    if dist.size > 1:
+        out = dist.broadcast_object(out)     # one name, though the ranks' clocks differ
     run = training.RunDirectory(out)
-    run.check(resume=args.resume)
+    if dist.is_root:
+        run.check(resume=args.resume)
     ck = None
     if args.resume:
-        ck = checkpoint.load(run.checkpoint)
+        ck = _load_checkpoint_everywhere(run.checkpoint, dist)
         if ck.metadata.get("task") != task:
             raise ValueError(f"{run.checkpoint} holds a {ck.metadata.get('task')!r} run, not "
                              f"{task!r}")
     s = _settings(args, opt, ck.metadata["settings"] if ck else None)
     _check_settings(s)
-    stdout = sys.stdout
+    stdout = sys.stdout if dist.is_root else open(os.devnull, "w")
+    n_ranks = dist.size
 
     # Data and vocabulary (a resumed run keeps its vocabulary).
     vocab = Vocab.from_dict(ck.metadata["vocab"]) if ck else None
@@ -356,7 +398,8 @@ def _train(args, opt):
         if len(valid_ids) < 2:
             raise ValueError(f"the text ({len(ids)} tokens) leaves no validation data with "
                              f"--valid-fraction {s['valid_fraction']}")
-        steps_per_epoch = training.lm_steps_per_epoch(len(train_ids), s["seq"], s["batch"])
+        steps_per_epoch = training.lm_steps_per_epoch(len(train_ids), s["seq"],
+                                                      s["batch"] * n_ranks)
         unit = "characters" if task == "char" else "words"
         print(f"data: {source}: {len(ids):,} {unit} ({len(train_ids):,} training, "
               f"{len(valid_ids):,} validation), vocabulary {len(vocab):,}", file=stdout)
@@ -370,7 +413,7 @@ def _train(args, opt):
                                 specials=("<pad>", "<unk>"))
         train_seqs = [vocab.encode(t) for t in train_tok]
         valid_seqs = [vocab.encode(t) for t in valid_tok]
-        steps_per_epoch = -(-len(train_seqs) // s["batch"])
+        steps_per_epoch = -(-len(train_seqs) // (s["batch"] * n_ranks))
         print(f"data: {source}: {len(train_seqs):,} training and {len(valid_seqs):,} "
               f"validation reviews ({np.mean(tr_y):.0%} positive), vocabulary {len(vocab):,}",
               file=stdout)
@@ -402,7 +445,15 @@ def _train(args, opt):
                 s["layers"], s["pooling"], s["dropout"], s["freeze_embedding"],
                 seed=s["seed"], embedding_weight=weight)
         optimizer = _make_optimizer(s["optimizer"], model.parameters(), s["lr"])
-    _set_threads(model, s["threads"])
+    if not ck:
+        dist.broadcast_parameters(model)     # every rank starts from rank 0's weights
+    if s["threads"] is None and dist.local_size > 1:
+        # The ranks on one machine share its cores.
+        from ._threads import usable_cores
+        s_threads = max(1, usable_cores() // dist.local_size)
+    else:
+        s_threads = s["threads"]
+    _set_threads(model, s_threads)
     scheduler = optim.ReduceLROnPlateau(optimizer, factor=0.5, patience=0)
     meta = ck.metadata if ck else {}
     if meta.get("scheduler"):
@@ -415,11 +466,13 @@ def _train(args, opt):
                          f"larger --steps to continue it")
 
     from ._threads import resolve_num_threads
-    threads = resolve_num_threads(s["threads"])
+    threads = resolve_num_threads(s_threads)
     print(f"model: {type(model).__name__}, {_n_params(model):,} parameters; "
           f"{s['optimizer']} lr {optimizer.lr:g}, clip {s['clip']:g}, batch {s['batch']}"
           + (f", chunks of {s['seq']}" if task != "sentiment" else "")
-          + f", {threads} thread{'s' * (threads > 1)}", file=stdout)
+          + f", {threads} thread{'s' * (threads > 1)}"
+          + (f" per process; data-parallel over {n_ranks} processes (global batch "
+             f"{s['batch'] * n_ranks})" if n_ranks > 1 else ""), file=stdout)
     if baseline is not None:
         print(f"unigram baseline: validation loss {baseline:.3f} (perplexity "
               f"{np.exp(baseline):.1f}); a uniform guess: {np.log(len(vocab)):.3f}",
@@ -431,18 +484,19 @@ def _train(args, opt):
     # The loop.
     if task == "sentiment":
         epoch_batches = training.classifier_epoch_batches(train_seqs, tr_y, s["batch"],
-                                                          s["seed"])
-        train_step = training.classifier_train_step(model, optimizer, s["clip"])
+                                                          s["seed"], dist=dist)
+        grad_step = training.classifier_grad_step(model)
 
         def evaluate():
-            return training.classifier_evaluate(model, valid_seqs, va_y, s["eval_batch"])
+            return training.classifier_evaluate(model, valid_seqs, va_y, s["eval_batch"],
+                                                dist=dist)
         sample_fn, title = None, "sentiment classifier"
     else:
-        epoch_batches = training.lm_epoch_batches(train_ids, s["seq"], s["batch"])
-        train_step = training.lm_train_step(model, optimizer, s["clip"])
+        epoch_batches = training.lm_epoch_batches(train_ids, s["seq"], s["batch"], dist)
+        grad_step = training.lm_grad_step(model, n_ranks)
 
         def evaluate():
-            return training.lm_evaluate(model, valid_ids, s["seq"], s["batch"])
+            return training.lm_evaluate(model, valid_ids, s["seq"], s["batch"], dist)
         prefix = _default_prefix(task, vocab, text)
 
         def sample_fn():
@@ -466,12 +520,13 @@ def _train(args, opt):
 
     result = training.fit(
         model, optimizer, run=run, steps=total_steps, steps_per_epoch=steps_per_epoch,
-        epoch_batches=epoch_batches, train_step=train_step, evaluate=evaluate,
+        epoch_batches=epoch_batches, grad_step=grad_step, evaluate=evaluate, clip=s["clip"],
         metadata=metadata, start_step=start_step, tokens_seen=meta.get("tokens", 0),
         seconds_before=meta.get("seconds", 0.0), log_every=s["log_every"],
         save_every=s["save_every"], sample_every=s.get("sample_every") or 0,
         sample=sample_fn if task != "sentiment" else None, scheduler=scheduler,
-        progress=s["progress"], title=title, baseline=baseline, numpy_threads=numpy_threads)
+        progress=s["progress"], title=title, baseline=baseline, numpy_threads=numpy_threads,
+        dist=dist)
 
     if result["interrupted"]:
         print(f"stopped at step {result['step']} of {total_steps}: checkpoint written to "

@@ -27,9 +27,9 @@ from .data import bucketed_batches, lm_batches
 from .nn.functional import binary_cross_entropy_with_logits, cross_entropy
 from .nn.utils import clip_grad_norm_
 
-__all__ = ["fit", "RunDirectory", "lm_steps_per_epoch", "lm_epoch_batches", "lm_train_step",
+__all__ = ["fit", "RunDirectory", "lm_steps_per_epoch", "lm_epoch_batches", "lm_grad_step",
            "lm_evaluate", "unigram_loss", "classifier_epoch_batches",
-           "classifier_train_step", "classifier_evaluate"]
+           "classifier_grad_step", "classifier_evaluate"]
 
 LOG_FIELDS = ("step", "epoch", "tokens", "train_loss", "valid_loss", "valid_perplexity",
               "valid_accuracy", "lr", "seconds", "tokens_per_s")
@@ -133,18 +133,22 @@ class _SigintGuard:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, train_step,
-        evaluate, metadata, start_step=0, tokens_seen=0, seconds_before=0.0, log_every=50,
-        save_every=500,
-        sample_every=0, sample=None, scheduler=None, progress=True, title="",
-        baseline=None, out=None, numpy_threads=1):
+def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, grad_step,
+        evaluate, metadata, clip=5.0, start_step=0, tokens_seen=0, seconds_before=0.0,
+        log_every=50, save_every=500, sample_every=0, sample=None, scheduler=None,
+        progress=True, title="", baseline=None, out=None, numpy_threads=1, dist=None):
     """Train ``model`` until ``steps`` steps have run in total (counting ``start_step``
     steps done before a resume; ``tokens_seen`` and ``seconds_before`` likewise).
 
-    epoch_batches(epoch, skip) yields the batches of one epoch, the first ``skip`` left
-    out (resuming mid-epoch); train_step(batch) -> (loss, tokens) runs one step and
-    updates the weights; evaluate() -> dict with "valid_loss" and "valid_perplexity" or
-    "valid_accuracy"; metadata(step, epoch, extra) -> the checkpoint's metadata.
+    epoch_batches(epoch, skip) yields this process's batches of one epoch, the first
+    ``skip`` left out (resuming mid-epoch); grad_step(batch) -> (loss, tokens, weight)
+    zeroes the gradients and accumulates this batch's, ``weight`` being this process's
+    share of the global batch; then ``fit`` averages the gradients over the processes
+    (``dist``, a ``fastlstm.distributed.Context``, when there are several), clips their
+    global norm to ``clip`` (0: no clipping) and steps the optimizer. evaluate() -> dict
+    with "valid_loss" and "valid_perplexity" or "valid_accuracy"; metadata(step, epoch,
+    extra) -> the checkpoint's metadata. Only rank 0 logs, samples and saves.
+
     ``numpy_threads``: BLAS threads for the NumPy products around the kernels (the output
     layer). One keeps idle BLAS threads from spinning on the cores the kernels' OpenMP
     threads need; more pays when the output layer outweighs the recurrence (a large
@@ -152,15 +156,21 @@ def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, train_s
     ``{"step", "interrupted", "last_eval", "tokens"}``.
     """
     from tqdm.auto import tqdm
+    from .distributed import Context
+    dist = dist or Context()
+    root = dist.is_root
     out = out or sys.stdout
+    params = model.parameters()
     # A progress bar in a terminal; in a log file or a pipe, a line every log_every steps.
-    progress = progress and sys.stderr.isatty()
+    progress = progress and root and sys.stderr.isatty()
     bar = tqdm(total=steps, initial=start_step, unit="step",
                disable=not progress, file=sys.stderr, smoothing=0.1,
                bar_format="{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps "
                           "[{elapsed}<{remaining}]")
 
     def say(text):
+        if not root:
+            return
         if progress:
             bar.write(text, file=out)
         else:
@@ -184,6 +194,8 @@ def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, train_s
         last_eval_step = step
         if scheduler is not None:
             scheduler.step(last_eval["valid_loss"])
+        if not root:
+            return
         run.append_log(dict(step=step, epoch=step / steps_per_epoch, tokens=tokens,
                             lr=optimizer.lr, seconds=seconds(), **last_eval))
         shown = ", ".join(f"{k[6:]} {v:.4g}" for k, v in last_eval.items())
@@ -192,34 +204,48 @@ def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, train_s
         run.write_plot(title, baseline)
 
     def save():
+        if not root:
+            return
         extra = {"tokens": tokens, "seconds": seconds(), "last_eval": last_eval}
         if scheduler is not None:
             extra["scheduler"] = {"best": scheduler.best, "bad_epochs": scheduler.bad_epochs}
         checkpoint.save(run.checkpoint, model, optimizer,
                         **metadata(step, step // steps_per_epoch, extra))
 
-    os.makedirs(run.path, exist_ok=True)
+    if root:
+        os.makedirs(run.path, exist_ok=True)
     guard = _SigintGuard(say)
+    # Every rank must leave the loop after the same step: a Ctrl-C seen by any of them
+    # travels with the gradients, and only the agreed flag ends the loop.
+    stop = False
     model.train()
     try:
         with guard, blas_threads(numpy_threads):
-            while step < steps and not guard.requested:
+            while step < steps and not stop:
                 epoch, skip = divmod(step, steps_per_epoch)
                 for batch in epoch_batches(epoch, skip):
                     t0 = time.perf_counter()
-                    loss, n_tokens = train_step(batch)
-                    window_time += time.perf_counter() - t0
+                    loss, n_tokens, weight = grad_step(batch)
+                    if dist.size > 1:
+                        loss, stop, n_tokens = dist.average_gradients(
+                            params, weight, loss, guard.requested, n_tokens)
+                    else:
+                        stop = guard.requested
                     if not math.isfinite(loss):
                         raise FloatingPointError(
                             f"the training loss became {loss} at step {step + 1}; lower the "
                             f"learning rate or the clipping threshold")
+                    if clip:
+                        clip_grad_norm_(params, clip)
+                    optimizer.step()
+                    window_time += time.perf_counter() - t0
                     step += 1
                     tokens += n_tokens
                     window_loss += loss
                     window_steps += 1
                     window_tokens += n_tokens
                     bar.update(1)
-                    if step % log_every == 0 or step == steps:
+                    if root and (step % log_every == 0 or step == steps):
                         # tokens/s of the training steps alone (not validation or saving)
                         rate = window_tokens / max(window_time, 1e-9)
                         row = dict(step=step, epoch=step / steps_per_epoch, tokens=tokens,
@@ -233,28 +259,30 @@ def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, train_s
                                 f"{rate:,.0f} tokens/s")
                         window_loss, window_steps, window_tokens = 0.0, 0, 0
                         window_time = 0.0
-                    if sample is not None and sample_every and step % sample_every == 0:
+                    if root and sample is not None and sample_every and (
+                            step % sample_every == 0):
                         say(f"--- sample at step {step} ---\n{sample()}\n---")
                     if save_every and step % save_every == 0 and step < steps:
                         save()
-                    if step >= steps or guard.requested:
+                    if step >= steps or stop:
                         break
-                if step % steps_per_epoch == 0 and step > start_step and not guard.requested:
+                if step % steps_per_epoch == 0 and step > start_step and not stop:
                     validate()
-            if not guard.requested and last_eval_step != step:
+            if not stop and last_eval_step != step:
                 validate()
             save()
     finally:
         bar.close()
-    run.write_plot(title, baseline)
-    return {"step": step, "interrupted": guard.requested, "last_eval": last_eval,
-            "tokens": tokens}
+    if root:
+        run.write_plot(title, baseline)
+    return {"step": step, "interrupted": stop, "last_eval": last_eval, "tokens": tokens}
 
 
 # --- language models -------------------------------------------------------------------
 
 def lm_steps_per_epoch(n_tokens, seq_len, batch_size):
-    """Training steps in one pass over a stream of ``n_tokens`` ids."""
+    """Training steps in one pass over a stream of ``n_tokens`` ids, read as
+    ``batch_size`` parallel streams (the global batch, over all processes)."""
     stream_len = (n_tokens - 1) // batch_size
     if stream_len < 1:
         raise ValueError(f"the training text has {n_tokens} tokens: too few for "
@@ -262,22 +290,28 @@ def lm_steps_per_epoch(n_tokens, seq_len, batch_size):
     return -(-stream_len // seq_len)
 
 
-def lm_epoch_batches(ids, seq_len, batch_size):
+def lm_epoch_batches(ids, seq_len, batch_size, dist=None):
     """epoch_batches for ``fit``: (x, y, first) with ``first`` marking a chunk that
-    starts a pass (or a resumed one), where the carried state restarts from zeros."""
+    starts a pass (or a resumed one), where the carried state restarts from zeros.
+
+    With ``dist``, the text is read as ``batch_size * dist.size`` streams, as one process
+    with the whole global batch would, and this rank takes its ``batch_size`` of them.
+    """
+    size = dist.size if dist is not None else 1
+    columns = slice(None) if size == 1 else dist.shard(batch_size * size)
+
     def epoch_batches(epoch, skip):
-        for k, (x, y) in enumerate(lm_batches(ids, seq_len, batch_size)):
+        for k, (x, y) in enumerate(lm_batches(ids, seq_len, batch_size * size)):
             if k >= skip:
-                yield x, y, k == skip
+                yield x[:, columns], y[:, columns], k == skip
     return epoch_batches
 
 
-def lm_train_step(model, optimizer, clip):
-    """train_step for ``fit``: truncated BPTT, the state carried from chunk to chunk."""
-    params = model.parameters()
+def lm_grad_step(model, n_ranks=1):
+    """grad_step for ``fit``: truncated BPTT, the state carried from chunk to chunk."""
     state = [None]
 
-    def train_step(batch):
+    def grad_step(batch):
         x, y, first = batch
         if first:
             state[0] = None
@@ -285,27 +319,32 @@ def lm_train_step(model, optimizer, clip):
         loss, dlogits = cross_entropy(logits, y)
         model.zero_grad()
         model.backward(dlogits)
-        if clip:
-            clip_grad_norm_(params, clip)
-        optimizer.step()
         state[0] = new_state
-        return loss, x.size
-    return train_step
+        return loss, x.size, 1.0 / n_ranks     # every rank holds as many streams
+    return grad_step
 
 
-def lm_evaluate(model, ids, seq_len, batch_size):
+def lm_evaluate(model, ids, seq_len, batch_size, dist=None):
     """Mean cross-entropy (nats per token) of ``model`` on the stream ``ids``, the state
-    carried across chunks; with its perplexity. Fewer streams when the text is short."""
+    carried across chunks; with its perplexity. Fewer streams when the text is short.
+    With ``dist``, the ranks share the ``batch_size * dist.size`` streams."""
     ids = np.asarray(ids, dtype=np.int64)
-    B = max(1, min(batch_size, (len(ids) - 1) // max(seq_len, 1)))
     if len(ids) < 2:
         raise ValueError("the evaluation text needs at least two tokens")
+    size = dist.size if dist is not None else 1
+    B = max(1, min(batch_size * size, (len(ids) - 1) // max(seq_len, 1)))
+    columns = slice(None) if size == 1 else dist.shard(B)
     total, count, state = 0.0, 0, None
     for x, y in lm_batches(ids, seq_len, B):
+        x, y = x[:, columns], y[:, columns]
+        if x.shape[1] == 0:
+            continue
         logits, state = model(x, state)
         loss, _ = cross_entropy(logits, y)
         total += loss * y.size
         count += y.size
+    if size > 1:
+        total, count = dist.sum([total, count])
     loss = total / count
     return {"valid_loss": loss, "valid_perplexity": math.exp(min(loss, 700))}
 
@@ -320,47 +359,58 @@ def unigram_loss(train_ids, valid_ids, vocab_size):
 
 # --- classification --------------------------------------------------------------------
 
-def classifier_epoch_batches(sequences, labels, batch_size, seed, pad_id=0):
-    """epoch_batches for ``fit``: length-bucketed (ids, lengths, labels), shuffled with a
-    seed of its own per epoch so a resumed run sees the same order."""
+def classifier_epoch_batches(sequences, labels, batch_size, seed, pad_id=0, dist=None):
+    """epoch_batches for ``fit``: length-bucketed (ids, lengths, labels, n_global),
+    shuffled with a seed of its own per epoch so a resumed run sees the same order.
+    With ``dist``, the global batches hold ``batch_size * dist.size`` reviews and this
+    rank takes its columns of each."""
     labels = np.asarray(labels)
+    size = dist.size if dist is not None else 1
 
     def epoch_batches(epoch, skip):
-        batches = bucketed_batches(sequences, batch_size, pad_id=pad_id, shuffle=True,
-                                   seed=None if seed is None else seed + epoch)
+        batches = bucketed_batches(sequences, batch_size * size, pad_id=pad_id,
+                                   shuffle=True, seed=None if seed is None else seed + epoch)
         for k, (ids, lengths, index) in enumerate(batches):
             if k >= skip:
-                yield ids, lengths, labels[index]
+                columns = slice(None) if size == 1 else dist.shard(len(index))
+                yield (ids[:, columns], lengths[columns], labels[index[columns]],
+                       len(index))
     return epoch_batches
 
 
-def classifier_train_step(model, optimizer, clip):
-    params = model.parameters()
-
-    def train_step(batch):
-        ids, lengths, y = batch
+def classifier_grad_step(model):
+    def grad_step(batch):
+        ids, lengths, y, n_global = batch
+        model.zero_grad()
+        if len(lengths) == 0:          # a short last batch can leave a rank nothing
+            return 0.0, 0, 0.0
+        ids = ids[:max(int(lengths.max()), 1)]
         logits = model(ids, lengths=lengths)
         loss, dlogits = binary_cross_entropy_with_logits(logits, y.astype(logits.dtype))
-        model.zero_grad()
         model.backward(dlogits)
-        if clip:
-            clip_grad_norm_(params, clip)
-        optimizer.step()
-        return loss, int(np.sum(lengths))
-    return train_step
+        return loss, int(np.sum(lengths)), len(lengths) / n_global
+    return grad_step
 
 
-def classifier_evaluate(model, sequences, labels, batch_size=64, pad_id=0):
-    """Mean binary cross-entropy and accuracy of ``model`` on (sequences, labels)."""
+def classifier_evaluate(model, sequences, labels, batch_size=64, pad_id=0, dist=None):
+    """Mean binary cross-entropy and accuracy of ``model`` on (sequences, labels); with
+    ``dist``, each rank evaluates every size-th review and the sums are combined."""
     labels = np.asarray(labels)
-    if len(sequences) == 0:
+    n = len(sequences)
+    if n == 0:
         raise ValueError("no examples to evaluate")
+    mine = np.arange(n)
+    if dist is not None and dist.size > 1:
+        mine = mine[dist.rank::dist.size]
     total, correct = 0.0, 0
-    for ids, lengths, index in bucketed_batches(sequences, batch_size, pad_id=pad_id,
-                                                shuffle=False):
-        logits = model(ids, lengths=lengths)
-        y = labels[index]
-        loss, _ = binary_cross_entropy_with_logits(logits, y.astype(logits.dtype))
-        total += loss * len(index)
-        correct += int(np.sum((logits > 0) == (y == 1)))
-    return {"valid_loss": total / len(sequences), "valid_accuracy": correct / len(sequences)}
+    if len(mine):
+        for ids, lengths, index in bucketed_batches([sequences[i] for i in mine],
+                                                    batch_size, pad_id=pad_id, shuffle=False):
+            logits = model(ids, lengths=lengths)
+            y = labels[mine[index]]
+            loss, _ = binary_cross_entropy_with_logits(logits, y.astype(logits.dtype))
+            total += loss * len(index)
+            correct += int(np.sum((logits > 0) == (y == 1)))
+    if dist is not None and dist.size > 1:
+        total, correct = dist.sum([total, correct])
+    return {"valid_loss": total / n, "valid_accuracy": correct / n}

@@ -1,0 +1,102 @@
+"""Data-parallel training over MPI with real processes (``mpiexec -n 2``, this machine):
+ranks stay bitwise identical and equal one process on the whole batch; a failing rank
+ends the job; the CLI trains data-parallel. Skipped without the ``mpi`` extra."""
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastlstm
+from fastlstm import distributed
+
+pytest.importorskip("mpi4py", reason="the mpi extra (mpi4py, an MPI) is not installed")
+MPIEXEC = shutil.which("mpiexec")
+pytestmark = [pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec on PATH"),
+              pytest.mark.slow]
+WORKER = pathlib.Path(__file__).with_name("mpi_worker.py")
+TEXT = ("the quick brown fox jumps over the lazy dog. a stitch in time saves nine! "
+        "all that glitters is not gold.\n") * 10
+
+
+def child_env():
+    env = dict(os.environ)
+    package_parent = str(pathlib.Path(fastlstm.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH"))
+                                        if p)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def run(cmd, cwd, timeout=180):
+    return subprocess.run(cmd, cwd=cwd, env=child_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def mpi(n, *args, cwd, timeout=180):
+    return run([MPIEXEC, "-n", str(n), sys.executable, *map(str, args)], cwd, timeout)
+
+
+def ok(proc):
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.mark.parametrize("mode", ["lm", "classifier"])
+def test_ranks_agree_bitwise_and_equal_one_process_on_the_whole_batch(tmp_path, mode):
+    two, one = tmp_path / "two", tmp_path / "one"
+    two.mkdir()
+    one.mkdir()
+    ok(mpi(2, WORKER, mode, two, cwd=tmp_path))
+    ok(run([sys.executable, str(WORKER), mode, str(one), "2"], tmp_path))
+    r0, r1 = dict(np.load(two / "rank0.npz")), dict(np.load(two / "rank1.npz"))
+    single = dict(np.load(one / "rank0.npz"))
+    assert r0.keys() == r1.keys() == single.keys()
+    assert len(r0["losses"]) >= 5
+    for k in r0:
+        np.testing.assert_array_equal(r0[k], r1[k], err_msg=f"ranks differ in {k}")
+        np.testing.assert_allclose(r0[k], single[k], rtol=1e-5, atol=2e-6,
+                                   err_msg=f"2 ranks vs 1 process: {k}")
+    # the training moved the weights (not two copies of an untouched model)
+    assert not np.allclose(r0["losses"][0], r0["losses"][-1])
+
+
+@pytest.mark.parametrize("mode", ["die", "raise"])
+def test_a_failing_rank_ends_the_job(tmp_path, mode):
+    proc = mpi(2, WORKER, mode, tmp_path, cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0
+    if mode == "raise":
+        assert "rank 1 fails on purpose" in proc.stderr
+
+
+def test_cli_trains_data_parallel_like_one_process_on_twice_the_batch(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT)
+    common = ["train", "char", "--text", text, "--steps", 20, "--hidden", 12, "--seq", 8,
+              "--sample-every", 10, "--sample-length", 10, "--threads", 1, "--seed", 5,
+              "--no-progress"]
+    two = ok(mpi(2, "-m", "fastlstm", *common, "--batch", 3, "--out", tmp_path / "two",
+                 cwd=tmp_path))
+    ok(run([sys.executable, "-m", "fastlstm", *map(str, common), "--batch", "6",
+            "--out", str(tmp_path / "one")], tmp_path))
+    out = two.stdout
+    assert out.count("done: 20 steps") == 1 and out.count("--- sample at step 10") == 1
+    assert "data-parallel over 2 processes (global batch 6)" in out
+    a = fastlstm.load(tmp_path / "two" / "checkpoint.npz").model.state_dict()
+    b = fastlstm.load(tmp_path / "one" / "checkpoint.npz").model.state_dict()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    # resumed by two ranks from rank 0's checkpoint
+    more = ok(mpi(2, "-m", "fastlstm", "train", "char", "--out", tmp_path / "two",
+                  "--resume", "--steps", 25, "--no-progress", cwd=tmp_path)).stdout
+    assert "resuming at step 20 of 25" in more and more.count("done: 25 steps") == 1
+
+
+def test_a_single_process_needs_no_mpi():
+    ctx = distributed.Context()
+    assert (ctx.rank, ctx.size, ctx.is_root) == (0, 1, True)
+    assert ctx.shard(7) == slice(0, 7)
+    np.testing.assert_array_equal(ctx.sum([1.5, 2]), [1.5, 2])
