@@ -4,8 +4,10 @@ ends the job; the CLI trains data-parallel. Skipped without the ``mpi`` extra.""
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -93,6 +95,35 @@ def test_cli_trains_data_parallel_like_one_process_on_twice_the_batch(tmp_path):
     more = ok(mpi(2, "-m", "fastlstm", "train", "char", "--out", tmp_path / "two",
                   "--resume", "--steps", 25, "--no-progress", cwd=tmp_path)).stdout
     assert "resuming at step 20 of 25" in more and more.count("done: 25 steps") == 1
+
+
+def test_ctrl_c_to_mpiexec_stops_every_rank_after_one_checkpoint(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT)
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [MPIEXEC, "-n", "2", sys.executable, "-m", "fastlstm", "train", "char", "--text",
+         str(text), "--hidden", "8", "--seq", "8", "--batch", "2", "--threads", "1",
+         "--steps", "10000000", "--sample-every", "0", "--log-every", "1",
+         "--save-every", "10000000", "--no-progress", "--out", str(run_dir)],
+        cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "log.csv").exists() or \
+                len((run_dir / "log.csv").read_text().splitlines()) < 5:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)          # mpiexec forwards it to the ranks
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (out, err)
+    assert out.count("stopped at step") == 1
+    step = fastlstm.load(run_dir / "checkpoint.npz").metadata["step"]
+    assert 4 <= step < 10000000
 
 
 def test_a_single_process_needs_no_mpi():
