@@ -3,6 +3,8 @@
 Both backends share one cache layout (``LSTMCache``), so ``lstm_backward`` runs with
 the backend that made the cache.
 """
+import time
+
 import numpy as np
 
 from . import _backend, reference
@@ -20,6 +22,67 @@ PACKED_GEMM_MIN_STEP_ROWS = 32
 UNIT_SPLIT_MAX_ROWS = 16      # hidden-unit split below this many rows per thread ...
 UNIT_SPLIT_MIN_H = 128        # ... for layers at least this wide,
 UNIT_SPLIT_IDLE_MIN_H = 64    # and for narrower ones when a batch split would idle threads
+
+
+class _StallGuard:
+    """Falls back to one thread when the hidden-unit split stalls.
+
+    The unit split meets at a barrier every step, so it needs all its threads running.
+    When other busy processes share the cores, a descheduled thread holds the others at
+    the barrier for a scheduler time slice (0.2 ms calls took 100 ms). A call far slower
+    than the fastest call of its shape is taken as such a stall: the unit split then runs
+    on one thread for ``backoff_s`` seconds, doubled (up to a minute) while stalls recur
+    and reset once a multi-threaded call runs at full speed again.
+    """
+
+    STALL_FACTOR = 8          # slower than the best call of the shape by this much ...
+    MIN_STALL_S = 2e-3        # ... and by at least this long (a time slice is ~3 ms)
+    FIRST_BACKOFF_S = 0.5
+    MAX_BACKOFF_S = 60.0
+
+    def __init__(self):
+        self.best = {}
+        self.until = 0.0
+        self.backoff_s = self.FIRST_BACKOFF_S
+        self.stalls = 0
+
+    def backing_off(self, now=None):
+        return (time.monotonic() if now is None else now) < self.until
+
+    def record(self, key, seconds, now=None):
+        """Note the duration of one multi-threaded unit-split call of shape ``key``."""
+        best = self.best.get(key)
+        if best is None or seconds < best:
+            if len(self.best) > 4096:
+                self.best.clear()
+            self.best[key] = seconds
+        if best is not None and seconds > self.MIN_STALL_S and \
+                seconds > self.STALL_FACTOR * best:
+            self.stalls += 1
+            self.until = (time.monotonic() if now is None else now) + self.backoff_s
+            self.backoff_s = min(2 * self.backoff_s, self.MAX_BACKOFF_S)
+        elif best is not None and seconds < 2 * best:
+            self.backoff_s = self.FIRST_BACKOFF_S
+
+
+_stall_guard = _StallGuard()
+
+
+def _plan_for(B, H, num_threads):
+    plan = _Plan(B, H, num_threads)
+    if plan.split_units and plan.n_threads > 1 and _stall_guard.backing_off():
+        plan = _Plan(B, H, 1)
+    return plan
+
+
+def _timed_kernel(plan, key, kernel, *args):
+    """Run ``kernel(*args)``; time multi-threaded unit-split calls for the stall guard."""
+    if not (plan.split_units and plan.n_threads > 1):
+        return kernel(*args)
+    start = time.perf_counter()
+    result = kernel(*args)
+    _stall_guard.record(key + (plan.n_threads,), time.perf_counter() - start)
+    return result
 
 
 class _Plan:
@@ -99,12 +162,13 @@ def lstm_forward(x, W_x, W_h, b, h0=None, c0=None, *, lengths=None, backend="aut
     h_states[0] = 0 if args.h0 is None else args.h0
     c_states[0] = 0 if args.c0 is None else args.c0
     hs = _empty((T, B, H), dtype)
-    plan = _Plan(B, H, args.num_threads)
+    plan = _plan_for(B, H, args.num_threads)
     packed = plan.packed_weights(T, H, dtype)
     with blas_threads(1):
-        _backend.lstm_kernels.lstm_forward_kernel(x, W_x, W_h, args.b, gates, h_states,
-                                                  c_states, hs, args.lengths, packed,
-                                                  plan.split_units, plan.n_threads)
+        _timed_kernel(plan, ("forward", T, B, x.shape[2], H, dtype.char),
+                      _backend.lstm_kernels.lstm_forward_kernel, x, W_x, W_h, args.b, gates,
+                      h_states, c_states, hs, args.lengths, packed, plan.split_units,
+                      plan.n_threads)
     cache = LSTMCache(x, W_x, W_h, gates, h_states, c_states, args.lengths,
                       args.num_threads, "cython")
     return hs, (h_states[T].copy(), c_states[T].copy()), cache
@@ -143,14 +207,14 @@ def lstm_backward(dhs, cache, dh_n=None, dc_n=None):
     dW_x = _empty((D, 4 * H), dtype)
     dW_h = _empty((H, 4 * H), dtype)
     db_acc = np.zeros(4 * H, np.float64)
-    plan = _Plan(B, H, cache.num_threads)
+    plan = _plan_for(B, H, cache.num_threads)
     # The backward's own kernel reads W_h in place (no packing), so it pays at any size.
     small_m_gemm = (dtype == np.float32 and _backend.lstm_kernels.packed_gemm_available()
                     and PACKED_GEMM_ENABLED)
     with blas_threads(1):
-        _backend.lstm_kernels.lstm_backward_kernel(x, W_x, W_h, cache.gates, cache.h_states,
-                                                   cache.c_states, dhs, cache.lengths, dh,
-                                                   dc, dh_scratch, d_gates, dx, dW_x, dW_h,
-                                                   db_acc, small_m_gemm, plan.split_units,
-                                                   plan.n_threads)
+        _timed_kernel(plan, ("backward", T, B, D, H, dtype.char),
+                      _backend.lstm_kernels.lstm_backward_kernel, x, W_x, W_h, cache.gates,
+                      cache.h_states, cache.c_states, dhs, cache.lengths, dh, dc,
+                      dh_scratch, d_gates, dx, dW_x, dW_h, db_acc, small_m_gemm,
+                      plan.split_units, plan.n_threads)
     return LSTMGrads(dx, dh, dc, dW_x, dW_h, db_acc.astype(dtype))
