@@ -46,20 +46,22 @@ def _openmp_flags():
 omp_compile, omp_link = _openmp_flags()
 extra_compile = list(omp_compile)
 if not _compiler_is_msvc():
-    extra_compile += ["-O3", "-Wno-unused-function"]
+    # -fno-math-errno: no kernel relies on errno, and with it set GCC keeps sqrt scalar
+    # (the optimizer updates in csrc/fastlstm_dense.h would not vectorise)
+    extra_compile += ["-O3", "-fno-math-errno", "-Wno-unused-function"]
 
 extensions = [
     Extension(
         f"fastlstm.{name}",
         [f"fastlstm/{name}.pyx"],
         include_dirs=["csrc", numpy.get_include()],
-        depends=["csrc/fastlstm_kernels.h", "csrc/fastlstm_gemm.h", "fastlstm/_blas.pxd",
-                 "fastlstm/_kernel_common.pxd"],
+        depends=["csrc/fastlstm_kernels.h", "csrc/fastlstm_gemm.h", "csrc/fastlstm_dense.h",
+                 "fastlstm/_blas.pxd", "fastlstm/_kernel_common.pxd"],
         extra_compile_args=extra_compile,
         extra_link_args=omp_link,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
     )
-    for name in ("_lstm", "_rnn")
+    for name in ("_lstm", "_rnn", "_dense")
 ]
 
 setup(

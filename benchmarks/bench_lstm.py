@@ -189,28 +189,10 @@ IMPLS = {"compiled": compiled_impl, "reference": reference_impl, "torch": torch_
 # --- the benchmarks -----------------------------------------------------------------
 
 @pytest.mark.parametrize("threads", THREADS)
-def test_sgemm_peak(benchmark, bench_log, threads):
-    """The ceiling the kernels are compared with: scipy's BLAS (the one the compiled
-    kernels call) on a 1024^3 float32 product, BLAS limited to ``threads``. Defined first
-    so it runs first."""
-    from scipy.linalg.blas import sgemm
-    rng = np.random.default_rng(0)
-    n = 1024
-    A = np.asfortranarray(rng.standard_normal((n, n)), dtype=DTYPE)
-    Bm = np.asfortranarray(rng.standard_normal((n, n)), dtype=DTYPE)
-    C = np.zeros((n, n), DTYPE, order="F")
-
-    def run():
-        sgemm(1.0, A, Bm, beta=0.0, c=C, overwrite_c=1)
-
-    flops = 2 * n ** 3
-    benchmark.group = "sgemm 1024^3 float32 (scipy BLAS)"
-    benchmark.extra_info.update(M=n, N=n, K=n, threads=threads, impl="scipy sgemm",
-                                flops=flops)
-    with threadpool_limits(limits=threads, user_api="blas"):
-        run()    # warm-up: BLAS thread start-up and buffers
-        benchmark(run)
-    bench_log.record_peak(benchmark, threads=threads, flops=flops)
+def test_sgemm_peak(sgemm_peak, threads):
+    """The sgemm 1024^3 ceiling (conftest's ``sgemm_peak``); defined first so it runs
+    first."""
+    sgemm_peak(threads)
 
 
 LSTM_PARAMS = [

@@ -57,9 +57,10 @@ class BenchLog:
             return None
         return stats.mean, stats.min
 
-    def record(self, benchmark, *, case, threads, mode, impl, flops):
+    def record(self, benchmark, *, case, threads, mode, impl, flops, tokens=None):
         """After ``benchmark(...)``: store the run and put GFLOP/s (mean time) into
-        extra_info. Returns the GFLOP/s, or None when the timings are disabled."""
+        extra_info, and tokens/s when one call processes ``tokens`` tokens. Returns the
+        GFLOP/s, or None when the timings are disabled."""
         times = self._times(benchmark)
         if times is None:
             return None
@@ -67,8 +68,11 @@ class BenchLog:
         gflops = flops / mean_s / 1e9
         benchmark.extra_info.update(flops=flops, gflops=gflops,
                                     gflops_best=flops / min_s / 1e9)
+        if tokens is not None:
+            benchmark.extra_info["tokens_per_s"] = tokens / mean_s
         self.results.append(dict(case=case, threads=threads, mode=mode, impl=impl,
-                                 mean_s=mean_s, min_s=min_s, flops=flops, gflops=gflops))
+                                 mean_s=mean_s, min_s=min_s, flops=flops, gflops=gflops,
+                                 tokens=tokens))
         return gflops
 
     def record_peak(self, benchmark, *, threads, flops):
@@ -110,6 +114,36 @@ def bench_log(request):
     return request.config.stash[_LOG]
 
 
+@pytest.fixture
+def sgemm_peak(benchmark, bench_log):
+    """``sgemm_peak(threads)`` measures the ceiling the kernels are compared with:
+    scipy's BLAS (the one the compiled kernels call) on a 1024^3 float32 product, BLAS
+    limited to ``threads``; the summary's %peak column divides by it."""
+    import numpy as np
+    from scipy.linalg.blas import sgemm
+    from threadpoolctl import threadpool_limits
+
+    def measure(threads):
+        rng = np.random.default_rng(0)
+        n = 1024
+        A = np.asfortranarray(rng.standard_normal((n, n)), dtype=np.float32)
+        Bm = np.asfortranarray(rng.standard_normal((n, n)), dtype=np.float32)
+        C = np.zeros((n, n), np.float32, order="F")
+
+        def run():
+            sgemm(1.0, A, Bm, beta=0.0, c=C, overwrite_c=1)
+
+        flops = 2 * n ** 3
+        benchmark.group = "sgemm 1024^3 float32 (scipy BLAS)"
+        benchmark.extra_info.update(M=n, N=n, K=n, threads=threads, impl="scipy sgemm",
+                                    flops=flops)
+        with threadpool_limits(limits=threads, user_api="blas"):
+            run()    # warm-up: BLAS thread start-up and buffers
+            benchmark(run)
+        return bench_log.record_peak(benchmark, threads=threads, flops=flops)
+    return measure
+
+
 def _banner(tr):
     import numpy as np
     import scipy
@@ -130,6 +164,27 @@ def _banner(tr):
     cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
              else os.cpu_count())
     tr.write_line(f"BLAS: {'; '.join(blas) or '?'}; {platform.machine()}, {cores} usable cores")
+
+
+def _throughput_table(tr, log, by_key):
+    rows = [r for r in log.results if r.get("tokens")]
+    if not rows:
+        return
+    tr.write_line("")
+    tr.write_line("training throughput: tokens/s from the mean time of one step "
+                  "(speedup = this row's tokens/s / the other's)")
+    header = (f"{'case':<21}{'thr':>4}  {'impl':<11}{'tokens/s':>12}"
+              + "".join(f"{label:>10}" for _, label in BASELINES))
+    tr.write_line(header)
+    tr.write_line("-" * len(header))
+    for r in rows:
+        cols = []
+        for impl, _ in BASELINES:
+            other = by_key.get((r["case"], r["threads"], r["mode"], impl))
+            cols.append(f"{other['mean_s'] / r['mean_s']:>10.2f}"
+                        if other is not None and impl != r["impl"] else " " * 10)
+        tr.write_line(f"{r['case']:<21}{r['threads']:>4}  {r['impl']:<11}"
+                      f"{r['tokens'] / r['mean_s']:>12,.0f}" + "".join(cols))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -165,6 +220,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             tr.write_line(f"{r['case']:<21}{r['threads']:>4}  {r['mode']:<18}{r['impl']:<11}"
                           f"{r['mean_s'] * 1e3:>10.3f}{r['min_s'] * 1e3:>10.3f}"
                           f"{r['gflops']:>9.2f}{share}" + "".join(cols))
+        _throughput_table(tr, log, by_key)
     else:
         tr.write_line("timings disabled (--benchmark-disable): no speed table")
     if log.memory:

@@ -328,10 +328,14 @@ def _make_optimizer(name, params, lr):
     return optim.SGD(params, lr=lr)
 
 
-def _set_threads(model, n):
-    for name in ("rnn", "lstm"):
+def _set_threads(model, n, optimizer=None):
+    """Run every compiled part of a training step on n threads (None: every core)."""
+    model.num_threads = n
+    for name in ("rnn", "lstm", "head"):
         if hasattr(model, name):
             getattr(model, name).num_threads = n
+    if optimizer is not None:
+        optimizer.num_threads = n
 
 
 def _n_params(model):
@@ -453,7 +457,7 @@ def _train(args, opt, dist=None):
         s_threads = max(1, usable_cores() // dist.local_size)
     else:
         s_threads = s["threads"]
-    _set_threads(model, s_threads)
+    _set_threads(model, s_threads, optimizer)
     scheduler = optim.ReduceLROnPlateau(optimizer, factor=0.5, patience=0)
     meta = ck.metadata if ck else {}
     if meta.get("scheduler"):
@@ -509,15 +513,6 @@ def _train(args, opt, dist=None):
         return dict(task=task, vocab=vocab.to_dict(), settings=s, step=step, epoch=epoch,
                     fastlstm_version=__version__, **extra)
 
-    # The output layer's products run on NumPy's BLAS: single-threaded unless they
-    # outweigh the recurrence (multiply-adds per token: H*V against 4H(D+H) per layer).
-    numpy_threads = 1
-    if task != "sentiment":
-        H, V = s["hidden"], len(vocab)
-        D = s["embedding"] or V
-        if H * V > 4 * H * (D + H) * s["layers"]:
-            numpy_threads = threads
-
     result = training.fit(
         model, optimizer, run=run, steps=total_steps, steps_per_epoch=steps_per_epoch,
         epoch_batches=epoch_batches, grad_step=grad_step, evaluate=evaluate, clip=s["clip"],
@@ -525,7 +520,7 @@ def _train(args, opt, dist=None):
         seconds_before=meta.get("seconds", 0.0), log_every=s["log_every"],
         save_every=s["save_every"], sample_every=s.get("sample_every") or 0,
         sample=sample_fn if task != "sentiment" else None, scheduler=scheduler,
-        progress=s["progress"], title=title, baseline=baseline, numpy_threads=numpy_threads,
+        progress=s["progress"], title=title, baseline=baseline,
         dist=dist)
 
     if result["interrupted"]:

@@ -28,7 +28,9 @@ class _LanguageModel(Module):
                            seed=rng, num_threads=num_threads)
         else:
             raise ValueError(f"cell must be 'lstm' or 'rnn', got {cell!r}")
-        self.head = Linear(hidden_size, vocab_size, dtype=dtype, seed=rng)
+        self.head = Linear(hidden_size, vocab_size, dtype=dtype, seed=rng,
+                           num_threads=num_threads)
+        self.num_threads = num_threads
         self._eye = None
 
     def _inputs(self, ids):
@@ -126,7 +128,8 @@ class SentimentClassifier(Module):
                                freeze=freeze_embedding, dtype=dtype, seed=rng)
         self.lstm = LSTM(embedding_dim, hidden_size, num_layers, dropout, dtype, rng,
                          init="xavier", num_threads=num_threads)
-        self.head = Linear(hidden_size, 1, dtype=dtype, seed=rng)
+        self.head = Linear(hidden_size, 1, dtype=dtype, seed=rng, num_threads=num_threads)
+        self.num_threads = num_threads
         self._pool = None
 
     def forward(self, ids, lengths=None):

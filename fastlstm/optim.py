@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 
+from . import _dense_ops
+
 __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "StepLR", "ReduceLROnPlateau"]
 
 
@@ -86,14 +88,15 @@ class SGD(Optimizer):
 class Adagrad(Optimizer):
     """Adagrad: p -= lr * g / (sqrt(sum of g^2) + eps), as the char-LM tutorial trains."""
 
-    def __init__(self, params, lr=0.01, eps=1e-8):
+    def __init__(self, params, lr=0.01, eps=1e-8, num_threads=None):
         super().__init__(params, dict(lr=lr, eps=eps))
+        self.num_threads = num_threads   # for the fused update (None: every usable core)
 
     def _update(self, p, state):
         if "sum" not in state:
             state["sum"] = np.zeros_like(p.data)
-        state["sum"] += p.grad * p.grad
-        p.data -= self.lr * p.grad / (np.sqrt(state["sum"]) + self.defaults["eps"])
+        _dense_ops.adagrad(p.data, p.grad, state["sum"], self.lr, self.defaults["eps"],
+                           self.num_threads)
 
 
 class Adam(Optimizer):
@@ -102,9 +105,11 @@ class Adam(Optimizer):
 
     decoupled = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 num_threads=None):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay))
+        self.num_threads = num_threads   # for the fused update (None: every usable core)
 
     def _update(self, p, state):
         d = self.defaults
@@ -112,21 +117,14 @@ class Adam(Optimizer):
         if "exp_avg" not in state:
             state["exp_avg"] = np.zeros_like(p.data)
             state["exp_avg_sq"] = np.zeros_like(p.data)
-        g = p.grad
-        if d["weight_decay"]:
-            if self.decoupled:
-                p.data *= p.data.dtype.type(1 - self.lr * d["weight_decay"])
-            else:
-                g = g + d["weight_decay"] * p.data
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        m *= b1
-        m += (1 - b1) * g
-        v *= b2
-        v += (1 - b2) * g * g
+        weight_decay = d["weight_decay"]
+        if weight_decay and self.decoupled:
+            p.data *= p.data.dtype.type(1 - self.lr * weight_decay)
+            weight_decay = 0.0
         t = self.step_count
-        step_size = self.lr / (1 - b1 ** t)
-        denom = np.sqrt(v) / math.sqrt(1 - b2 ** t) + d["eps"]
-        p.data -= (step_size * m / denom).astype(p.data.dtype, copy=False)
+        _dense_ops.adam(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], b1, b2,
+                        weight_decay, self.lr / (1 - b1 ** t), math.sqrt(1 - b2 ** t),
+                        d["eps"], self.num_threads)
 
 
 class AdamW(Adam):
@@ -134,8 +132,9 @@ class AdamW(Adam):
 
     decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
-        super().__init__(params, lr, betas, eps, weight_decay)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 num_threads=None):
+        super().__init__(params, lr, betas, eps, weight_decay, num_threads)
 
 
 class StepLR:

@@ -149,10 +149,9 @@ def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, grad_st
     with "valid_loss" and "valid_perplexity" or "valid_accuracy"; metadata(step, epoch,
     extra) -> the checkpoint's metadata. Only rank 0 logs, samples and saves.
 
-    ``numpy_threads``: BLAS threads for the NumPy products around the kernels (the output
-    layer). One keeps idle BLAS threads from spinning on the cores the kernels' OpenMP
-    threads need; more pays when the output layer outweighs the recurrence (a large
-    vocabulary). Validates at every epoch end and at the end; returns
+    ``numpy_threads``: BLAS threads for NumPy products in the step that are not fastlstm's
+    own (fastlstm's layers, loss and optimizers run on their own threads). One keeps idle
+    BLAS threads from spinning on the cores the kernels' OpenMP threads need. Validates at every epoch end and at the end; returns
     ``{"step", "interrupted", "last_eval", "tokens"}``.
     """
     from tqdm.auto import tqdm
@@ -316,7 +315,7 @@ def lm_grad_step(model, n_ranks=1):
         if first:
             state[0] = None
         logits, new_state = model(x, state[0])
-        loss, dlogits = cross_entropy(logits, y)
+        loss, dlogits = cross_entropy(logits, y, num_threads=model.num_threads)
         model.zero_grad()
         model.backward(dlogits)
         state[0] = new_state
@@ -340,7 +339,7 @@ def lm_evaluate(model, ids, seq_len, batch_size, dist=None):
         if x.shape[1] == 0:
             continue
         logits, state = model(x, state)
-        loss, _ = cross_entropy(logits, y)
+        loss, _ = cross_entropy(logits, y, num_threads=model.num_threads)
         total += loss * y.size
         count += y.size
     if size > 1:
