@@ -111,12 +111,31 @@ cdef inline void _chunk_gradients(Py_ssize_t tid, Py_ssize_t n_threads, Py_ssize
                                   const floating *x, const floating *h_prev,
                                   const floating *W_x, floating *dx, floating *dW_x,
                                   floating *dW_h, double *db_acc, floating weight_beta,
-                                  float *a_scratch, int scratch_rows) noexcept nogil:
+                                  float *a_scratch, int scratch_rows,
+                                  const int *ids) noexcept nogil:
     """The weight and input gradients of ``rows`` (step, sequence) rows at once:
     dx = d_pre W_x^T, dW_x (+)= x^T d_pre, dW_h (+)= h_prev^T d_pre, db += column sums.
     d_pre (rows x N) holds the gradients of the pre-activations (N = 4H for the LSTM, H
-    for the RNN); dx is shared out by rows, the weight gradients by columns."""
-    cdef Py_ssize_t r, r0, r1, c0, c1, m
+    for the RNN); dx is shared out by rows, the weight gradients by columns. With ``ids``
+    (projected inputs, see _lstm.pyx) dW_x is the projection table's gradient instead."""
+    cdef Py_ssize_t r, r0, r1, c0, c1, m, c
+    cdef floating *table_row
+    cdef const floating *d_row
+    if ids != NULL:
+        # Projected inputs (rows of a table picked by ids): no dx; the table's gradient
+        # gathers d_pre's rows by id (dW_x is that gradient, zeroed by the caller). Each
+        # thread owns a band of columns, so repeated ids never race.
+        _split_aligned(N, 16, tid, n_threads, &c0, &c1)
+        if c1 > c0:
+            for r in range(rows):
+                table_row = dW_x + <Py_ssize_t>ids[r] * N
+                d_row = d_pre + r * N
+                for c in range(c0, c1):
+                    table_row[c] += d_row[c]
+            gemm(True, False, H, <int>(c1 - c0), <int>rows, <floating>1.0, h_prev, H,
+                 d_pre + c0, N, weight_beta, dW_h + c0, N)
+            _add_column_sums(<int>rows, <int>(c1 - c0), d_pre + c0, N, db_acc + c0)
+        return
     _split(rows, tid, n_threads, &r0, &r1)
     # dx = d_pre W_x^T: W_x (D x N) read in place by the NT kernel rather than repacked
     # by BLAS for every chunk.

@@ -124,20 +124,28 @@ cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_units
                           int B, int D, int H, const floating *x, const floating *W_x,
                           const floating *W_h, const floating *b, floating *gates,
                           floating *h_states, floating *c_states, floating *hs,
-                          const int *lengths, float *packed,
-                          float *a_scratch) noexcept nogil:
+                          const int *lengths, float *packed, float *a_scratch,
+                          const floating *table, const int *ids) noexcept nogil:
     cdef Py_ssize_t G = 4 * H, BH = <Py_ssize_t>B * H, BG = <Py_ssize_t>B * G
-    cdef Py_ssize_t r, r0, r1, b0, b1, u0 = 0, u1 = 0, p0, p1, t, at, nb, nu = 0, gate
+    cdef Py_ssize_t r, r0, r1, b0, b1, u0 = 0, u1 = 0, p0, p1, t, at, nb, nu = 0, gate, j
     cdef Py_ssize_t block = 0
     cdef float *packed_gate = NULL
+    cdef const floating *table_row
 
-    # 1. Input projection of every step, gates = x W_x + b, a block of rows per thread;
-    #    meanwhile this thread's share of W_h is packed (float32 kernels only).
+    # 1. Input projection of every step, gates = x W_x + b (or, projected, the table row
+    #    of each step's id + b), a block of rows per thread; meanwhile this thread's share
+    #    of W_h is packed (float32 kernels only).
     _split(<Py_ssize_t>T * B, tid, n_threads, &r0, &r1)
-    for r in range(r0, r1):
-        memcpy(gates + r * G, b, G * sizeof(floating))
-    gemm(False, False, <int>(r1 - r0), <int>G, D, <floating>1.0, x + r0 * D, D, W_x,
-         <int>G, <floating>1.0, gates + r0 * G, <int>G)
+    if table != NULL:
+        for r in range(r0, r1):
+            table_row = table + <Py_ssize_t>ids[r] * G
+            for j in range(G):
+                gates[r * G + j] = b[j] + table_row[j]
+    else:
+        for r in range(r0, r1):
+            memcpy(gates + r * G, b, G * sizeof(floating))
+        gemm(False, False, <int>(r1 - r0), <int>G, D, <floating>1.0, x + r0 * D, D, W_x,
+             <int>G, <floating>1.0, gates + r0 * G, <int>G)
     if split_units:
         _split_aligned(H, FL_NR, tid, n_threads, &u0, &u1)
         nu = u1 - u0
@@ -191,15 +199,25 @@ def lstm_forward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x,
                         floating[:, :, ::1] gates, floating[:, :, ::1] h_states,
                         floating[:, :, ::1] c_states, floating[:, :, ::1] hs,
                         const int[::1] lengths, float[::1] packed, bint split_units,
-                        int n_threads):
+                        int n_threads, const int[::1] ids=None):
     """Fill gates (T,B,4H), h_states and c_states (T+1,B,H; index 0 preset to h0, c0)
     and hs (T,B,H).
 
     ``packed`` (float32 only: packed_size(H, split_units) floats, or None) turns on the
     packed recurrent GEMM. ``split_units`` picks the recursion's partitioning (see the
     module docstring); ``n_threads`` is taken as given (the caller caps it).
+
+    Projected inputs: with ``ids`` (T*B,), W_x is a table (V, 4H) and step t of
+    sequence b takes ``W_x[ids[t*B + b]]`` in place of ``x[t, b] @ W_x`` (x is then an
+    empty (0, 0, 0) array of the dtype): an embedding or one-hot layer folded into the
+    projection.
     """
-    cdef int T = x.shape[0], B = x.shape[1], D = x.shape[2], H = W_h.shape[0]
+    cdef int T = gates.shape[0], B = gates.shape[1], H = W_h.shape[0]
+    cdef bint projected = ids is not None
+    cdef int D = 0 if projected else x.shape[2]
+    cdef const floating *x_ptr = NULL if projected else &x[0, 0, 0]
+    cdef const floating *table_ptr = &W_x[0, 0] if projected else NULL
+    cdef const int *ids_ptr = &ids[0] if projected else NULL
     cdef const int *lengths_ptr = &lengths[0] if lengths is not None else NULL
     cdef float *packed_ptr = NULL
     cdef float *a_scratch = NULL
@@ -212,9 +230,9 @@ def lstm_forward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x,
                                                   * sizeof(float))
         try:
             _forward_worker(threadid(), fl_num_threads(), split_units, T, B, D, H,
-                            &x[0, 0, 0], &W_x[0, 0], &W_h[0, 0], &b[0], &gates[0, 0, 0],
+                            x_ptr, &W_x[0, 0], &W_h[0, 0], &b[0], &gates[0, 0, 0],
                             &h_states[0, 0, 0], &c_states[0, 0, 0], &hs[0, 0, 0],
-                            lengths_ptr, packed_ptr, a_scratch)
+                            lengths_ptr, packed_ptr, a_scratch, table_ptr, ids_ptr)
         finally:
             fl_aligned_free(a_scratch)
 
@@ -227,7 +245,7 @@ cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_unit
                            floating *dc, floating *dh_scratch, floating *d_gates,
                            floating *dx, floating *dW_x, floating *dW_h,
                            double *db_acc, float *a_scratch,
-                           int scratch_rows) noexcept nogil:
+                           int scratch_rows, const int *ids) noexcept nogil:
     cdef Py_ssize_t G = 4 * H, BH = <Py_ssize_t>B * H, BG = <Py_ssize_t>B * G
     cdef Py_ssize_t b0 = 0, b1 = B, u0 = 0, u1 = H, nb, nu, t, at, dt, rows
     cdef int t_start, t_stop = T
@@ -271,9 +289,11 @@ cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_unit
 
         rows = (t_stop - t_start) * <Py_ssize_t>B
         _chunk_gradients(tid, n_threads, rows, <int>G, D, H, d_gates,
-                         x + t_start * <Py_ssize_t>B * D, h_states + t_start * BH, W_x,
-                         dx + t_start * <Py_ssize_t>B * D, dW_x, dW_h, db_acc, weight_beta,
-                         a_scratch, scratch_rows)
+                         x + t_start * <Py_ssize_t>B * D if x != NULL else NULL,
+                         h_states + t_start * BH, W_x,
+                         dx + t_start * <Py_ssize_t>B * D if dx != NULL else NULL, dW_x,
+                         dW_h, db_acc, weight_beta, a_scratch, scratch_rows,
+                         ids + t_start * <Py_ssize_t>B if ids != NULL else NULL)
         weight_beta = 1.0
         t_stop = t_start
         fl_barrier()   # d_gates is reused by the next chunk
@@ -287,7 +307,7 @@ def lstm_backward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x
                          floating[:, ::1] dh_scratch, floating[:, :, ::1] d_gates,
                          floating[:, :, ::1] dx, floating[:, ::1] dW_x,
                          floating[:, ::1] dW_h, double[::1] db_acc, bint small_m_gemm,
-                         bint split_units, int n_threads):
+                         bint split_units, int n_threads, const int[::1] ids=None):
     """Backpropagate through lstm_forward_kernel.
 
     dh, dc (B,H) hold dh_n, dc_n on entry and dh0, dc0 on return. d_gates is scratch of
@@ -295,8 +315,17 @@ def lstm_backward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x
     overwritten; db_acc (4H,) float64 must be zero and receives db. ``small_m_gemm``
     (float32, where packed_gemm_available()) runs the recursion's product on fastlstm's own
     kernel; ``split_units`` and ``n_threads`` as for the forward.
+
+    Projected inputs (``ids`` given; x and dx empty (0, 0, 0) arrays, W_x the table):
+    dW_x is the table's gradient (V, 4H), zeroed by the caller, and receives the sum of
+    each id's gate gradients.
     """
-    cdef int T = x.shape[0], B = x.shape[1], D = x.shape[2], H = W_h.shape[0]
+    cdef int T = gates.shape[0], B = gates.shape[1], H = W_h.shape[0]
+    cdef bint projected = ids is not None
+    cdef int D = 4 * H if projected else x.shape[2]
+    cdef const floating *x_ptr = NULL if projected else &x[0, 0, 0]
+    cdef floating *dx_ptr = NULL if projected else &dx[0, 0, 0]
+    cdef const int *ids_ptr = &ids[0] if projected else NULL
     cdef int chunk_T = d_gates.shape[0]
     cdef const int *lengths_ptr = &lengths[0] if lengths is not None else NULL
     cdef const floating *dhs_ptr = &dhs[0, 0, 0] if dhs is not None else NULL
@@ -310,10 +339,10 @@ def lstm_backward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x
                 _scratch_floats(B, split_units, dx_block_rows, 4 * H) * sizeof(float))
         try:
             _backward_worker(threadid(), fl_num_threads(), split_units, T, B, D, H, chunk_T,
-                             &x[0, 0, 0], &W_x[0, 0], &W_h[0, 0], &gates[0, 0, 0],
+                             x_ptr, &W_x[0, 0], &W_h[0, 0], &gates[0, 0, 0],
                              &h_states[0, 0, 0], &c_states[0, 0, 0], dhs_ptr, lengths_ptr,
                              &dh[0, 0], &dc[0, 0], &dh_scratch[0, 0], &d_gates[0, 0, 0],
-                             &dx[0, 0, 0], &dW_x[0, 0], &dW_h[0, 0], &db_acc[0], a_scratch,
-                             dx_block_rows)
+                             dx_ptr, &dW_x[0, 0], &dW_h[0, 0], &db_acc[0], a_scratch,
+                             dx_block_rows, ids_ptr)
         finally:
             fl_aligned_free(a_scratch)

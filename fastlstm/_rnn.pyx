@@ -211,7 +211,7 @@ cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, i
         _chunk_gradients(tid, n_threads, rows, H, D, H, d_pre,
                          x + t_start * <Py_ssize_t>B * D, h_states + t_start * BH, W_x,
                          dx + t_start * <Py_ssize_t>B * D, dW_x, dW_h, db_acc, weight_beta,
-                         a_scratch, scratch_rows)
+                         a_scratch, scratch_rows, NULL)
         weight_beta = 1.0
         t_stop = t_start
         fl_barrier()   # d_pre is reused by the next chunk

@@ -2,12 +2,49 @@
 ``sample`` for the language models. Explicit forward/backward like every layer."""
 import numpy as np
 
+from . import _dense_ops
 from .checkpoint import register_model
 from .nn.layers import Embedding, Linear
 from .nn.module import Module
 from .nn.recurrent import LSTM, RNN
 
 __all__ = ["CharLM", "WordLM", "SentimentClassifier", "sample"]
+
+
+def _lookup_forward(embed, lstm, ids, state, lengths, num_threads):
+    """Layer 0 of ``lstm`` on the rows ``ids`` picks from an embedding (or, ``embed`` None,
+    from one-hot vectors), with the input projection looked up per distinct id rather
+    than multiplied per step: (E[ids] @ W_x) = (E[distinct] @ W_x)[index]. Returns
+    (hs, state, saved) for ``_lookup_backward``, or None where the kernels cannot or
+    the ids are too varied for it to pay."""
+    W_x0 = lstm.W_x_l0.data
+    if ids.ndim != 2 or not lstm.lookup_available(W_x0.dtype):
+        return None
+    if embed is None:        # a one-hot input's projection is a row of W_x
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"ids must be integers, got dtype {ids.dtype}")
+        hs, state = lstm.forward_lookup(ids, W_x0, state, lengths)
+        return hs, state, None
+    distinct, index = np.unique(ids, return_inverse=True)
+    if 2 * distinct.size > ids.size:
+        return None          # (nearly) every id distinct: the lookup would save nothing
+    rows = embed(distinct)   # checks the ids; its backward scatters into these rows
+    table = _dense_ops.matmul(rows, W_x0, num_threads=num_threads)
+    hs, state = lstm.forward_lookup(index.reshape(ids.shape), table, state, lengths)
+    return hs, state, rows
+
+
+def _lookup_backward(embed, lstm, d_table, rows, num_threads):
+    """Gradients of W_x_l0 and the embedding from the table's gradient (V', 4H)."""
+    W_x0 = lstm.W_x_l0
+    if embed is None:
+        W_x0.grad += d_table
+        return
+    _dense_ops.matmul(rows, d_table, trans_a=True, out=W_x0.grad, accumulate=True,
+                      num_threads=num_threads)
+    if embed.weight.requires_grad:
+        embed.backward(_dense_ops.matmul(d_table, W_x0.data, trans_b=True,
+                                         num_threads=num_threads))
 
 
 class _LanguageModel(Module):
@@ -45,7 +82,19 @@ class _LanguageModel(Module):
 
     def forward(self, ids, state=None, lengths=None):
         """logits (T, B, V) and the recurrent state to carry into the next chunk."""
-        hs, state = self.rnn(self._inputs(ids), state, lengths=lengths)
+        ids = np.asarray(ids)
+        found = None
+        if isinstance(self.rnn, LSTM):
+            if self.embed is None and ids.size and (ids.min() < 0
+                                                    or ids.max() >= self.vocab_size):
+                raise ValueError(f"ids must lie in [0, {self.vocab_size})")
+            found = _lookup_forward(self.embed, self.rnn, ids, state, lengths,
+                                    self.num_threads)
+        if found is None:
+            self._lookup_rows = False
+            hs, state = self.rnn(self._inputs(ids), state, lengths=lengths)
+        else:
+            hs, state, self._lookup_rows = found
         return self.head(hs), state
 
     def decode_step(self, ids, state):
@@ -68,9 +117,11 @@ class _LanguageModel(Module):
 
     def backward(self, dlogits):
         """Accumulate every parameter's gradient from dlogits (T, B, V)."""
-        dx, _ = self.rnn.backward(self.head.backward(dlogits))
-        if self.embed is not None:
-            self.embed.backward(dx)
+        d_in, _ = self.rnn.backward(self.head.backward(dlogits))
+        if self._lookup_rows is not False:
+            _lookup_backward(self.embed, self.rnn, d_in, self._lookup_rows, self.num_threads)
+        elif self.embed is not None:
+            self.embed.backward(d_in)
 
 
 @register_model
@@ -139,7 +190,12 @@ class SentimentClassifier(Module):
         lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
         if np.any(lengths < 1):
             raise ValueError("every review needs at least one token (lengths >= 1)")
-        hs, (h_n, _) = self.lstm(self.embed(ids), lengths=lengths)
+        found = _lookup_forward(self.embed, self.lstm, ids, None, lengths, self.num_threads)
+        if found is None:
+            self._lookup_rows = False
+            hs, (h_n, _) = self.lstm(self.embed(ids), lengths=lengths)
+        else:
+            hs, (h_n, _), self._lookup_rows = found
         valid = (np.arange(T)[:, None] < lengths[None, :])[:, :, None]   # (T, B, 1)
         if self.pooling == "last":
             pooled = h_n[-1]
@@ -168,7 +224,10 @@ class SentimentClassifier(Module):
                 dhs = np.zeros((T, B, H), dpooled.dtype)
                 np.put_along_axis(dhs, self._argmax[None], dpooled[None], axis=0)
             dx, _ = self.lstm.backward(np.ascontiguousarray(dhs, dtype=dpooled.dtype))
-        self.embed.backward(dx)
+        if self._lookup_rows is not False:
+            _lookup_backward(self.embed, self.lstm, dx, self._lookup_rows, self.num_threads)
+        else:
+            self.embed.backward(dx)
 
 
 def sample(model, prefix, length, temperature=1.0, top_k=None, seed=None, stop=None):

@@ -3,7 +3,8 @@ conversion to and from ``torch.nn.LSTM`` / ``torch.nn.RNN`` (whose weights are o
 transposed, with the two biases summed)."""
 import numpy as np
 
-from ..lstm import lstm_backward, lstm_forward
+from ..lstm import (lstm_backward, lstm_backward_projected, lstm_forward,
+                    lstm_forward_projected, projected_available)
 from ..rnn import rnn_backward, rnn_forward
 from .layers import _rng
 from .module import Module
@@ -100,6 +101,7 @@ class LSTM(_Stacked):
     """
 
     gates = 4
+    _lookup = False     # the last forward ran forward_lookup
 
     def __init__(self, input_size, hidden_size, num_layers=1, dropout=0.0,
                  dtype=np.float32, seed=None, init="default", backend="auto",
@@ -116,18 +118,41 @@ class LSTM(_Stacked):
         return cls(**cls._torch_args(module, "LSTM"))._load_torch(module)
 
     def forward(self, x, state=None, lengths=None):
+        """x (T, B, input_size), state ``(h0, c0)`` each (num_layers, B, H) or None ->
+        ``(hs (T, B, H), (h_n, c_n))``."""
+        return self._forward(x, None, None, state, lengths)
+
+    def lookup_available(self, dtype):
+        """Whether ``forward_lookup`` runs here (compiled kernels, not backend="numpy")."""
+        return self.backend != "numpy" and projected_available(dtype)
+
+    def forward_lookup(self, ids, table, state=None, lengths=None):
+        """``forward`` for inputs that are rows of a table: layer 0's input projection of
+        step t, sequence b is ``table[ids[t, b]]`` ((V, 4H), i.e. ``inputs @ W_x_l0`` for
+        the V distinct inputs) instead of a (T*B, D) x (D, 4H) product. ``backward`` then
+        returns the table's gradient (V, 4H) in place of dx and leaves ``W_x_l0.grad``
+        to the caller (dW_x_l0 = inputs^T d_table). Needs ``lookup_available``."""
+        return self._forward(None, ids, table, state, lengths)
+
+    def _forward(self, x, ids, table, state, lengths):
         h0s = c0s = [None] * self.num_layers
         if state is not None:
             h0s, c0s = state
         self._caches, self._masks = [], []
+        self._lookup = ids is not None
         h_n, c_n = [], []
         out = x
         for layer in range(self.num_layers):
             W_x, W_h, b = self.layer_weights(layer)
-            hs, (h, c), cache = lstm_forward(out, W_x.data, W_h.data, b.data, h0s[layer],
-                                             c0s[layer], lengths=lengths,
-                                             backend=self.backend,
-                                             num_threads=self.num_threads)
+            if layer == 0 and self._lookup:
+                hs, (h, c), cache = lstm_forward_projected(
+                    table, ids, W_h.data, b.data, h0s[layer], c0s[layer], lengths=lengths,
+                    num_threads=self.num_threads)
+            else:
+                hs, (h, c), cache = lstm_forward(out, W_x.data, W_h.data, b.data,
+                                                 h0s[layer], c0s[layer], lengths=lengths,
+                                                 backend=self.backend,
+                                                 num_threads=self.num_threads)
             self._caches.append(cache)
             h_n.append(h)
             c_n.append(c)
@@ -176,8 +201,15 @@ class LSTM(_Stacked):
         for layer in reversed(range(L)):
             if self._masks[layer] is not None and d_out is not None:
                 d_out = d_out * self._masks[layer]
-            g = lstm_backward(d_out, self._caches[layer], dh_n[layer], dc_n[layer])
             W_x, W_h, b = self.layer_weights(layer)
+            if layer == 0 and self._lookup:
+                d_table, dh0[layer], dc0[layer], dW_h, db = lstm_backward_projected(
+                    d_out, self._caches[layer], dh_n[layer], dc_n[layer])
+                W_h.grad += dW_h
+                b.grad += db
+                d_out = d_table
+                continue
+            g = lstm_backward(d_out, self._caches[layer], dh_n[layer], dc_n[layer])
             W_x.grad += g.dW_x
             W_h.grad += g.dW_h
             b.grad += g.db
