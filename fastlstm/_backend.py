@@ -1,5 +1,23 @@
 """Which implementation runs: the compiled kernels, or the NumPy reference."""
+import importlib.machinery
+import os
 import warnings
+
+
+def _explain(exc):
+    """Why the extensions did not load, in words a user can act on. A missing .so
+    surfaces as "cannot import name '_lstm' from partially initialized module" (Python's
+    circular-import guess), so look for the files first."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    built = [name for name in ("_lstm", "_rnn") if any(
+        os.path.exists(os.path.join(here, name + suffix))
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES)]
+    if len(built) < 2:
+        return (f"fastlstm._lstm and fastlstm._rnn are not built (no such extension "
+                f"files in {here}); install a wheel, or build from source with "
+                f"'pip install .' (or 'python setup.py build_ext --inplace' in a checkout)")
+    return f"fastlstm._lstm / fastlstm._rnn failed to load: {exc}"
+
 
 try:
     from . import _lstm as lstm_kernels
@@ -7,7 +25,7 @@ try:
     IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - exercised only in broken installs
     lstm_kernels = rnn_kernels = None
-    IMPORT_ERROR = exc
+    IMPORT_ERROR = ImportError(_explain(exc))
 
 _warned = False
 
@@ -28,10 +46,7 @@ def use_compiled(backend):
     if lstm_kernels is not None and rnn_kernels is not None:
         return True
     if backend == "cython":
-        raise ImportError(f"backend='cython' needs the compiled extensions fastlstm._lstm "
-                          f"and fastlstm._rnn, "
-                          f"which failed to import: {IMPORT_ERROR}. Reinstall fastlstm "
-                          f"from a wheel or build it with a C compiler.")
+        raise ImportError(f"backend='cython' needs the compiled kernels: {IMPORT_ERROR}")
     if not _warned:
         warnings.warn(f"fastlstm's compiled kernels are unavailable ({IMPORT_ERROR}); "
                       f"falling back to the slow NumPy reference", RuntimeWarning,

@@ -73,11 +73,29 @@ def _common_train_options(opt, task):
             help="print a line every --log-every steps instead of a progress bar")
 
 
+def _version_line():
+    """``fastlstm 0.1.0 (compiled kernels, OpenMP)``: the version and, since a wheel for
+    the wrong platform or a broken build falls back to NumPy, what actually runs."""
+    from . import _backend
+    if not _backend.compiled_available():
+        return f"fastlstm {__version__} (NumPy reference only: {_backend.IMPORT_ERROR})"
+    openmp = "OpenMP" if _backend.lstm_kernels.OPENMP_ENABLED else "no OpenMP, 1 thread"
+    return f"fastlstm {__version__} (compiled kernels, {openmp})"
+
+
+class _VersionAction(argparse.Action):
+    # argparse's own "version" action re-wraps the text to the terminal width
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_version_line())
+        parser.exit()
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="fastlstm", description="Fast LSTMs and RNNs on the CPU from NumPy.",
         epilog="Run 'fastlstm COMMAND --help' for a command's options.")
-    parser.add_argument("--version", action="version", version=f"fastlstm {__version__}")
+    parser.add_argument("--version", action=_VersionAction, nargs=0,
+                        help="print the version and whether the kernels are compiled")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     options = {}
 

@@ -247,4 +247,4 @@ def test_command_line_runs_the_demo():
     version = subprocess.run([sys.executable, "-m", "fastlstm", "--version"],
                              capture_output=True, text=True, timeout=60, cwd=TESTS_DIR,
                              env=child_env())
-    assert version.stdout.strip() == f"fastlstm {fastlstm.__version__}"
+    assert version.stdout.strip().startswith(f"fastlstm {fastlstm.__version__} (")
