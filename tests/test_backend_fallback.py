@@ -39,8 +39,10 @@ def run_without_extensions(body, *args):
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH"))
                                         if p)
     script = BLOCK_EXTENSIONS + textwrap.dedent(body)
+    # cwd: `python -c` puts the working directory first on sys.path, and from a source
+    # checkout that would import its unbuilt sources instead of the package under test
     return subprocess.run([sys.executable, "-c", script, *args], env=env, text=True,
-                          capture_output=True, timeout=120)
+                          capture_output=True, timeout=120, cwd=package_parent)
 
 
 def test_cython_backend_raises_naming_the_extension():
