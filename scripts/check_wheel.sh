@@ -10,15 +10,30 @@
 #      (binary dependencies only, nothing compiled), the test suite copied to a temporary
 #      directory and run there, so the installed compiled package is what gets imported.
 #
-# usage: scripts/check_wheel.sh [--current] [PYTHON ...]
+# usage: scripts/check_wheel.sh [--no-openmp] [--current | PYTHON ...]
 #   (no argument)  the current python3, then the oldest and the newest other supported
 #                  CPython (3.9-3.13) that pyenv has
 #   --current      only the current python3 (what .ci/run does)
 #   PYTHON ...     these interpreters (paths or names on PATH)
+#   --no-openmp    build with FASTLSTM_NO_OPENMP=1, as the macOS wheels are: the wheel
+#                  carries no OpenMP runtime and show_config() must say "OpenMP: no"
 # FASTLSTM_WHEELHOUSE=DIR keeps the repaired wheels in DIR (default: removed at the end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+
+NO_OPENMP=0
+positional=()
+for arg in "$@"; do
+    if [ "$arg" = "--no-openmp" ]; then NO_OPENMP=1; else positional+=("$arg"); fi
+done
+set -- "${positional[@]}"
+if [ "$NO_OPENMP" = 1 ]; then
+    export FASTLSTM_NO_OPENMP=1      # setup.py reads it inside the isolated build
+else
+    unset FASTLSTM_NO_OPENMP
+fi
+export CHECK_WHEEL_OPENMP=$((1 - NO_OPENMP))
 
 CURRENT=$(python3 -c "import sys; print(sys.executable)")
 PYTHONS=()
@@ -96,8 +111,12 @@ for PY in "${PYTHONS[@]}"; do
         || { echo "$show"; echo "check_wheel: not a manylinux wheel" >&2; exit 1; }
     # the OpenMP runtime travels with the wheel; no BLAS does
     members=$(unzip -Z1 "$wheel")
-    grep -q '^fastlstm.libs/libgomp' <<<"$members" \
-        || { echo "check_wheel: libgomp is not vendored in $wheel" >&2; exit 1; }
+    if [ "$NO_OPENMP" = 0 ]; then
+        grep -q '^fastlstm.libs/libgomp' <<<"$members" \
+            || { echo "check_wheel: libgomp is not vendored in $wheel" >&2; exit 1; }
+    elif grep -q '^fastlstm.libs/.*gomp' <<<"$members"; then
+        echo "check_wheel: a --no-openmp wheel carries an OpenMP runtime" >&2; exit 1
+    fi
     if grep -Eiq '^fastlstm\.libs/.*(blas|lapack|mkl)' <<<"$members"; then
         echo "check_wheel: a BLAS library was vendored into $wheel" >&2; exit 1
     fi
@@ -116,13 +135,14 @@ for PY in "${PYTHONS[@]}"; do
         cd "$run"
         unset PYTHONPATH
         "$venv/bin/python" - <<'EOF'
-import sys, sysconfig
+import os, sys, sysconfig
 import fastlstm
 site = sysconfig.get_paths()["platlib"]
 assert fastlstm.__file__.startswith(site), f"imported {fastlstm.__file__}, not from {site}"
 info = fastlstm.config()
 assert info["compiled"], info["compiled_error"]
-assert info["openmp"], "the wheel was built without OpenMP"
+expect_openmp = os.environ["CHECK_WHEEL_OPENMP"] == "1"
+assert info["openmp"] == expect_openmp, f"OpenMP is {info['openmp']}, expected {expect_openmp}"
 print(f"imported {fastlstm.__file__}")
 fastlstm.show_config()
 EOF
