@@ -20,7 +20,7 @@ def _compiler_is_msvc():
 
 def _openmp_flags():
     """(compile_args, link_args) that enable OpenMP, or ([], []) when the compiler has none."""
-    if os.environ.get("FASTLSTM_NO_OPENMP"):
+    if os.environ.get("FASTLSTM_NO_OPENMP", "").strip().lower() not in ("", "0", "false", "no"):
         return [], []
     if _compiler_is_msvc():
         return ["/openmp"], []

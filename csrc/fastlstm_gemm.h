@@ -138,7 +138,7 @@ typedef float fl_v4 __attribute__((vector_size(16), aligned(4), may_alias));
 /* Horizontal sums as shuffle trees: a serial lane-by-lane sum is a 16-long dependency
  * chain, which dominates the NT kernel when K is small. */
 /* Each carries its kernels' target: a vector argument wider than the base ISA's registers
- * is an ABI change outside such a function (clang refuses it; GCC only warns). */
+ * is an ABI change outside such a function, which clang refuses. */
 static inline __attribute__((always_inline, target("avx2,fma"))) float fl_hsum8(fl_v8 v) {
     fl_v4 a = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
     a = a + __builtin_shufflevector(a, a, 2, 3, 0, 1);

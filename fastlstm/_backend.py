@@ -9,13 +9,14 @@ def _explain(exc):
     surfaces as "cannot import name '_lstm' from partially initialized module" (Python's
     circular-import guess), so look for the files first."""
     here = os.path.dirname(os.path.abspath(__file__))
-    built = [name for name in ("_lstm", "_rnn") if any(
+    missing = [f"fastlstm.{name}" for name in ("_lstm", "_rnn") if not any(
         os.path.exists(os.path.join(here, name + suffix))
         for suffix in importlib.machinery.EXTENSION_SUFFIXES)]
-    if len(built) < 2:
-        return (f"fastlstm._lstm and fastlstm._rnn are not built (no such extension "
-                f"files in {here}); install a wheel, or build from source with "
-                f"'pip install .' (or 'python setup.py build_ext --inplace' in a checkout)")
+    if missing:
+        return (f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not built "
+                f"for this Python (no such extension file in {here}: {exc}); install a "
+                f"wheel, or build from source with 'pip install .' (or 'python setup.py "
+                f"build_ext --inplace' in a checkout)")
     return f"fastlstm._lstm / fastlstm._rnn failed to load: {exc}"
 
 
@@ -26,6 +27,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only in broken installs
     lstm_kernels = rnn_kernels = None
     IMPORT_ERROR = ImportError(_explain(exc))
+    IMPORT_ERROR.__cause__ = exc
 
 _warned = False
 
@@ -46,7 +48,8 @@ def use_compiled(backend):
     if lstm_kernels is not None and rnn_kernels is not None:
         return True
     if backend == "cython":
-        raise ImportError(f"backend='cython' needs the compiled kernels: {IMPORT_ERROR}")
+        raise ImportError(f"backend='cython' needs the compiled kernels: {IMPORT_ERROR}") \
+            from IMPORT_ERROR.__cause__
     if not _warned:
         warnings.warn(f"fastlstm's compiled kernels are unavailable ({IMPORT_ERROR}); "
                       f"falling back to the slow NumPy reference", RuntimeWarning,

@@ -18,16 +18,35 @@
 #   --no-openmp    build with FASTLSTM_NO_OPENMP=1, as the macOS wheels are: the wheel
 #                  carries no OpenMP runtime and show_config() must say "OpenMP: no"
 # FASTLSTM_WHEELHOUSE=DIR keeps the repaired wheels in DIR (default: removed at the end).
+# Needs bash >= 4.4 (Linux; auditwheel is Linux-only anyway).
 set -euo pipefail
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
+NO_OPENMP=0
+ONLY_CURRENT=0
+PYTHONS=()
+for arg in "$@"; do
+    case "$arg" in
+        --no-openmp) NO_OPENMP=1 ;;
+        --current) ONLY_CURRENT=1 ;;
+        -*) usage ;;
+        # resolved here, before the cd below, so relative paths mean what the caller meant
+        *) PYTHONS+=("$("$arg" -c "import sys; print(sys.executable)")") ;;
+    esac
+done
+if [ "$ONLY_CURRENT" = 1 ] && [ "${#PYTHONS[@]}" -gt 0 ]; then
+    echo "check_wheel: --current takes no interpreters" >&2; exit 2
+fi
+WHEELHOUSE=""
+if [ -n "${FASTLSTM_WHEELHOUSE:-}" ]; then
+    mkdir -p "$FASTLSTM_WHEELHOUSE"
+    WHEELHOUSE=$(cd "$FASTLSTM_WHEELHOUSE" && pwd)
+fi
+CURRENT=$(python3 -c "import sys; print(sys.executable)")
+
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-NO_OPENMP=0
-positional=()
-for arg in "$@"; do
-    if [ "$arg" = "--no-openmp" ]; then NO_OPENMP=1; else positional+=("$arg"); fi
-done
-set -- "${positional[@]}"
 if [ "$NO_OPENMP" = 1 ]; then
     export FASTLSTM_NO_OPENMP=1      # setup.py reads it inside the isolated build
 else
@@ -35,13 +54,9 @@ else
 fi
 export CHECK_WHEEL_OPENMP=$((1 - NO_OPENMP))
 
-CURRENT=$(python3 -c "import sys; print(sys.executable)")
-PYTHONS=()
-if [ "${1:-}" = "--current" ]; then
+if [ "$ONLY_CURRENT" = 1 ]; then
     PYTHONS=("$CURRENT")
-elif [ $# -gt 0 ]; then
-    PYTHONS=("$@")
-else
+elif [ "${#PYTHONS[@]}" -eq 0 ]; then
     PYTHONS=("$CURRENT")
     current_minor=$("$CURRENT" -c 'import sys; print(sys.version_info[1])')
     others=()
@@ -61,7 +76,7 @@ fi
 
 WORK=$(mktemp -d /tmp/fastlstm-wheel-XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
-WHEELHOUSE=${FASTLSTM_WHEELHOUSE:-$WORK/wheelhouse}
+WHEELHOUSE=${WHEELHOUSE:-$WORK/wheelhouse}
 mkdir -p "$WHEELHOUSE"
 PIP_QUIET=(--quiet --disable-pip-version-check)
 export PIP_NO_WARN_SCRIPT_LOCATION=1
@@ -85,26 +100,29 @@ for member in csrc/fastlstm_kernels.h csrc/fastlstm_gemm.h csrc/fastlstm_dense.h
 done
 echo "$(basename "$SDIST"): $(wc -l <<<"$listing") files"
 
+n=0
 for PY in "${PYTHONS[@]}"; do
-    PY=$("$PY" -c "import sys; print(sys.executable)")
     tag=$("$PY" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
+    n=$((n + 1))
+    d="$WORK/$n-$tag"     # everything of this interpreter's build and test
+    mkdir -p "$d"
     echo "== $tag ($PY)"
     started=$SECONDS
 
     # wheel from the sdist, in an isolated build environment of this interpreter; from a
     # fresh unpacked copy each time (the `build` releases for Python 3.9 cannot take the
     # archive itself, and no generated file may leak from one interpreter's build)
-    mkdir -p "$WORK/src-$tag" && tar xzf "$SDIST" -C "$WORK/src-$tag"
-    SRC=$(ls -d "$WORK"/src-"$tag"/fastlstm-*)
-    "$PY" -m venv "$WORK/build-$tag"
-    "$WORK/build-$tag/bin/pip" install "${PIP_QUIET[@]}" build
-    "$WORK/build-$tag/bin/python" -m build --wheel --outdir "$WORK/raw-$tag" "$SRC" \
-        >"$WORK/build-$tag.log" 2>&1 || { tail -50 "$WORK/build-$tag.log"; exit 1; }
-    raw=$(ls "$WORK"/raw-"$tag"/fastlstm-*-"$tag"-*.whl)
+    mkdir -p "$d/src" && tar xzf "$SDIST" -C "$d/src"
+    SRC=$(ls -d "$d"/src/fastlstm-*)
+    "$PY" -m venv "$d/build-env"
+    "$d/build-env/bin/pip" install "${PIP_QUIET[@]}" build
+    "$d/build-env/bin/python" -m build --wheel --outdir "$d/raw" "$SRC" \
+        >"$d/build.log" 2>&1 || { tail -50 "$d/build.log"; exit 1; }
+    raw=$(ls "$d"/raw/fastlstm-*-"$tag"-*.whl)
 
-    "$WORK/tools/bin/auditwheel" repair --strip -w "$WORK/repaired-$tag" "$raw" \
-        >"$WORK/repair-$tag.log" 2>&1 || { cat "$WORK/repair-$tag.log"; exit 1; }
-    wheel=$(ls "$WORK"/repaired-"$tag"/fastlstm-*.whl)
+    "$WORK/tools/bin/auditwheel" repair --strip -w "$d/repaired" "$raw" \
+        >"$d/repair.log" 2>&1 || { cat "$d/repair.log"; exit 1; }
+    wheel=$(ls "$d"/repaired/fastlstm-*.whl)
     show=$("$WORK/tools/bin/auditwheel" show "$wheel" | tr '\n' ' ')
     policy=$(grep -Eo 'platform tag: *"[^"]*"' <<<"$show" || true)
     [[ "$policy" == *manylinux* ]] \
@@ -124,13 +142,13 @@ for PY in "${PYTHONS[@]}"; do
     echo "$(basename "$wheel") ($(du -k "$wheel" | cut -f1) kB), auditwheel show: $policy"
 
     # a fresh venv, fastlstm from the wheel file alone, tests run outside the source tree
-    venv="$WORK/venv-$tag"
+    venv="$d/venv"
     "$PY" -m venv "$venv"
     "$venv/bin/pip" install "${PIP_QUIET[@]}" --only-binary=:all: "$wheel[test]"
-    run="$WORK/run-$tag"
+    run="$d/run"
     mkdir -p "$run"
-    cp -r "$ROOT/tests" "$ROOT/README.md" "$run/"
-    printf '[pytest]\nmarkers =\n    slow: takes more than a few seconds\n' >"$run/pytest.ini"
+    # pyproject.toml for the pytest settings (markers); it holds no importable code
+    cp -r "$ROOT/tests" "$ROOT/README.md" "$ROOT/pyproject.toml" "$run/"
     (
         cd "$run"
         unset PYTHONPATH

@@ -9,7 +9,7 @@ README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
 @pytest.mark.skipif(not README.exists(), reason="README.md is not beside the tests")
 def test_readme_example_runs(capsys):
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
     exec(compile(blocks[0], "README.md", "exec"), {})
     assert capsys.readouterr().out.strip() == "(100, 400) (25, 32, 65)"
 
@@ -17,7 +17,7 @@ def test_readme_example_runs(capsys):
 @pytest.mark.skipif(not README.exists(), reason="README.md is not beside the tests")
 def test_readme_training_example_learns(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
     train = next(b for b in blocks if "optim.Adam" in b)
     exec(compile(train, "README.md", "exec"), {})
     out = capsys.readouterr().out
