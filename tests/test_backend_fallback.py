@@ -16,6 +16,8 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
+
 import fastlstm
 
 BLOCK_EXTENSIONS = textwrap.dedent("""
@@ -31,7 +33,7 @@ BLOCK_EXTENSIONS = textwrap.dedent("""
 """)
 
 
-def run_without_extensions(body, *args):
+def run_without_extensions(body):
     """Run ``body`` in a fresh interpreter that cannot import the compiled extensions;
     return the CompletedProcess (stdout, stderr as text)."""
     env = dict(os.environ)
@@ -41,7 +43,7 @@ def run_without_extensions(body, *args):
     script = BLOCK_EXTENSIONS + textwrap.dedent(body)
     # cwd: `python -c` puts the working directory first on sys.path, and from a source
     # checkout that would import its unbuilt sources instead of the package under test
-    return subprocess.run([sys.executable, "-c", script, *args], env=env, text=True,
+    return subprocess.run([sys.executable, "-c", script], env=env, text=True,
                           capture_output=True, timeout=120, cwd=package_parent)
 
 
@@ -154,4 +156,3 @@ def test_models_train_on_numpy_to_the_compiled_numbers():
     compiled = namespace["losses"]
     assert without[-1] < without[0]
     np.testing.assert_allclose(without, compiled, rtol=1e-10)
-
