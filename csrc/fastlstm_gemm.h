@@ -68,6 +68,8 @@ static void fl_pack_panels_f32(int K, int N, const float *B, int ldb, int trans,
     && !defined(FASTLSTM_NO_PACKED_GEMM)
 #define FL_HAVE_PACKED_KERNELS 1
 
+#include <immintrin.h>
+
 /* Unaligned, aliasing vector types: *(VEC *)p is a plain unaligned vector load/store. */
 typedef float fl_v16 __attribute__((vector_size(64), aligned(4), may_alias));
 typedef float fl_v8 __attribute__((vector_size(32), aligned(4), may_alias));
@@ -209,6 +211,118 @@ typedef void (*fl_nt_fn)(int, const float *, const float *, int, const float *, 
 FL_DEFINE_NT_KERNELS(fl_nt_avx512, "avx512f,fma", fl_v16, 16, fl_hsum16)
 FL_DEFINE_NT_KERNELS(fl_nt_avx2, "avx2,fma", fl_v8, 8, fl_hsum8)
 
+/* The single-row product y[0:N] (+)= x[0:K] @ W[0:K, 0:N], W row-major (ld ldw) and read
+ * in place: the recursion of one sequence (B = 1, or one thread's share of it). Packing
+ * does not pay here, since every weight is used once per step, and BLAS's GEMV costs a
+ * call overhead comparable to the product itself at these sizes (100 x 400 is ~1.5 us,
+ * bound by the L2 bandwidth). Columns go in blocks of up to NV_MAX vectors, each block one
+ * pass over the K rows with its accumulators in registers; the last vector of the row is
+ * a masked load, so any N works. Narrow blocks (the per-gate column ranges of a hidden-unit
+ * split) keep U independent partial sums per column, over alternate rows, so the chains
+ * of dependent FMAs do not limit them. */
+#define FL_DEFINE_GEMV(NAME, TARGET, VEC, VLEN, MASK_T, ZERO, LOAD, MLOAD, STORE, MSTORE,     \
+                       FMA, ADD, SET1, NV)                                                    \
+__attribute__((target(TARGET)))                                                               \
+static void NAME##_##NV(int K, const float *x, const float *W, int ldw, float *y,             \
+                        MASK_T last, int accumulate) {                                        \
+    enum { U = NV <= 4 ? 4 : NV <= 8 ? 2 : 1 };                                               \
+    VEC acc[U][NV];                                                                           \
+    _Pragma("GCC unroll 4") for (int u = 0; u < U; u++)                                       \
+        _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++) acc[u][v] = ZERO;               \
+    int k = 0;                                                                                \
+    for (; k + U <= K; k += U) {                                                              \
+        _Pragma("GCC unroll 4") for (int u = 0; u < U; u++) {                                 \
+            const float *w = W + (size_t)(k + u) * ldw;                                       \
+            VEC a = SET1(x[k + u]);                                                           \
+            _Pragma("GCC unroll 16") for (int v = 0; v < NV - 1; v++)                         \
+                acc[u][v] = FMA(a, LOAD(w + v * VLEN), acc[u][v]);                            \
+            acc[u][NV - 1] = FMA(a, MLOAD(w + (NV - 1) * VLEN, last), acc[u][NV - 1]);        \
+        }                                                                                     \
+    }                                                                                         \
+    for (; k < K; k++) {                                                                      \
+        const float *w = W + (size_t)k * ldw;                                                 \
+        VEC a = SET1(x[k]);                                                                   \
+        _Pragma("GCC unroll 16") for (int v = 0; v < NV - 1; v++)                             \
+            acc[0][v] = FMA(a, LOAD(w + v * VLEN), acc[0][v]);                                \
+        acc[0][NV - 1] = FMA(a, MLOAD(w + (NV - 1) * VLEN, last), acc[0][NV - 1]);            \
+    }                                                                                         \
+    _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++) {                                   \
+        VEC s = acc[0][v];                                                                    \
+        _Pragma("GCC unroll 4") for (int u = 1; u < U; u++) s = ADD(s, acc[u][v]);            \
+        if (v < NV - 1) {                                                                     \
+            if (accumulate) s = ADD(s, LOAD(y + v * VLEN));                                   \
+            STORE(y + v * VLEN, s);                                                           \
+        } else {                                                                              \
+            if (accumulate) s = ADD(s, MLOAD(y + v * VLEN, last));                            \
+            MSTORE(y + v * VLEN, last, s);                                                    \
+        }                                                                                     \
+    }                                                                                         \
+}
+
+#define FL_AVX512_MLOAD(p, m) _mm512_maskz_loadu_ps((m), (p))
+#define FL_AVX512_MSTORE(p, m, v) _mm512_mask_storeu_ps((p), (m), (v))
+#define FL_AVX2_MLOAD(p, m) _mm256_maskload_ps((p), (m))
+#define FL_AVX2_MSTORE(p, m, v) _mm256_maskstore_ps((p), (m), (v))
+#define FL_GEMV_AVX512(NV)                                                                    \
+    FL_DEFINE_GEMV(fl_gemv_avx512, "avx512f,fma", __m512, 16, __mmask16, _mm512_setzero_ps(), \
+                   _mm512_loadu_ps, FL_AVX512_MLOAD, _mm512_storeu_ps, FL_AVX512_MSTORE,      \
+                   _mm512_fmadd_ps, _mm512_add_ps, _mm512_set1_ps, NV)
+#define FL_GEMV_AVX2(NV)                                                                      \
+    FL_DEFINE_GEMV(fl_gemv_avx2, "avx2,fma", __m256, 8, __m256i, _mm256_setzero_ps(),         \
+                   _mm256_loadu_ps, FL_AVX2_MLOAD, _mm256_storeu_ps, FL_AVX2_MSTORE,          \
+                   _mm256_fmadd_ps, _mm256_add_ps, _mm256_set1_ps, NV)
+
+/* AVX-512 blocks of up to 16 zmm accumulators (32 registers); AVX2 up to 12 of its 16. */
+FL_GEMV_AVX512(1) FL_GEMV_AVX512(2) FL_GEMV_AVX512(3) FL_GEMV_AVX512(4) FL_GEMV_AVX512(5)
+FL_GEMV_AVX512(6) FL_GEMV_AVX512(7) FL_GEMV_AVX512(8) FL_GEMV_AVX512(9) FL_GEMV_AVX512(10)
+FL_GEMV_AVX512(11) FL_GEMV_AVX512(12) FL_GEMV_AVX512(13) FL_GEMV_AVX512(14)
+FL_GEMV_AVX512(15) FL_GEMV_AVX512(16)
+FL_GEMV_AVX2(1) FL_GEMV_AVX2(2) FL_GEMV_AVX2(3) FL_GEMV_AVX2(4) FL_GEMV_AVX2(5)
+FL_GEMV_AVX2(6) FL_GEMV_AVX2(7) FL_GEMV_AVX2(8) FL_GEMV_AVX2(9) FL_GEMV_AVX2(10)
+FL_GEMV_AVX2(11) FL_GEMV_AVX2(12)
+
+typedef void (*fl_gemv_avx512_fn)(int, const float *, const float *, int, float *, __mmask16,
+                                  int);
+typedef void (*fl_gemv_avx2_fn)(int, const float *, const float *, int, float *, __m256i, int);
+static const fl_gemv_avx512_fn fl_gemv_avx512_table[17] = {
+    NULL, fl_gemv_avx512_1, fl_gemv_avx512_2, fl_gemv_avx512_3, fl_gemv_avx512_4,
+    fl_gemv_avx512_5, fl_gemv_avx512_6, fl_gemv_avx512_7, fl_gemv_avx512_8, fl_gemv_avx512_9,
+    fl_gemv_avx512_10, fl_gemv_avx512_11, fl_gemv_avx512_12, fl_gemv_avx512_13,
+    fl_gemv_avx512_14, fl_gemv_avx512_15, fl_gemv_avx512_16};
+static const fl_gemv_avx2_fn fl_gemv_avx2_table[13] = {
+    NULL, fl_gemv_avx2_1, fl_gemv_avx2_2, fl_gemv_avx2_3, fl_gemv_avx2_4, fl_gemv_avx2_5,
+    fl_gemv_avx2_6, fl_gemv_avx2_7, fl_gemv_avx2_8, fl_gemv_avx2_9, fl_gemv_avx2_10,
+    fl_gemv_avx2_11, fl_gemv_avx2_12};
+
+__attribute__((target("avx512f,fma")))
+static void fl_gemv_run_avx512(int K, int N, const float *x, const float *W, int ldw,
+                               float *y, int accumulate) {
+    const int n_vec = (N + 15) / 16;
+    const int n_blocks = (n_vec + 15) / 16;
+    for (int b = 0, v0 = 0; b < n_blocks; b++) {   /* equal blocks: 25 = 13 + 12, not 16 + 9 */
+        int v1 = (int)((long)n_vec * (b + 1) / n_blocks), nv = v1 - v0;
+        int lanes = N - (v1 - 1) * 16 < 16 ? N - (v1 - 1) * 16 : 16;
+        __mmask16 last = (__mmask16)((1u << lanes) - 1u);
+        fl_gemv_avx512_table[nv](K, x, W + v0 * 16, ldw, y + v0 * 16, last, accumulate);
+        v0 = v1;
+    }
+}
+
+__attribute__((target("avx2,fma")))
+static void fl_gemv_run_avx2(int K, int N, const float *x, const float *W, int ldw, float *y,
+                             int accumulate) {
+    const int n_vec = (N + 7) / 8;
+    const int n_blocks = (n_vec + 11) / 12;
+    for (int b = 0, v0 = 0; b < n_blocks; b++) {
+        int v1 = (int)((long)n_vec * (b + 1) / n_blocks), nv = v1 - v0;
+        int lanes = N - (v1 - 1) * 8 < 8 ? N - (v1 - 1) * 8 : 8;
+        __m256i last = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes),
+                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        fl_gemv_avx2_table[nv](K, x, W + v0 * 8, ldw, y + v0 * 8, last, accumulate);
+        v0 = v1;
+    }
+}
+
 static int fl_gemm_isa = -1;   /* in use: 0 none (BLAS), 1 AVX2+FMA, 2 AVX-512F */
 
 static int fl_gemm_detect_isa(void) {
@@ -319,6 +433,17 @@ static void fl_gemm_nt_f32(int M, int N, int K, const float *A, int lda, const f
     }
 }
 
+/* y[0:N] = x[0:K] @ W[0:K, 0:N] (+ y when accumulate), W row-major with ld ldw. */
+static void fl_gemv_f32(int K, int N, const float *x, const float *W, int ldw, float *y,
+                        int accumulate) {
+    if (N <= 0)
+        return;
+    if (fl_gemm_isa == 2)
+        fl_gemv_run_avx512(K, N, x, W, ldw, y, accumulate);
+    else
+        fl_gemv_run_avx2(K, N, x, W, ldw, y, accumulate);
+}
+
 #else
 #define FL_HAVE_PACKED_KERNELS 0
 static int fl_gemm_packed_available(void) { return 0; }
@@ -330,6 +455,10 @@ static void fl_gemm_nt_f32(int M, int N, int K, const float *A, int lda, const f
     (void)accumulate; (void)a_scratch;
 }
 static size_t fl_packed_a_size(int M, int K) { (void)M; (void)K; return 1; }
+static void fl_gemv_f32(int K, int N, const float *x, const float *W, int ldw, float *y,
+                        int accumulate) {
+    (void)K; (void)N; (void)x; (void)W; (void)ldw; (void)y; (void)accumulate;
+}
 static void fl_gemm_packed_f32(int M, int N, int K, const float *A, int lda,
                                const float *packed, float *C, int ldc, int accumulate,
                                float *a_scratch) {

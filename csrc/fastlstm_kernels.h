@@ -30,6 +30,60 @@ static int fl_num_threads(void) { return 1; }
 static void fl_barrier(void) {}
 #endif
 
+/* The barrier of the per-step recursions: the hidden-unit split meets once per time
+ * step, and at B = 1 a step is about a microsecond, so libgomp's barrier (about 0.25 us
+ * between two cores) was a fifth of it. A sense-reversing counter on one cache line costs
+ * a line transfer or two. Its state belongs to one parallel region (the caller declares
+ * it shared and initialises it before the region), so concurrent kernel calls from
+ * several Python threads never share one. After many fruitless spins the waiters yield,
+ * so an oversubscribed machine does not burn whole time slices. Without GCC/Clang atomics
+ * it is the OpenMP barrier. */
+typedef struct {
+    int count;
+    int generation;
+    char pad[56];
+} fl_step_barrier;
+
+static void fl_step_barrier_init(fl_step_barrier *b) {
+    b->count = 0;
+    b->generation = 0;
+}
+
+#if defined(_OPENMP) && (defined(__GNUC__) || defined(__clang__))
+#include <sched.h>
+#define FL_SPINS_BEFORE_YIELD 20000
+static inline void fl_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static void fl_step_barrier_wait(fl_step_barrier *b, int n_threads) {
+    if (n_threads <= 1)
+        return;
+    int gen = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == n_threads) {
+        __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&b->generation, gen + 1, __ATOMIC_RELEASE);
+        return;
+    }
+    for (long spins = 0; __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == gen; spins++) {
+        if (spins < FL_SPINS_BEFORE_YIELD)
+            fl_cpu_relax();
+        else
+            sched_yield();
+    }
+}
+#else
+static void fl_step_barrier_wait(fl_step_barrier *b, int n_threads) {
+    (void)b;
+    (void)n_threads;
+    fl_barrier();
+}
+#endif
+
 /* Scratch aligned to a cache line, so vector loads never straddle two lines. */
 #if defined(_MSC_VER)
 #include <malloc.h>

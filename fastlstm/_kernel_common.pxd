@@ -9,6 +9,10 @@ cdef extern from "fastlstm_kernels.h" nogil:
     int fl_max_threads()
     int fl_num_threads()
     void fl_barrier()
+    ctypedef struct fl_step_barrier:
+        pass
+    void fl_step_barrier_init(fl_step_barrier *b)
+    void fl_step_barrier_wait(fl_step_barrier *b, int n_threads)
     void *fl_aligned_alloc(size_t nbytes)
     void fl_aligned_free(void *p)
     void fl_lstm_cell_forward_f32(int n_rows, int H, int u0, int nu, float *gates,
@@ -53,6 +57,8 @@ cdef extern from "fastlstm_gemm.h" nogil:
     void fl_gemm_packed_f32(int M, int N, int K, const float *A, int lda,
                             const float *packed, float *C, int ldc, int accumulate,
                             float *a_scratch)
+    void fl_gemv_f32(int K, int N, const float *x, const float *W, int ldw, float *y,
+                     int accumulate)
     void fl_gemm_nt_f32(int M, int N, int K, const float *A, int lda, const float *W,
                         int ldw, float *C, int ldc, int accumulate, float *a_scratch)
 

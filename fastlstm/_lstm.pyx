@@ -53,6 +53,8 @@ def limit_gemm_isa(int level):
     return _isa_level
 # Hidden units are shared out between threads in whole panels of this many.
 UNIT_BLOCK = FL_NR
+# ... or, where the weights are read in place, in whole cache lines of float32 units.
+DEF UNIT_ALIGN = 16
 
 
 def packed_size(int H, bint split_units):
@@ -99,6 +101,9 @@ cdef inline void _forward_step_gemm(int M, int N, int K, const floating *h, int 
     weights when the caller packed them, BLAS otherwise. ``h_already_packed``: the
     previous call packed this same h into a_scratch."""
     if floating is float:
+        if M == 1 and fl_gemm_packed_available():   # one sequence: a GEMV, W_h in place
+            fl_gemv_f32(K, N, h, W_h, ldw, gates, 1)
+            return
         if packed != NULL and a_scratch != NULL:
             fl_gemm_packed_f32(M, N, K, NULL if h_already_packed else h, ldh, packed, gates,
                                ldg, 1, a_scratch)
@@ -113,8 +118,10 @@ cdef inline void _backward_step_gemm(int M, int N, int K, const floating *d_gate
     products over the rows of W_h (no packed copy needed) when scratch is given and M > 1,
     BLAS otherwise."""
     if floating is float:
-        # a single row: BLAS's GEMV is a little faster; short rows: see _nt_pays
-        if a_scratch != NULL and M > 1 and _nt_pays(K):
+        if M == 1 and fl_gemm_packed_available():   # one row: dot products, no scratch
+            fl_gemm_nt_f32(M, N, K, d_gates, ldd, W_h, ldw, dh, ldh, 0, NULL)
+            return
+        if a_scratch != NULL and _nt_pays(K):   # short rows: see _nt_pays
             fl_gemm_nt_f32(M, N, K, d_gates, ldd, W_h, ldw, dh, ldh, 0, a_scratch)
             return
     gemm(False, True, M, N, K, <floating>1.0, d_gates, ldd, W_h, ldw, <floating>0.0, dh, ldh)
@@ -125,7 +132,8 @@ cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_units
                           const floating *W_h, const floating *b, floating *gates,
                           floating *h_states, floating *c_states, floating *hs,
                           const int *lengths, float *packed, float *a_scratch,
-                          const floating *table, const int *ids) noexcept nogil:
+                          const floating *table, const int *ids,
+                          fl_step_barrier *step_barrier) noexcept nogil:
     cdef Py_ssize_t G = 4 * H, BH = <Py_ssize_t>B * H, BG = <Py_ssize_t>B * G
     cdef Py_ssize_t r, r0, r1, b0, b1, u0 = 0, u1 = 0, p0, p1, t, at, nb, nu = 0, gate, j
     cdef Py_ssize_t block = 0
@@ -147,7 +155,8 @@ cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_units
         gemm(False, False, <int>(r1 - r0), <int>G, D, <floating>1.0, x + r0 * D, D, W_x,
              <int>G, <floating>1.0, gates + r0 * G, <int>G)
     if split_units:
-        _split_aligned(H, FL_NR, tid, n_threads, &u0, &u1)
+        # packed panels are FL_NR units wide; in place, whole cache lines of units
+        _split_aligned(H, FL_NR if packed != NULL else UNIT_ALIGN, tid, n_threads, &u0, &u1)
         nu = u1 - u0
         block = fl_packed_size(H, H)
         if floating is float:
@@ -178,7 +187,7 @@ cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_units
                 _cell_forward(B, H, <int>u0, <int>nu, gates + t * BG, c_states + t * BH,
                               c_states + (t + 1) * BH, h_states + t * BH,
                               h_states + (t + 1) * BH, hs + t * BH, lengths, <int>t)
-            fl_barrier()   # h_t is whole before anyone multiplies by it
+            fl_step_barrier_wait(step_barrier, <int>n_threads)   # h_t is whole before use
         return
 
     _split(B, tid, n_threads, &b0, &b1)
@@ -221,6 +230,8 @@ def lstm_forward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x,
     cdef const int *lengths_ptr = &lengths[0] if lengths is not None else NULL
     cdef float *packed_ptr = NULL
     cdef float *a_scratch = NULL
+    cdef fl_step_barrier step_barrier
+    fl_step_barrier_init(&step_barrier)
     if packed is not None and fl_gemm_packed_available():
         packed_ptr = &packed[0]
     with nogil, parallel(num_threads=n_threads):
@@ -232,7 +243,8 @@ def lstm_forward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x,
             _forward_worker(threadid(), fl_num_threads(), split_units, T, B, D, H,
                             x_ptr, &W_x[0, 0], &W_h[0, 0], &b[0], &gates[0, 0, 0],
                             &h_states[0, 0, 0], &c_states[0, 0, 0], &hs[0, 0, 0],
-                            lengths_ptr, packed_ptr, a_scratch, table_ptr, ids_ptr)
+                            lengths_ptr, packed_ptr, a_scratch, table_ptr, ids_ptr,
+                            &step_barrier)
         finally:
             fl_aligned_free(a_scratch)
 
@@ -245,14 +257,15 @@ cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_unit
                            floating *dc, floating *dh_scratch, floating *d_gates,
                            floating *dx, floating *dW_x, floating *dW_h,
                            double *db_acc, float *a_scratch,
-                           int scratch_rows, const int *ids) noexcept nogil:
+                           int scratch_rows, const int *ids,
+                           fl_step_barrier *step_barrier) noexcept nogil:
     cdef Py_ssize_t G = 4 * H, BH = <Py_ssize_t>B * H, BG = <Py_ssize_t>B * G
     cdef Py_ssize_t b0 = 0, b1 = B, u0 = 0, u1 = H, nb, nu, t, at, dt, rows
     cdef int t_start, t_stop = T
     cdef floating weight_beta = 0.0    # the first chunk writes dW_x, dW_h; later ones add
     cdef const int *slice_lengths
     if split_units:
-        _split_aligned(H, FL_NR, tid, n_threads, &u0, &u1)
+        _split_aligned(H, UNIT_ALIGN, tid, n_threads, &u0, &u1)
     else:
         _split(B, tid, n_threads, &b0, &b1)
     nb = b1 - b0
@@ -273,7 +286,7 @@ cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_unit
                                dhs + at * H if dhs != NULL else NULL, dh + b0 * H,
                                dc + b0 * H, d_gates + dt * G, slice_lengths, <int>t)
             if split_units:
-                fl_barrier()   # d_gates_t is whole before anyone multiplies by it
+                fl_step_barrier_wait(step_barrier, <int>n_threads)   # d_gates_t is whole
             if nb == 0 or nu == 0:
                 continue
             # dh_{t-1}[rows, units] = d_gates_t[rows, :] W_h[units, :]^T; frozen steps
@@ -332,6 +345,8 @@ def lstm_backward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x
     cdef float *a_scratch = NULL
     cdef bint use_kernel = small_m_gemm and floating is float and fl_gemm_packed_available()
     cdef int dx_block_rows = 64   # dx's product runs in blocks of (at least) this many rows
+    cdef fl_step_barrier step_barrier
+    fl_step_barrier_init(&step_barrier)
     with nogil, parallel(num_threads=n_threads):
         a_scratch = NULL
         if use_kernel:
@@ -343,6 +358,6 @@ def lstm_backward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x
                              &h_states[0, 0, 0], &c_states[0, 0, 0], dhs_ptr, lengths_ptr,
                              &dh[0, 0], &dc[0, 0], &dh_scratch[0, 0], &d_gates[0, 0, 0],
                              dx_ptr, &dW_x[0, 0], &dW_h[0, 0], &db_acc[0], a_scratch,
-                             dx_block_rows, ids_ptr)
+                             dx_block_rows, ids_ptr, &step_barrier)
         finally:
             fl_aligned_free(a_scratch)

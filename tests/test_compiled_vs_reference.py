@@ -25,6 +25,8 @@ SHAPES = [  # (T, B, D, H)
     (300, 2, 4, 3),     # many chunks, tiny H
     (12, 3, 10, 130),   # H >= 128 with few rows per thread: hidden-unit partitioning
     (9, 40, 5, 33),     # H just past a 32-column panel
+    (5, 1, 9, 70),      # one sequence, units shared by 2 threads: masked vector tails
+    (4, 1, 3, 130),     # one sequence, wide: single-row products in column blocks
 ]
 
 PATHS = {
