@@ -323,6 +323,65 @@ static void fl_gemv_run_avx2(int K, int N, const float *x, const float *W, int l
     }
 }
 
+/* The single-row "NT" product y[j] = x[0:K] . W[j, 0:K] for j < N (W row-major, ld ldw):
+ * the backward step of one sequence, dh = d_gates W_h^T, with W_h read in place. R rows
+ * of W at a time, each its own accumulator (R independent FMA chains), the k tail a
+ * masked load; then one horizontal sum per row. Like the GEMV above, bound by the L2
+ * bandwidth, and a little faster than the general NT kernel at M = 1, which interleaves
+ * A and handles the k tail in scalar code. */
+#define FL_DEFINE_DOTS(NAME, TARGET, VEC, VLEN, MASK_T, ZERO, LOAD, MLOAD, FMA, HSUM, R)      \
+__attribute__((target(TARGET)))                                                               \
+static void NAME##_##R(int K, const float *x, const float *W, int ldw, float *y,              \
+                       MASK_T last, int kv) {                                                 \
+    VEC acc[R];                                                                               \
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) acc[r] = ZERO;                        \
+    int k = 0;                                                                                \
+    for (int i = 0; i < kv; i++, k += VLEN) {                                                 \
+        VEC a = LOAD(x + k);                                                                  \
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                   \
+            acc[r] = FMA(a, LOAD(W + (size_t)r * ldw + k), acc[r]);                           \
+    }                                                                                         \
+    if (k < K) {                                                                              \
+        VEC a = MLOAD(x + k, last);                                                           \
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                   \
+            acc[r] = FMA(a, MLOAD(W + (size_t)r * ldw + k, last), acc[r]);                    \
+    }                                                                                         \
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) y[r] = HSUM(acc[r]);                  \
+}
+
+#define FL_DOTS_AVX512(R)                                                                     \
+    FL_DEFINE_DOTS(fl_dots_avx512, "avx512f,fma", __m512, 16, __mmask16, _mm512_setzero_ps(), \
+                   _mm512_loadu_ps, FL_AVX512_MLOAD, _mm512_fmadd_ps, fl_hsum16, R)
+#define FL_DOTS_AVX2(R)                                                                       \
+    FL_DEFINE_DOTS(fl_dots_avx2, "avx2,fma", __m256, 8, __m256i, _mm256_setzero_ps(),         \
+                   _mm256_loadu_ps, FL_AVX2_MLOAD, _mm256_fmadd_ps, fl_hsum8, R)
+FL_DOTS_AVX512(1) FL_DOTS_AVX512(4)
+FL_DOTS_AVX2(1) FL_DOTS_AVX2(4)
+
+__attribute__((target("avx512f,fma")))
+static void fl_dots_run_avx512(int N, int K, const float *x, const float *W, int ldw,
+                               float *y) {
+    const int kv = K / 16, tail = K - kv * 16;
+    __mmask16 last = (__mmask16)((1u << tail) - 1u);
+    int j = 0;
+    for (; j + 4 <= N; j += 4)
+        fl_dots_avx512_4(K, x, W + (size_t)j * ldw, ldw, y + j, last, kv);
+    for (; j < N; j++)
+        fl_dots_avx512_1(K, x, W + (size_t)j * ldw, ldw, y + j, last, kv);
+}
+
+__attribute__((target("avx2,fma")))
+static void fl_dots_run_avx2(int N, int K, const float *x, const float *W, int ldw, float *y) {
+    const int kv = K / 8, tail = K - kv * 8;
+    __m256i last = _mm256_cmpgt_epi32(_mm256_set1_epi32(tail),
+                                      _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    int j = 0;
+    for (; j + 4 <= N; j += 4)
+        fl_dots_avx2_4(K, x, W + (size_t)j * ldw, ldw, y + j, last, kv);
+    for (; j < N; j++)
+        fl_dots_avx2_1(K, x, W + (size_t)j * ldw, ldw, y + j, last, kv);
+}
+
 static int fl_gemm_isa = -1;   /* in use: 0 none (BLAS), 1 AVX2+FMA, 2 AVX-512F */
 
 static int fl_gemm_detect_isa(void) {
@@ -433,6 +492,16 @@ static void fl_gemm_nt_f32(int M, int N, int K, const float *A, int lda, const f
     }
 }
 
+/* y[j] = x[0:K] . W[j, 0:K] for j < N: one row times W^T, W row-major with ld ldw. */
+static void fl_dots_f32(int N, int K, const float *x, const float *W, int ldw, float *y) {
+    if (N <= 0)
+        return;
+    if (fl_gemm_isa == 2)
+        fl_dots_run_avx512(N, K, x, W, ldw, y);
+    else
+        fl_dots_run_avx2(N, K, x, W, ldw, y);
+}
+
 /* y[0:N] = x[0:K] @ W[0:K, 0:N] (+ y when accumulate), W row-major with ld ldw. */
 static void fl_gemv_f32(int K, int N, const float *x, const float *W, int ldw, float *y,
                         int accumulate) {
@@ -458,6 +527,9 @@ static size_t fl_packed_a_size(int M, int K) { (void)M; (void)K; return 1; }
 static void fl_gemv_f32(int K, int N, const float *x, const float *W, int ldw, float *y,
                         int accumulate) {
     (void)K; (void)N; (void)x; (void)W; (void)ldw; (void)y; (void)accumulate;
+}
+static void fl_dots_f32(int N, int K, const float *x, const float *W, int ldw, float *y) {
+    (void)N; (void)K; (void)x; (void)W; (void)ldw; (void)y;
 }
 static void fl_gemm_packed_f32(int M, int N, int K, const float *A, int lda,
                                const float *packed, float *C, int ldc, int accumulate,

@@ -2,6 +2,8 @@
 # cut between threads, and the per-chunk weight/input gradients of a backward pass.
 from cython cimport floating
 
+cimport numpy as cnp
+
 from ._blas cimport gemm
 
 cdef extern from "fastlstm_kernels.h" nogil:
@@ -59,6 +61,7 @@ cdef extern from "fastlstm_gemm.h" nogil:
                             float *a_scratch)
     void fl_gemv_f32(int K, int N, const float *x, const float *W, int ldw, float *y,
                      int accumulate)
+    void fl_dots_f32(int N, int K, const float *x, const float *W, int ldw, float *y)
     void fl_gemm_nt_f32(int M, int N, int K, const float *A, int lda, const float *W,
                         int ldw, float *C, int ldc, int accumulate, float *a_scratch)
 
@@ -162,3 +165,47 @@ cdef inline void _chunk_gradients(Py_ssize_t tid, Py_ssize_t n_threads, Py_ssize
         gemm(True, False, H, <int>(c1 - c0), <int>rows, <floating>1.0, h_prev, H,
              d_pre + c0, N, weight_beta, dW_h + c0, N)
         _add_column_sums(<int>rows, <int>(c1 - c0), d_pre + c0, N, db_acc + c0)
+
+
+# --- the kernel entry points' arguments ----------------------------------------------
+# The entry points take ndarrays and use their data pointers: a typed memoryview costs
+# about 0.25 us to acquire, and an LSTM forward/backward pair passes some 25 arrays, which
+# at B = 1 was a tenth of the work. The callers (fastlstm.lstm / fastlstm.rnn) allocate
+# and validate every array; these checks keep a wrong type, dimensionality, layout or
+# read-only output a TypeError instead of a crash.
+
+cdef inline int _float_typenum(object a, str name) except -1:
+    """NPY_FLOAT or NPY_DOUBLE: the element type of the float array ``a``."""
+    if not cnp.PyArray_Check(a):
+        raise TypeError(f"kernel argument {name} must be an ndarray, got {type(a).__name__}")
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>a)
+    if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
+        raise TypeError(f"kernel argument {name} must be float32 or float64, got "
+                        f"{(<cnp.ndarray>a).dtype}")
+    return typenum
+
+
+cdef inline char *_data(object a, int typenum, int ndim, bint writable,
+                        str name) except NULL:
+    """The data of ``a``, checked to be a C-contiguous ``ndim``-d array of ``typenum``
+    (and writable if asked). None is not accepted here (see _data_or_null)."""
+    if (not cnp.PyArray_Check(a) or cnp.PyArray_TYPE(<cnp.ndarray>a) != typenum
+            or cnp.PyArray_NDIM(<cnp.ndarray>a) != ndim
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)):
+        raise TypeError(f"kernel argument {name} must be a C-contiguous {ndim}-d array of "
+                        f"{cnp.PyArray_DescrFromType(typenum)}")
+    if writable and not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>a):
+        raise TypeError(f"kernel argument {name} must be writable")
+    return <char *>cnp.PyArray_DATA(<cnp.ndarray>a)   # never NULL, even for size 0
+
+
+cdef inline char *_data_or_null(object a, int typenum, int ndim, bint writable,
+                                str name) except? NULL:
+    """As _data, with None giving NULL."""
+    if a is None:
+        return NULL
+    return _data(a, typenum, ndim, writable, name)
+
+
+cdef inline cnp.npy_intp _dim(object a, int i) noexcept:
+    return cnp.PyArray_DIM(<cnp.ndarray>a, i)

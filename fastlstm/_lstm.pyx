@@ -24,8 +24,12 @@ from cython cimport floating
 from cython.parallel cimport parallel, threadid
 from libc.string cimport memcpy
 
+cimport numpy as cnp
+
 from ._blas cimport gemm
 from ._kernel_common cimport *
+
+cnp.import_array()
 
 OPENMP_ENABLED = bool(fl_openmp_enabled())
 _ISA_NAMES = ("none (BLAS only)", "AVX2+FMA", "AVX-512F")
@@ -119,7 +123,7 @@ cdef inline void _backward_step_gemm(int M, int N, int K, const floating *d_gate
     BLAS otherwise."""
     if floating is float:
         if M == 1 and fl_gemm_packed_available():   # one row: dot products, no scratch
-            fl_gemm_nt_f32(M, N, K, d_gates, ldd, W_h, ldw, dh, ldh, 0, NULL)
+            fl_dots_f32(N, K, d_gates, W_h, ldw, dh)
             return
         if a_scratch != NULL and _nt_pays(K):   # short rows: see _nt_pays
             fl_gemm_nt_f32(M, N, K, d_gates, ldd, W_h, ldw, dh, ldh, 0, a_scratch)
@@ -203,48 +207,69 @@ cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_units
                       hs + at * H, lengths + b0 if lengths != NULL else NULL, <int>t)
 
 
-def lstm_forward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x,
-                        const floating[:, ::1] W_h, const floating[::1] b,
-                        floating[:, :, ::1] gates, floating[:, :, ::1] h_states,
-                        floating[:, :, ::1] c_states, floating[:, :, ::1] hs,
-                        const int[::1] lengths, float[::1] packed, bint split_units,
-                        int n_threads, const int[::1] ids=None):
+def lstm_forward_kernel(x, W_x, W_h, b, gates, h_states, c_states, hs, lengths, packed,
+                        bint split_units, int n_threads, ids=None):
     """Fill gates (T,B,4H), h_states and c_states (T+1,B,H; index 0 preset to h0, c0)
-    and hs (T,B,H).
+    and hs (T,B,H). All arrays C-contiguous, of one float dtype; lengths (B,) intc or None.
 
     ``packed`` (float32 only: packed_size(H, split_units) floats, or None) turns on the
     packed recurrent GEMM. ``split_units`` picks the recursion's partitioning (see the
     module docstring); ``n_threads`` is taken as given (the caller caps it).
 
-    Projected inputs: with ``ids`` (T*B,), W_x is a table (V, 4H) and step t of
+    Projected inputs: with ``ids`` (T*B,) intc, W_x is a table (V, 4H) and step t of
     sequence b takes ``W_x[ids[t*B + b]]`` in place of ``x[t, b] @ W_x`` (x is then an
     empty (0, 0, 0) array of the dtype): an embedding or one-hot layer folded into the
     projection.
     """
-    cdef int T = gates.shape[0], B = gates.shape[1], H = W_h.shape[0]
+    cdef int typenum = _float_typenum(gates, "gates")
     cdef bint projected = ids is not None
-    cdef int D = 0 if projected else x.shape[2]
-    cdef const floating *x_ptr = NULL if projected else &x[0, 0, 0]
-    cdef const floating *table_ptr = &W_x[0, 0] if projected else NULL
-    cdef const int *ids_ptr = &ids[0] if projected else NULL
-    cdef const int *lengths_ptr = &lengths[0] if lengths is not None else NULL
-    cdef float *packed_ptr = NULL
+    cdef int T = <int>_dim(gates, 0), B = <int>_dim(gates, 1)
+    cdef int H = <int>_dim(W_h, 0) if cnp.PyArray_Check(W_h) else 0
+    cdef int D = 0 if projected else <int>_dim(x, 2)
+    cdef char *x_ptr = NULL if projected else _data(x, typenum, 3, False, "x")
+    cdef char *W_x_ptr = _data(W_x, typenum, 2, False, "W_x")
+    cdef char *table_ptr = W_x_ptr if projected else NULL
+    cdef const int *ids_ptr = <int *>_data_or_null(ids, cnp.NPY_INT, 1, False, "ids")
+    cdef const int *lengths_ptr = <int *>_data_or_null(lengths, cnp.NPY_INT, 1, False,
+                                                       "lengths")
+    cdef char *W_h_ptr = _data(W_h, typenum, 2, False, "W_h")
+    cdef char *b_ptr = _data(b, typenum, 1, False, "b")
+    cdef char *gates_ptr = _data(gates, typenum, 3, True, "gates")
+    cdef char *h_ptr = _data(h_states, typenum, 3, True, "h_states")
+    cdef char *c_ptr = _data(c_states, typenum, 3, True, "c_states")
+    cdef char *hs_ptr = _data(hs, typenum, 3, True, "hs")
+    cdef float *packed_ptr = <float *>_data_or_null(packed, cnp.NPY_FLOAT, 1, True, "packed")
+    if not fl_gemm_packed_available():
+        packed_ptr = NULL
+    if typenum == cnp.NPY_FLOAT:
+        _forward_run(split_units, n_threads, T, B, D, H, <float *>x_ptr, <float *>W_x_ptr,
+                     <float *>W_h_ptr, <float *>b_ptr, <float *>gates_ptr, <float *>h_ptr,
+                     <float *>c_ptr, <float *>hs_ptr, lengths_ptr, packed_ptr,
+                     <float *>table_ptr, ids_ptr)
+    else:
+        _forward_run(split_units, n_threads, T, B, D, H, <double *>x_ptr, <double *>W_x_ptr,
+                     <double *>W_h_ptr, <double *>b_ptr, <double *>gates_ptr,
+                     <double *>h_ptr, <double *>c_ptr, <double *>hs_ptr, lengths_ptr,
+                     NULL, <double *>table_ptr, ids_ptr)
+
+
+cdef void _forward_run(bint split_units, int n_threads, int T, int B, int D, int H,
+                       const floating *x, const floating *W_x, const floating *W_h,
+                       const floating *b, floating *gates, floating *h_states,
+                       floating *c_states, floating *hs, const int *lengths,
+                       float *packed, const floating *table, const int *ids) noexcept:
     cdef float *a_scratch = NULL
     cdef fl_step_barrier step_barrier
     fl_step_barrier_init(&step_barrier)
-    if packed is not None and fl_gemm_packed_available():
-        packed_ptr = &packed[0]
     with nogil, parallel(num_threads=n_threads):
         a_scratch = NULL
-        if packed_ptr != NULL:
+        if packed != NULL:
             a_scratch = <float *>fl_aligned_alloc(_scratch_floats(B, split_units, 1, H)
                                                   * sizeof(float))
         try:
-            _forward_worker(threadid(), fl_num_threads(), split_units, T, B, D, H,
-                            x_ptr, &W_x[0, 0], &W_h[0, 0], &b[0], &gates[0, 0, 0],
-                            &h_states[0, 0, 0], &c_states[0, 0, 0], &hs[0, 0, 0],
-                            lengths_ptr, packed_ptr, a_scratch, table_ptr, ids_ptr,
-                            &step_barrier)
+            _forward_worker(threadid(), fl_num_threads(), split_units, T, B, D, H, x, W_x,
+                            W_h, b, gates, h_states, c_states, hs, lengths, packed,
+                            a_scratch, table, ids, &step_barrier)
         finally:
             fl_aligned_free(a_scratch)
 
@@ -312,38 +337,73 @@ cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_unit
         fl_barrier()   # d_gates is reused by the next chunk
 
 
-def lstm_backward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x,
-                         const floating[:, ::1] W_h, const floating[:, :, ::1] gates,
-                         const floating[:, :, ::1] h_states,
-                         const floating[:, :, ::1] c_states, const floating[:, :, ::1] dhs,
-                         const int[::1] lengths, floating[:, ::1] dh, floating[:, ::1] dc,
-                         floating[:, ::1] dh_scratch, floating[:, :, ::1] d_gates,
-                         floating[:, :, ::1] dx, floating[:, ::1] dW_x,
-                         floating[:, ::1] dW_h, double[::1] db_acc, bint small_m_gemm,
-                         bint split_units, int n_threads, const int[::1] ids=None):
+def lstm_backward_kernel(x, W_x, W_h, gates, h_states, c_states, dhs, lengths, dh, dc,
+                         dh_scratch, d_gates, dx, dW_x, dW_h, db_acc, bint small_m_gemm,
+                         bint split_units, int n_threads, ids=None):
     """Backpropagate through lstm_forward_kernel.
 
     dh, dc (B,H) hold dh_n, dc_n on entry and dh0, dc0 on return. d_gates is scratch of
     (chunk_T, B, 4H); dh_scratch (B,H) is used when lengths is given. dx, dW_x, dW_h are
-    overwritten; db_acc (4H,) float64 must be zero and receives db. ``small_m_gemm``
-    (float32, where packed_gemm_available()) runs the recursion's product on fastlstm's own
-    kernel; ``split_units`` and ``n_threads`` as for the forward.
+    overwritten; db_acc (4H,) float64 must be zero and receives db. dhs may be None
+    (zeros). ``small_m_gemm`` (float32, where packed_gemm_available()) runs the
+    recursion's product on fastlstm's own kernel; ``split_units`` and ``n_threads`` as
+    for the forward.
 
     Projected inputs (``ids`` given; x and dx empty (0, 0, 0) arrays, W_x the table):
     dW_x is the table's gradient (V, 4H), zeroed by the caller, and receives the sum of
     each id's gate gradients.
     """
-    cdef int T = gates.shape[0], B = gates.shape[1], H = W_h.shape[0]
+    cdef int typenum = _float_typenum(gates, "gates")
     cdef bint projected = ids is not None
-    cdef int D = 4 * H if projected else x.shape[2]
-    cdef const floating *x_ptr = NULL if projected else &x[0, 0, 0]
-    cdef floating *dx_ptr = NULL if projected else &dx[0, 0, 0]
-    cdef const int *ids_ptr = &ids[0] if projected else NULL
-    cdef int chunk_T = d_gates.shape[0]
-    cdef const int *lengths_ptr = &lengths[0] if lengths is not None else NULL
-    cdef const floating *dhs_ptr = &dhs[0, 0, 0] if dhs is not None else NULL
+    cdef int T = <int>_dim(gates, 0), B = <int>_dim(gates, 1)
+    cdef int H = <int>_dim(W_h, 0) if cnp.PyArray_Check(W_h) else 0
+    cdef int D = 4 * H if projected else <int>_dim(x, 2)
+    cdef int chunk_T = <int>_dim(d_gates, 0) if cnp.PyArray_Check(d_gates) else 0
+    cdef char *x_ptr = NULL if projected else _data(x, typenum, 3, False, "x")
+    cdef char *dx_ptr = NULL if projected else _data(dx, typenum, 3, True, "dx")
+    cdef const int *ids_ptr = <int *>_data_or_null(ids, cnp.NPY_INT, 1, False, "ids")
+    cdef const int *lengths_ptr = <int *>_data_or_null(lengths, cnp.NPY_INT, 1, False,
+                                                       "lengths")
+    cdef char *dhs_ptr = _data_or_null(dhs, typenum, 3, False, "dhs")
+    cdef char *W_x_ptr = _data(W_x, typenum, 2, False, "W_x")
+    cdef char *W_h_ptr = _data(W_h, typenum, 2, False, "W_h")
+    cdef char *gates_ptr = _data(gates, typenum, 3, False, "gates")
+    cdef char *h_ptr = _data(h_states, typenum, 3, False, "h_states")
+    cdef char *c_ptr = _data(c_states, typenum, 3, False, "c_states")
+    cdef char *dh_ptr = _data(dh, typenum, 2, True, "dh")
+    cdef char *dc_ptr = _data(dc, typenum, 2, True, "dc")
+    cdef char *dh_scratch_ptr = _data(dh_scratch, typenum, 2, True, "dh_scratch")
+    cdef char *d_gates_ptr = _data(d_gates, typenum, 3, True, "d_gates")
+    cdef char *dW_x_ptr = _data(dW_x, typenum, 2, True, "dW_x")
+    cdef char *dW_h_ptr = _data(dW_h, typenum, 2, True, "dW_h")
+    cdef double *db_ptr = <double *>_data(db_acc, cnp.NPY_DOUBLE, 1, True, "db_acc")
+    cdef bint use_kernel = (small_m_gemm and typenum == cnp.NPY_FLOAT
+                            and fl_gemm_packed_available())
+    if typenum == cnp.NPY_FLOAT:
+        _backward_run(use_kernel, split_units, n_threads, T, B, D, H, chunk_T,
+                      <float *>x_ptr, <float *>W_x_ptr, <float *>W_h_ptr,
+                      <float *>gates_ptr, <float *>h_ptr, <float *>c_ptr, <float *>dhs_ptr,
+                      lengths_ptr, <float *>dh_ptr, <float *>dc_ptr,
+                      <float *>dh_scratch_ptr, <float *>d_gates_ptr, <float *>dx_ptr,
+                      <float *>dW_x_ptr, <float *>dW_h_ptr, db_ptr, ids_ptr)
+    else:
+        _backward_run(False, split_units, n_threads, T, B, D, H, chunk_T,
+                      <double *>x_ptr, <double *>W_x_ptr, <double *>W_h_ptr,
+                      <double *>gates_ptr, <double *>h_ptr, <double *>c_ptr,
+                      <double *>dhs_ptr, lengths_ptr, <double *>dh_ptr, <double *>dc_ptr,
+                      <double *>dh_scratch_ptr, <double *>d_gates_ptr, <double *>dx_ptr,
+                      <double *>dW_x_ptr, <double *>dW_h_ptr, db_ptr, ids_ptr)
+
+
+cdef void _backward_run(bint use_kernel, bint split_units, int n_threads, int T, int B,
+                        int D, int H, int chunk_T, const floating *x, const floating *W_x,
+                        const floating *W_h, const floating *gates,
+                        const floating *h_states, const floating *c_states,
+                        const floating *dhs, const int *lengths, floating *dh,
+                        floating *dc, floating *dh_scratch, floating *d_gates,
+                        floating *dx, floating *dW_x, floating *dW_h, double *db_acc,
+                        const int *ids) noexcept:
     cdef float *a_scratch = NULL
-    cdef bint use_kernel = small_m_gemm and floating is float and fl_gemm_packed_available()
     cdef int dx_block_rows = 64   # dx's product runs in blocks of (at least) this many rows
     cdef fl_step_barrier step_barrier
     fl_step_barrier_init(&step_barrier)
@@ -354,10 +414,8 @@ def lstm_backward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x
                 _scratch_floats(B, split_units, dx_block_rows, 4 * H) * sizeof(float))
         try:
             _backward_worker(threadid(), fl_num_threads(), split_units, T, B, D, H, chunk_T,
-                             x_ptr, &W_x[0, 0], &W_h[0, 0], &gates[0, 0, 0],
-                             &h_states[0, 0, 0], &c_states[0, 0, 0], dhs_ptr, lengths_ptr,
-                             &dh[0, 0], &dc[0, 0], &dh_scratch[0, 0], &d_gates[0, 0, 0],
-                             dx_ptr, &dW_x[0, 0], &dW_h[0, 0], &db_acc[0], a_scratch,
-                             dx_block_rows, ids_ptr, &step_barrier)
+                             x, W_x, W_h, gates, h_states, c_states, dhs, lengths, dh, dc,
+                             dh_scratch, d_gates, dx, dW_x, dW_h, db_acc, a_scratch,
+                             dx_block_rows, ids, &step_barrier)
         finally:
             fl_aligned_free(a_scratch)
