@@ -31,6 +31,12 @@ def aligned_empty(shape, dtype):
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
+try:   # the same in C, ~0.3 us a call instead of ~2.5 (several buffers per kernel call)
+    from ._lstm import aligned_empty  # noqa: F811
+except ImportError:   # no compiled extensions: the Python version above
+    pass
+
+
 def backward_chunk_steps(T, B):
     rows = min(BACKWARD_CHUNK_ROWS, max(BACKWARD_CHUNK_MIN_ROWS, T * B // 8))
     return min(T, max(1, -(-rows // B)))
