@@ -19,8 +19,23 @@ from cython cimport floating
 from cython.parallel cimport parallel, threadid
 from libc.string cimport memcpy, memset
 
+cimport numpy as cnp
+
 from ._blas cimport gemm
 from ._kernel_common cimport *
+
+cnp.import_array()
+
+
+cdef int _isa_level = fl_gemm_limit_isa(2)   # at import: the best the CPU has
+
+
+def limit_gemm_isa(int level):
+    """Use at most kernel level ``level`` (0 BLAS only, 1 AVX2, 2 AVX-512) in this
+    module, never more than the CPU has; returns the level now in use (tests)."""
+    global _isa_level
+    _isa_level = fl_gemm_limit_isa(level)
+    return _isa_level
 
 
 def packed_size(int H):
@@ -50,7 +65,10 @@ cdef inline void _times_W_h_T(int M, int H, const floating *A, const floating *W
                               floating *C, float *a_scratch) noexcept nogil:
     """C (M x H) = A (M x H) @ W_h^T: the gradient one step further back."""
     if floating is float:
-        if a_scratch != NULL and M > 1 and _nt_pays(H):
+        if M == 1 and fl_gemm_packed_available():   # one row: dot products, W_h in place
+            fl_dots_f32(H, H, A, W_h, H, C)
+            return
+        if a_scratch != NULL and _nt_pays(H):
             fl_gemm_nt_f32(M, H, H, A, H, W_h, H, C, H, 0, a_scratch)
             return
     gemm(False, True, M, H, H, <floating>1.0, A, H, W_h, H, <floating>0.0, C, H)
@@ -81,7 +99,9 @@ cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, in
     for t in range(T):
         at = t * B + b0
         if floating is float:
-            if packed != NULL and a_scratch != NULL:
+            if nb == 1 and fl_gemm_packed_available():   # one sequence: a GEMV in place
+                fl_gemv_f32(H, H, h_states + at * H, W_h, H, h_states + (at + B) * H, 1)
+            elif packed != NULL and a_scratch != NULL:
                 fl_gemm_packed_f32(<int>nb, H, H, h_states + at * H, H, packed,
                                    h_states + (at + B) * H, H, 1, a_scratch)
             else:
@@ -94,27 +114,48 @@ cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, in
                       hs + at * H, lengths + b0 if lengths != NULL else NULL, <int>t)
 
 
-def rnn_forward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x,
-                       const floating[:, ::1] W_h, const floating[::1] b,
-                       floating[:, :, ::1] h_states, floating[:, :, ::1] hs,
-                       const int[::1] lengths, float[::1] packed, bint relu, int n_threads):
-    """Fill h_states (T+1,B,H; index 0 preset to h0) and hs (T,B,H). ``packed`` (float32
-    only: packed_size(H) floats, or None) turns on the packed recurrent GEMM."""
-    cdef int T = x.shape[0], B = x.shape[1], D = x.shape[2], H = W_h.shape[0]
-    cdef const int *lengths_ptr = &lengths[0] if lengths is not None else NULL
-    cdef float *packed_ptr = NULL
+def rnn_forward_kernel(x, W_x, W_h, b, h_states, hs, lengths, packed, bint relu,
+                       int n_threads):
+    """Fill h_states (T+1,B,H; index 0 preset to h0) and hs (T,B,H). All arrays
+    C-contiguous of one float dtype; lengths (B,) intc or None. ``packed`` (float32 only:
+    packed_size(H) floats, or None) turns on the packed recurrent GEMM."""
+    cdef int typenum = _float_typenum(x, "x")
+    cdef char *x_ptr = _data(x, typenum, 3, False, "x")
+    cdef char *W_x_ptr = _data(W_x, typenum, 2, False, "W_x")
+    cdef char *W_h_ptr = _data(W_h, typenum, 2, False, "W_h")
+    cdef char *b_ptr = _data(b, typenum, 1, False, "b")
+    cdef char *h_ptr = _data(h_states, typenum, 3, True, "h_states")
+    cdef char *hs_ptr = _data(hs, typenum, 3, True, "hs")
+    cdef const int *lengths_ptr = <int *>_data_or_null(lengths, cnp.NPY_INT, 1, False,
+                                                       "lengths")
+    cdef float *packed_ptr = <float *>_data_or_null(packed, cnp.NPY_FLOAT, 1, True, "packed")
+    cdef int T = <int>_dim(x, 0), B = <int>_dim(x, 1), D = <int>_dim(x, 2)
+    cdef int H = <int>_dim(W_h, 0)
+    if not fl_gemm_packed_available() or typenum != cnp.NPY_FLOAT:
+        packed_ptr = NULL
+    if typenum == cnp.NPY_FLOAT:
+        _forward_run(n_threads, T, B, D, H, relu, <float *>x_ptr, <float *>W_x_ptr,
+                     <float *>W_h_ptr, <float *>b_ptr, <float *>h_ptr, <float *>hs_ptr,
+                     lengths_ptr, packed_ptr)
+    else:
+        _forward_run(n_threads, T, B, D, H, relu, <double *>x_ptr, <double *>W_x_ptr,
+                     <double *>W_h_ptr, <double *>b_ptr, <double *>h_ptr, <double *>hs_ptr,
+                     lengths_ptr, NULL)
+
+
+cdef void _forward_run(int n_threads, int T, int B, int D, int H, bint relu,
+                       const floating *x, const floating *W_x, const floating *W_h,
+                       const floating *b, floating *h_states, floating *hs,
+                       const int *lengths, float *packed) noexcept:
     cdef float *a_scratch = NULL
-    if packed is not None and fl_gemm_packed_available():
-        packed_ptr = &packed[0]
     with nogil, parallel(num_threads=n_threads):
         a_scratch = NULL
-        if packed_ptr != NULL:
+        if packed != NULL:
             a_scratch = <float *>fl_aligned_alloc(_scratch_floats(B, False, 1, H)
                                                   * sizeof(float))
         try:
-            _forward_worker(threadid(), fl_num_threads(), T, B, D, H, relu, &x[0, 0, 0],
-                            &W_x[0, 0], &W_h[0, 0], &b[0], &h_states[0, 0, 0],
-                            &hs[0, 0, 0], lengths_ptr, packed_ptr, a_scratch)
+            _forward_worker(threadid(), fl_num_threads(), T, B, D, H, relu, x, W_x, W_h, b,
+                            h_states, hs, lengths, packed, a_scratch)
         finally:
             fl_aligned_free(a_scratch)
 
@@ -217,31 +258,70 @@ cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, i
         fl_barrier()   # d_pre is reused by the next chunk
 
 
-def rnn_backward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x,
-                        const floating[:, ::1] W_h, const floating[:, :, ::1] h_states,
-                        const floating[:, :, ::1] dhs, const floating[:, ::1] dh_n,
-                        const int[::1] lengths, floating[:, ::1] dh,
-                        floating[:, ::1] dh_scratch, floating[:, :, ::1] d_pre,
-                        floating[:, :, ::1] dx, floating[:, ::1] dW_x, floating[:, ::1] dW_h,
-                        double[::1] db_acc, bint relu, int bptt_truncate, bint small_m_gemm,
-                        int n_threads):
+def rnn_backward_kernel(x, W_x, W_h, h_states, dhs, dh_n, lengths, dh, dh_scratch, d_pre,
+                        dx, dW_x, dW_h, db_acc, bint relu, int bptt_truncate,
+                        bint small_m_gemm, int n_threads):
     """Backpropagate through rnn_forward_kernel.
 
     Full BPTT (bptt_truncate < 0): dh (B,H) holds dh_n on entry and dh0 on return.
     Truncated (k = bptt_truncate >= 0): dh must be dh_n for rows of length 0 and zero
     otherwise (dh_n then enters at each row's last step); it holds dh0 on return.
     d_pre is scratch of (chunk_T, B, H); dh_scratch (B,H) is used with lengths and when
-    truncating. dx, dW_x, dW_h are overwritten; db_acc (H,) float64 must be zero.
+    truncating. dx, dW_x, dW_h are overwritten; db_acc (H,) float64 must be zero. dhs and
+    dh_n may be None (zeros).
     """
-    cdef int T = x.shape[0], B = x.shape[1], D = x.shape[2], H = W_h.shape[0]
-    cdef int chunk_T = d_pre.shape[0]
-    cdef int k = bptt_truncate
-    cdef const int *lengths_ptr = &lengths[0] if lengths is not None else NULL
-    cdef const floating *dhs_ptr = &dhs[0, 0, 0] if dhs is not None else NULL
-    cdef const floating *dh_n_ptr = &dh_n[0, 0] if dh_n is not None else NULL
+    cdef int typenum = _float_typenum(x, "x")
+    cdef char *x_ptr = _data(x, typenum, 3, False, "x")
+    cdef char *W_x_ptr = _data(W_x, typenum, 2, False, "W_x")
+    cdef char *W_h_ptr = _data(W_h, typenum, 2, False, "W_h")
+    cdef char *h_ptr = _data(h_states, typenum, 3, False, "h_states")
+    cdef char *dhs_ptr = _data_or_null(dhs, typenum, 3, False, "dhs")
+    cdef char *dh_n_ptr = _data_or_null(dh_n, typenum, 2, False, "dh_n")
+    cdef const int *lengths_ptr = <int *>_data_or_null(lengths, cnp.NPY_INT, 1, False,
+                                                       "lengths")
+    cdef char *dh_ptr = _data(dh, typenum, 2, True, "dh")
+    cdef char *dh_scratch_ptr = _data(dh_scratch, typenum, 2, True, "dh_scratch")
+    cdef char *d_pre_ptr = _data(d_pre, typenum, 3, True, "d_pre")
+    cdef char *dx_ptr = _data(dx, typenum, 3, True, "dx")
+    cdef char *dW_x_ptr = _data(dW_x, typenum, 2, True, "dW_x")
+    cdef char *dW_h_ptr = _data(dW_h, typenum, 2, True, "dW_h")
+    cdef double *db_ptr = <double *>_data(db_acc, cnp.NPY_DOUBLE, 1, True, "db_acc")
+    cdef int T = <int>_dim(x, 0), B = <int>_dim(x, 1), D = <int>_dim(x, 2)
+    cdef int H = <int>_dim(W_h, 0), chunk_T = <int>_dim(d_pre, 0)
+    cdef bint use_kernel = (small_m_gemm and typenum == cnp.NPY_FLOAT
+                            and fl_gemm_packed_available())
+    cdef int alloc_failed
+    if typenum == cnp.NPY_FLOAT:
+        alloc_failed = _backward_run(use_kernel, n_threads, T, B, D, H, chunk_T, relu,
+                                     bptt_truncate, <float *>x_ptr, <float *>W_x_ptr,
+                                     <float *>W_h_ptr, <float *>h_ptr, <float *>dhs_ptr,
+                                     <float *>dh_n_ptr, lengths_ptr, <float *>dh_ptr,
+                                     <float *>dh_scratch_ptr, <float *>d_pre_ptr,
+                                     <float *>dx_ptr, <float *>dW_x_ptr, <float *>dW_h_ptr,
+                                     db_ptr)
+    else:
+        alloc_failed = _backward_run(False, n_threads, T, B, D, H, chunk_T, relu,
+                                     bptt_truncate, <double *>x_ptr, <double *>W_x_ptr,
+                                     <double *>W_h_ptr, <double *>h_ptr, <double *>dhs_ptr,
+                                     <double *>dh_n_ptr, lengths_ptr, <double *>dh_ptr,
+                                     <double *>dh_scratch_ptr, <double *>d_pre_ptr,
+                                     <double *>dx_ptr, <double *>dW_x_ptr,
+                                     <double *>dW_h_ptr, db_ptr)
+    if alloc_failed:
+        k = bptt_truncate
+        raise MemoryError(f"bptt_truncate={k}: no memory for the {2 * (k + 1)} in-flight "
+                          f"gradient slots of (rows, H={H}) per thread")
+
+
+cdef int _backward_run(bint use_kernel, int n_threads, int T, int B, int D, int H,
+                       int chunk_T, bint relu, int k, const floating *x,
+                       const floating *W_x, const floating *W_h, const floating *h_states,
+                       const floating *dhs, const floating *dh_n, const int *lengths,
+                       floating *dh, floating *dh_scratch, floating *d_pre, floating *dx,
+                       floating *dW_x, floating *dW_h, double *db_acc) noexcept:
+    """Returns 1 if the truncated sweep's slots could not be allocated (nothing ran)."""
     cdef float *a_scratch = NULL
     cdef floating *slots = NULL
-    cdef bint use_kernel = small_m_gemm and floating is float and fl_gemm_packed_available()
     cdef int dx_block_rows = 64
     cdef size_t slot_floats
     cdef int alloc_failed[1]
@@ -262,14 +342,10 @@ def rnn_backward_kernel(const floating[:, :, ::1] x, const floating[:, ::1] W_x,
         try:
             if not alloc_failed[0]:
                 _backward_worker(threadid(), fl_num_threads(), T, B, D, H, chunk_T, relu, k,
-                                 &x[0, 0, 0], &W_x[0, 0], &W_h[0, 0], &h_states[0, 0, 0],
-                                 dhs_ptr, dh_n_ptr if k >= 0 else NULL, lengths_ptr,
-                                 &dh[0, 0], &dh_scratch[0, 0], &d_pre[0, 0, 0],
-                                 &dx[0, 0, 0], &dW_x[0, 0], &dW_h[0, 0], &db_acc[0],
+                                 x, W_x, W_h, h_states, dhs, dh_n if k >= 0 else NULL,
+                                 lengths, dh, dh_scratch, d_pre, dx, dW_x, dW_h, db_acc,
                                  a_scratch, dx_block_rows, slots)
         finally:
             fl_aligned_free(a_scratch)
             fl_aligned_free(slots)
-    if alloc_failed[0]:
-        raise MemoryError(f"bptt_truncate={k}: no memory for the {2 * (k + 1)} in-flight "
-                          f"gradient slots of (rows, H={H}) per thread")
+    return alloc_failed[0]

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.skipif(not fastlstm.config()["compiled"],
                                 reason="compiled kernels not built")
 
 SHAPES = [(1, 1, 1, 1), (5, 3, 4, 6), (6, 1, 7, 13), (40, 7, 5, 13), (30, 37, 9, 45),
-          (300, 2, 3, 4), (9, 5, 6, 100)]
+          (300, 2, 3, 4), (9, 5, 6, 100),
+          (7, 1, 5, 37)]   # one sequence: the single-row kernels, with masked vector tails
 
 
 def make(T, B, D, H, dtype, seed):
@@ -25,13 +26,25 @@ def make(T, B, D, H, dtype, seed):
             rng.standard_normal((B, H)).astype(dtype))
 
 
-@pytest.fixture(params=["auto", "blas", "own-gemm"])
+@pytest.fixture(params=["auto", "blas", "own-gemm", "avx2-kernels"])
 def path(request, monkeypatch):
     if request.param == "blas":
         monkeypatch.setattr(lstm_module, "PACKED_GEMM_ENABLED", False)
-    elif request.param == "own-gemm":
+    elif request.param in ("own-gemm", "avx2-kernels"):
         monkeypatch.setattr(lstm_module, "PACKED_GEMM_MIN_STEP_ROWS", 1)
-    return request.param
+    if request.param != "avx2-kernels":
+        yield request.param
+        return
+    # fastlstm's own kernels at AVX2 on AVX-512 machines too (skipped below AVX2)
+    kernels = fastlstm._backend.rnn_kernels   # (each extension has its own setting)
+    best = kernels.limit_gemm_isa(2)
+    if kernels.limit_gemm_isa(1) != 1:
+        kernels.limit_gemm_isa(best)
+        pytest.skip("the CPU lacks AVX2+FMA")
+    try:
+        yield request.param
+    finally:
+        kernels.limit_gemm_isa(best)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}D{}H{}".format(*s))
