@@ -76,7 +76,19 @@ def blas_info():
     return [pool.controller.info() for pool in _blas_pools()]
 
 
-_nesting = threading.local()   # this thread's open bodies, innermost last
+class _PoolState:
+    """What every open ``blas_threads`` body shares (one per process)."""
+
+    __slots__ = ("depth", "saved", "current")
+
+    def __init__(self):
+        self.depth = 0        # bodies under way, in all Python threads
+        self.saved = None     # the counts before the first of them
+        self.current = None   # the counts set since
+
+
+_state = _PoolState()
+_nesting = threading.local()   # .stack: this thread's open bodies' counts, innermost last
 
 
 class blas_threads:
@@ -86,49 +98,59 @@ class blas_threads:
     The BLAS setting is process-wide, so overlapping bodies in several Python threads
     share one saved state: the first to enter saves it, the last to leave restores it
     (each restoring its own snapshot would leave the pool pinned at ``n`` when the
-    bodies interleave). A plain class rather than a generator context manager: it
-    wraps every kernel call, and this is a few microseconds cheaper.
+    bodies interleave). It wraps every kernel call, so it is kept cheap (~1 us): a
+    plain class rather than a generator context manager, and its shared state lives in
+    an instance, since assigning class attributes would empty the type's attribute cache
+    on every call.
     """
 
     __slots__ = ("n",)
-    _depth = 0        # bodies under way, in all Python threads
-    _saved = None     # the counts before the first of them
-    _current = None   # the counts set since
 
     def __init__(self, n):
         self.n = n
 
     def __enter__(self):
-        pools = _blas_pools()
+        pools = _pools if _pools is not None else _blas_pools()
+        n = self.n
+        try:
+            stack = _nesting.stack
+        except AttributeError:
+            stack = _nesting.stack = []
         with _lock:
-            cls = blas_threads
-            if cls._depth == 0:
-                cls._saved = [pool.get() for pool in pools]
-                cls._current = list(cls._saved)
-            cls._depth += 1
-            _nesting.__dict__.setdefault("stack", []).append(self.n)
+            state = _state
+            if state.depth == 0:
+                state.saved = [pool.get() for pool in pools]
+                state.current = list(state.saved)
+            state.depth += 1
+            stack.append(n)
+            current = state.current
             for i, pool in enumerate(pools):
-                if cls._current[i] != self.n:
-                    pool.set(self.n)
-                    cls._current[i] = self.n
+                if current[i] != n:
+                    pool.set(n)
+                    current[i] = n
         return self
 
     def __exit__(self, *exc):
+        pools = _pools
+        try:
+            stack = _nesting.stack
+        except AttributeError:
+            stack = _nesting.stack = []
         with _lock:
-            cls = blas_threads
-            cls._depth -= 1
-            stack = _nesting.__dict__.setdefault("stack", [])
+            state = _state
+            state.depth -= 1
             if stack:
                 stack.pop()
-            if cls._depth == 0:
-                for pool, old, now in zip(_blas_pools(), cls._saved, cls._current):
+            current = state.current
+            if state.depth == 0:
+                for pool, old, now in zip(pools, state.saved, current):
                     if now != old:
                         pool.set(old)
             elif stack:
                 # Leaving a body nested in another of this thread: back to the outer count.
                 outer = stack[-1]
-                for i, pool in enumerate(_blas_pools()):
-                    if cls._current[i] != outer:
+                for i, pool in enumerate(pools):
+                    if current[i] != outer:
                         pool.set(outer)
-                        cls._current[i] = outer
+                        current[i] = outer
         return False
