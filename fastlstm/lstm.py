@@ -32,19 +32,25 @@ class _StallGuard:
     the barrier for a scheduler time slice (0.2 ms calls took 100 ms). A call far slower
     than the fastest call of its shape is taken as such a stall: the unit split then runs
     on one thread for ``backoff_s`` seconds, doubled (up to a minute) while stalls recur
-    and reset once a multi-threaded call runs at full speed again.
+    and reset once a multi-threaded call runs at full speed again. A lone slow call is
+    not taken as such a stall: a back-off starts when a second one comes within
+    ``STALL_WINDOW_S`` of the last (a busy machine stalls call after call, while on a
+    virtual machine a single call now and then is held up for milliseconds, and backing
+    off for it would run the next thousands of calls on one thread).
     """
 
     STALL_FACTOR = 8          # slower than the best call of the shape by this much ...
     MIN_STALL_S = 2e-3        # ... and by at least this long (a time slice is ~3 ms)
     FIRST_BACKOFF_S = 0.5
     MAX_BACKOFF_S = 60.0
+    STALL_WINDOW_S = 2.0
 
     def __init__(self):
         self.best = {}
         self.until = 0.0
         self.backoff_s = self.FIRST_BACKOFF_S
         self.stalls = 0
+        self.last_stall = None
 
     def backing_off(self, now=None):
         return (time.monotonic() if now is None else now) < self.until
@@ -59,8 +65,11 @@ class _StallGuard:
         if best is not None and seconds > self.MIN_STALL_S and \
                 seconds > self.STALL_FACTOR * best:
             self.stalls += 1
-            self.until = (time.monotonic() if now is None else now) + self.backoff_s
-            self.backoff_s = min(2 * self.backoff_s, self.MAX_BACKOFF_S)
+            now = time.monotonic() if now is None else now
+            if self.last_stall is not None and now - self.last_stall <= self.STALL_WINDOW_S:
+                self.until = now + self.backoff_s
+                self.backoff_s = min(2 * self.backoff_s, self.MAX_BACKOFF_S)
+            self.last_stall = now
         elif best is not None and seconds < 2 * best:
             self.backoff_s = self.FIRST_BACKOFF_S
 

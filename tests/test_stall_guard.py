@@ -7,7 +7,7 @@ from fastlstm import lstm as lstm_module
 from fastlstm.lstm import _StallGuard, _plan_for
 
 
-def test_a_call_far_slower_than_its_best_starts_a_backoff_that_doubles_and_resets():
+def test_recurring_stalls_start_a_backoff_that_doubles_and_resets():
     g = _StallGuard()
     key = ("forward", 25, 1, 65, 100, "f", 2)
     g.record(key, 2e-4, now=0.0)
@@ -15,13 +15,17 @@ def test_a_call_far_slower_than_its_best_starts_a_backoff_that_doubles_and_reset
     assert not g.backing_off(now=0.2) and g.stalls == 0
     g.record(key, 1e-3, now=0.3)                 # 5x the best, but under 2 ms: noise
     assert not g.backing_off(now=0.3)
-    g.record(key, 0.1, now=1.0)                  # 500x the best: a stall
-    assert g.backing_off(now=1.0 + 0.49) and not g.backing_off(now=1.0 + 0.51)
-    g.record(key, 0.1, now=2.0)                  # it recurs: twice as long
-    assert g.backing_off(now=2.0 + 0.99) and not g.backing_off(now=2.0 + 1.01)
-    assert g.stalls == 2
+    g.record(key, 0.1, now=1.0)                  # 500x the best: a stall, but a lone one
+    assert g.stalls == 1 and not g.backing_off(now=1.0)
+    g.record(key, 0.1, now=2.0)                  # it recurs within the window: back off
+    assert g.backing_off(now=2.0 + 0.49) and not g.backing_off(now=2.0 + 0.51)
+    g.record(key, 0.1, now=3.0)                  # and again: twice as long
+    assert g.backing_off(now=3.0 + 0.99) and not g.backing_off(now=3.0 + 1.01)
+    assert g.stalls == 3
     g.record(key, 2.5e-4, now=5.0)               # full speed again: back to the start
     assert g.backoff_s == g.FIRST_BACKOFF_S
+    g.record(key, 0.1, now=20.0)                 # a lone stall long after the last one
+    assert not g.backing_off(now=20.0)
     for _ in range(20):
         g.record(key, 1.0, now=10.0)
     assert g.backoff_s == g.MAX_BACKOFF_S
