@@ -116,6 +116,9 @@ def _optional_arrays(dtype, *specs):
 
 
 def _check_sizes(T, B, D, H, gates=4):
+    if (T >= 1 and B >= 1 and D >= 1 and H >= 1 and T * B <= _BLAS_INT_MAX
+            and gates * H <= _BLAS_INT_MAX and D <= _BLAS_INT_MAX):
+        return
     for name, size in (("T (x.shape[0])", T), ("B (x.shape[1])", B), ("D (x.shape[2])", D),
                        ("H (W_h.shape[0])", H)):
         if size < 1:
@@ -160,9 +163,38 @@ def validate_lstm_forward(x, W_x, W_h, b, h0, c0, lengths, backend, num_threads)
     return LSTMForwardArgs(x, W_x, W_h, b, h0, c0, lengths, backend, num_threads)
 
 
+def _cache_is_consistent(cache, gates):
+    """The checks of _check_cache, as one cheap pass that only says yes or no (it runs
+    before every backward call; _check_cache then finds what is wrong)."""
+    x, W_h = cache.x, cache.W_h
+    if type(x) is not np.ndarray or type(W_h) is not np.ndarray or x.ndim != 3 \
+            or W_h.ndim != 2:
+        return False
+    dtype = x.dtype
+    if dtype not in _FLOAT_DTYPES:
+        return False
+    T, B, D = x.shape
+    H = W_h.shape[0]
+    G = gates * H
+    specs = [(x, (T, B, D)), (cache.W_x, (D, G)), (W_h, (H, G)),
+             (cache.h_states, (T + 1, B, H))]
+    if gates == 4:
+        specs += [(cache.gates, (T, B, G)), (cache.c_states, (T + 1, B, H))]
+    for a, shape in specs:
+        if type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype \
+                or not a.flags.c_contiguous:
+            return False
+    L = cache.lengths
+    return L is None or (type(L) is np.ndarray and L.dtype == np.intc and L.shape == (B,)
+                         and L.flags.c_contiguous
+                         and (B == 0 or (L.min() >= 0 and L.max() <= T)))
+
+
 def _check_cache(cache, gates):
     """A cache's arrays must agree with each other (it may have been built by hand): the
     kernels index them by the shapes of x and W_h."""
+    if _cache_is_consistent(cache, gates):
+        return
     arrays = {"x": cache.x, "W_x": cache.W_x, "W_h": cache.W_h, "h_states": cache.h_states}
     if gates == 4:
         arrays.update(gates=cache.gates, c_states=cache.c_states)
