@@ -209,3 +209,36 @@ cdef inline char *_data_or_null(object a, int typenum, int ndim, bint writable,
 
 cdef inline cnp.npy_intp _dim(object a, int i) noexcept:
     return cnp.PyArray_DIM(<cnp.ndarray>a, i)
+
+
+cdef inline int _check_dims(object a, str name, cnp.npy_intp d0, cnp.npy_intp d1=-2,
+                            cnp.npy_intp d2=-2) except -1:
+    """The kernels index every array by sizes taken from a few of them: the others must
+    agree, or a direct call of a private kernel could read or write outside a buffer.
+    ``a`` (already checked by _data, or None) must have dimensions (d0[, d1[, d2]]);
+    -2 marks an absent dimension."""
+    if a is None:
+        return 0
+    cdef cnp.npy_intp expected[3]
+    cdef int nd = cnp.PyArray_NDIM(<cnp.ndarray>a), i, j
+    if nd > 3:
+        raise ValueError(f"kernel argument {name} has {nd} dimensions, at most 3 expected")
+    expected[0] = d0
+    expected[1] = d1
+    expected[2] = d2
+    for i in range(nd):
+        if cnp.PyArray_DIM(<cnp.ndarray>a, i) != expected[i]:
+            raise ValueError(f"kernel argument {name} has shape {a.shape}, expected "
+                             f"{tuple([expected[j] for j in range(nd)])}")
+    return 0
+
+
+cdef inline int _check_index_range(const int *values, Py_ssize_t n, int low, int high,
+                                   str name) except -1:
+    """Every value in [low, high]."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if values[i] < low or values[i] > high:
+            raise ValueError(f"kernel argument {name} has {values[i]} at {i}, outside "
+                             f"[{low}, {high}]")
+    return 0

@@ -306,6 +306,26 @@ def lstm_forward_kernel(x, W_x, W_h, b, gates, h_states, c_states, hs, lengths, 
     cdef char *c_ptr = _data(c_states, typenum, 3, True, "c_states")
     cdef char *hs_ptr = _data(hs, typenum, 3, True, "hs")
     cdef float *packed_ptr = <float *>_data_or_null(packed, cnp.NPY_FLOAT, 1, True, "packed")
+    cdef int G = 4 * H
+    if not projected:
+        _check_dims(x, "x", T, B, D)
+    _check_dims(W_h, "W_h", H, G)   # (H comes from W_h: its own shape first)
+    _check_dims(W_x, "W_x", _dim(W_x, 0) if projected else D, G)
+    _check_dims(b, "b", G)
+    _check_dims(h_states, "h_states", T + 1, B, H)
+    _check_dims(c_states, "c_states", T + 1, B, H)
+    _check_dims(hs, "hs", T, B, H)
+    _check_dims(lengths, "lengths", B)
+    if lengths_ptr != NULL:
+        _check_index_range(lengths_ptr, B, 0, T, "lengths")
+    if projected:
+        _check_dims(ids, "ids", <cnp.npy_intp>T * B)
+        _check_index_range(ids_ptr, <Py_ssize_t>T * B, 0, <int>_dim(W_x, 0) - 1, "ids")
+    if packed_ptr != NULL and _dim(packed, 0) < <cnp.npy_intp>packed_size(H, split_units):
+        raise ValueError(f"kernel argument packed has {_dim(packed, 0)} floats, fewer than "
+                         f"packed_size(H, split_units) = {packed_size(H, split_units)}")
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be at least 1, got {n_threads}")
     if not fl_gemm_packed_available():
         packed_ptr = NULL
     if typenum == cnp.NPY_FLOAT:
@@ -446,6 +466,32 @@ def lstm_backward_kernel(x, W_x, W_h, gates, h_states, c_states, dhs, lengths, d
     cdef double *db_ptr = <double *>_data(db_acc, cnp.NPY_DOUBLE, 1, True, "db_acc")
     cdef bint use_kernel = (small_m_gemm and typenum == cnp.NPY_FLOAT
                             and fl_gemm_packed_available())
+    cdef int G = 4 * H
+    if not projected:
+        _check_dims(x, "x", T, B, D)
+        _check_dims(dx, "dx", T, B, D)
+    _check_dims(W_h, "W_h", H, G)
+    _check_dims(W_x, "W_x", _dim(W_x, 0) if projected else D, G)
+    _check_dims(dW_x, "dW_x", _dim(W_x, 0), G)
+    _check_dims(dW_h, "dW_h", H, G)
+    _check_dims(db_acc, "db_acc", G)
+    _check_dims(h_states, "h_states", T + 1, B, H)
+    _check_dims(c_states, "c_states", T + 1, B, H)
+    _check_dims(dhs, "dhs", T, B, H)
+    _check_dims(dh, "dh", B, H)
+    _check_dims(dc, "dc", B, H)
+    _check_dims(dh_scratch, "dh_scratch", B, H)
+    if chunk_T < 1 or chunk_T > max(T, 1):
+        raise ValueError(f"kernel argument d_gates must hold 1 to T={T} steps, got {chunk_T}")
+    _check_dims(d_gates, "d_gates", chunk_T, B, G)
+    _check_dims(lengths, "lengths", B)
+    if lengths_ptr != NULL:
+        _check_index_range(lengths_ptr, B, 0, T, "lengths")
+    if projected:
+        _check_dims(ids, "ids", <cnp.npy_intp>T * B)
+        _check_index_range(ids_ptr, <Py_ssize_t>T * B, 0, <int>_dim(W_x, 0) - 1, "ids")
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be at least 1, got {n_threads}")
     if typenum == cnp.NPY_FLOAT:
         _backward_run(use_kernel, split_units, n_threads, T, B, D, H, chunk_T,
                       <float *>x_ptr, <float *>W_x_ptr, <float *>W_h_ptr,

@@ -131,6 +131,19 @@ def rnn_forward_kernel(x, W_x, W_h, b, h_states, hs, lengths, packed, bint relu,
     cdef float *packed_ptr = <float *>_data_or_null(packed, cnp.NPY_FLOAT, 1, True, "packed")
     cdef int T = <int>_dim(x, 0), B = <int>_dim(x, 1), D = <int>_dim(x, 2)
     cdef int H = <int>_dim(W_h, 0)
+    _check_dims(W_h, "W_h", H, H)   # (H comes from W_h: its own shape first)
+    _check_dims(W_x, "W_x", D, H)
+    _check_dims(b, "b", H)
+    _check_dims(h_states, "h_states", T + 1, B, H)
+    _check_dims(hs, "hs", T, B, H)
+    _check_dims(lengths, "lengths", B)
+    if lengths_ptr != NULL:
+        _check_index_range(lengths_ptr, B, 0, T, "lengths")
+    if packed_ptr != NULL and _dim(packed, 0) < <cnp.npy_intp>fl_packed_size(H, H):
+        raise ValueError(f"kernel argument packed has {_dim(packed, 0)} floats, fewer than "
+                         f"packed_size(H) = {fl_packed_size(H, H)}")
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be at least 1, got {n_threads}")
     if not fl_gemm_packed_available() or typenum != cnp.NPY_FLOAT:
         packed_ptr = NULL
     if typenum == cnp.NPY_FLOAT:
@@ -291,6 +304,25 @@ def rnn_backward_kernel(x, W_x, W_h, h_states, dhs, dh_n, lengths, dh, dh_scratc
     cdef bint use_kernel = (small_m_gemm and typenum == cnp.NPY_FLOAT
                             and fl_gemm_packed_available())
     cdef int alloc_failed
+    _check_dims(W_h, "W_h", H, H)
+    _check_dims(W_x, "W_x", D, H)
+    _check_dims(dW_x, "dW_x", D, H)
+    _check_dims(dW_h, "dW_h", H, H)
+    _check_dims(db_acc, "db_acc", H)
+    _check_dims(h_states, "h_states", T + 1, B, H)
+    _check_dims(dhs, "dhs", T, B, H)
+    _check_dims(dh_n, "dh_n", B, H)
+    _check_dims(dh, "dh", B, H)
+    _check_dims(dh_scratch, "dh_scratch", B, H)
+    _check_dims(dx, "dx", T, B, D)
+    if chunk_T < 1 or chunk_T > max(T, 1):
+        raise ValueError(f"kernel argument d_pre must hold 1 to T={T} steps, got {chunk_T}")
+    _check_dims(d_pre, "d_pre", chunk_T, B, H)
+    _check_dims(lengths, "lengths", B)
+    if lengths_ptr != NULL:
+        _check_index_range(lengths_ptr, B, 0, T, "lengths")
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be at least 1, got {n_threads}")
     if typenum == cnp.NPY_FLOAT:
         alloc_failed = _backward_run(use_kernel, n_threads, T, B, D, H, chunk_T, relu,
                                      bptt_truncate, <float *>x_ptr, <float *>W_x_ptr,

@@ -1,0 +1,208 @@
+"""The private compiled kernels check their own arguments.
+
+``fastlstm.lstm`` and ``fastlstm.rnn`` validate everything before calling the kernels,
+but the kernels are reachable from Python too (``fastlstm._lstm.lstm_forward_kernel``
+and the rest), and DESIGN.md allows no input reachable from Python to crash or write
+outside its buffers. Each case breaks one argument of an otherwise valid call and
+expects a TypeError or ValueError. All run in one child process, so a missing check
+shows up as a failed test instead of taking the test run down.
+"""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastlstm
+
+pytestmark = pytest.mark.skipif(not fastlstm.config()["compiled"],
+                                reason="compiled kernels not built")
+
+T, B, D, H = 5, 3, 4, 6
+
+
+def lstm_forward_args(dtype=np.float32):
+    rng = np.random.default_rng(0)
+    G = 4 * H
+    return dict(x=rng.standard_normal((T, B, D)).astype(dtype),
+                W_x=rng.standard_normal((D, G)).astype(dtype),
+                W_h=rng.standard_normal((H, G)).astype(dtype),
+                b=np.zeros(G, dtype), gates=np.empty((T, B, G), dtype),
+                h_states=np.zeros((T + 1, B, H), dtype),
+                c_states=np.zeros((T + 1, B, H), dtype), hs=np.empty((T, B, H), dtype),
+                lengths=np.array([5, 0, 3], np.intc), packed=None, split_units=False,
+                n_threads=1)
+
+
+def lstm_backward_args(dtype=np.float32):
+    f = lstm_forward_args(dtype)
+    G = 4 * H
+    return dict(x=f["x"], W_x=f["W_x"], W_h=f["W_h"], gates=f["gates"] * 0,
+                h_states=f["h_states"], c_states=f["c_states"],
+                dhs=np.ones((T, B, H), dtype), lengths=f["lengths"],
+                dh=np.zeros((B, H), dtype), dc=np.zeros((B, H), dtype),
+                dh_scratch=np.zeros((B, H), dtype), d_gates=np.empty((2, B, G), dtype),
+                dx=np.empty((T, B, D), dtype), dW_x=np.empty((D, G), dtype),
+                dW_h=np.empty((H, G), dtype), db_acc=np.zeros(G), small_m_gemm=True,
+                split_units=False, n_threads=1)
+
+
+def rnn_forward_args(dtype=np.float32):
+    rng = np.random.default_rng(0)
+    return dict(x=rng.standard_normal((T, B, D)).astype(dtype),
+                W_x=rng.standard_normal((D, H)).astype(dtype),
+                W_h=rng.standard_normal((H, H)).astype(dtype) * 0.1, b=np.zeros(H, dtype),
+                h_states=np.zeros((T + 1, B, H), dtype), hs=np.empty((T, B, H), dtype),
+                lengths=None, packed=None, relu=False, n_threads=1)
+
+
+def rnn_backward_args(dtype=np.float32):
+    f = rnn_forward_args(dtype)
+    return dict(x=f["x"], W_x=f["W_x"], W_h=f["W_h"], h_states=f["h_states"],
+                dhs=np.ones((T, B, H), dtype), dh_n=None, lengths=None,
+                dh=np.zeros((B, H), dtype), dh_scratch=np.zeros((B, H), dtype),
+                d_pre=np.empty((T, B, H), dtype), dx=np.empty((T, B, D), dtype),
+                dW_x=np.empty((D, H), dtype), dW_h=np.empty((H, H), dtype),
+                db_acc=np.zeros(H), relu=False, bptt_truncate=-1, small_m_gemm=True,
+                n_threads=1)
+
+
+def read_only(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+def bigger(a):
+    return np.zeros((a.shape[0] + 1,) + a.shape[1:], a.dtype)
+
+
+# (kernel, argument builder, the argument to break, how, expected exception)
+CASES = [
+    ("lstm_forward_kernel", "lstm_forward_args", "x", "wrong_dtype", "TypeError"),
+    ("lstm_forward_kernel", "lstm_forward_args", "W_h", "not_array", "TypeError"),
+    ("lstm_forward_kernel", "lstm_forward_args", "W_h", "bigger", "ValueError"),
+    ("lstm_forward_kernel", "lstm_forward_args", "b", "bigger", "ValueError"),
+    ("lstm_forward_kernel", "lstm_forward_args", "W_x", "bigger", "ValueError"),
+    ("lstm_forward_kernel", "lstm_forward_args", "gates", "read_only", "TypeError"),
+    ("lstm_forward_kernel", "lstm_forward_args", "h_states", "smaller_T", "ValueError"),
+    ("lstm_forward_kernel", "lstm_forward_args", "hs", "transposed", "TypeError"),
+    ("lstm_forward_kernel", "lstm_forward_args", "hs", "flat", "TypeError"),
+    ("lstm_forward_kernel", "lstm_forward_args", "lengths", "too_long", "ValueError"),
+    ("lstm_forward_kernel", "lstm_forward_args", "lengths", "wrong_int", "TypeError"),
+    ("lstm_forward_kernel", "lstm_forward_args", "packed", "tiny_packed", "ValueError"),
+    ("lstm_forward_kernel", "lstm_forward_args", "n_threads", "zero", "ValueError"),
+    ("lstm_backward_kernel", "lstm_backward_args", "dW_h", "bigger", "ValueError"),
+    ("lstm_backward_kernel", "lstm_backward_args", "dx", "smaller_T", "ValueError"),
+    ("lstm_backward_kernel", "lstm_backward_args", "d_gates", "bigger_rows", "ValueError"),
+    ("lstm_backward_kernel", "lstm_backward_args", "d_gates", "no_steps", "ValueError"),
+    ("lstm_backward_kernel", "lstm_backward_args", "dhs", "smaller_T", "ValueError"),
+    ("lstm_backward_kernel", "lstm_backward_args", "db_acc", "wrong_dtype", "TypeError"),
+    ("lstm_backward_kernel", "lstm_backward_args", "dc", "read_only", "TypeError"),
+    ("lstm_backward_kernel", "lstm_backward_args", "lengths", "out_of_range", "ValueError"),
+    ("rnn_forward_kernel", "rnn_forward_args", "W_h", "bigger", "ValueError"),
+    ("rnn_forward_kernel", "rnn_forward_args", "hs", "smaller_T", "ValueError"),
+    ("rnn_forward_kernel", "rnn_forward_args", "b", "wrong_dtype", "TypeError"),
+    ("rnn_backward_kernel", "rnn_backward_args", "dW_x", "bigger", "ValueError"),
+    ("rnn_backward_kernel", "rnn_backward_args", "d_pre", "bigger_rows", "ValueError"),
+    ("rnn_backward_kernel", "rnn_backward_args", "h_states", "smaller_T", "ValueError"),
+    ("rnn_backward_kernel", "rnn_backward_args", "dh", "read_only", "TypeError"),
+]
+
+
+def broken(how, a):
+    if how == "wrong_dtype":
+        return a.astype(np.float64 if a.dtype != np.float64 else np.float32)
+    if how == "not_array":
+        return a.tolist()
+    if how == "bigger":
+        return bigger(a)
+    if how == "read_only":
+        return read_only(a)
+    if how == "smaller_T":
+        return np.zeros((a.shape[0] - 1,) + a.shape[1:], a.dtype)
+    if how == "transposed":
+        return np.zeros(a.shape[::-1], a.dtype).T
+    if how == "flat":
+        return a.reshape(-1)
+    if how == "too_long":
+        return np.zeros(B + 1, np.intc)
+    if how == "wrong_int":
+        return a.astype(np.int64)
+    if how == "out_of_range":
+        return np.array([T + 1, 0, 1], np.intc)
+    if how == "tiny_packed":
+        return np.zeros(3, np.float32)
+    if how == "zero":
+        return 0
+    if how == "bigger_rows":
+        return np.zeros((a.shape[0], a.shape[1] + 1, a.shape[2]), a.dtype)
+    if how == "no_steps":
+        return np.zeros((0,) + a.shape[1:], a.dtype)
+    raise AssertionError(how)
+
+
+def child_main():
+    """Run every case (and each kernel once with valid arguments) in this process."""
+    from fastlstm import _lstm, _rnn
+    modules = {"lstm": _lstm, "rnn": _rnn}
+    for kernel in ("lstm_forward_kernel", "lstm_backward_kernel", "rnn_forward_kernel",
+                   "rnn_backward_kernel"):
+        args = globals()[kernel.replace("_kernel", "_args")]()
+        getattr(modules[kernel[:kernel.index("_")]], kernel)(**args)
+        print("RESULT " + json.dumps({"id": f"{kernel}-valid", "raised": None}), flush=True)
+    for kernel, builder, name, how, _ in CASES:
+        args = globals()[builder]()
+        args[name] = broken(how, args[name])
+        print(f"BEGIN {kernel}-{name}-{how}", flush=True)
+        try:
+            getattr(modules[kernel[:kernel.index("_")]], kernel)(**args)
+            raised, message = None, ""
+        except Exception as exc:   # noqa: BLE001 - reported to the parent
+            raised, message = type(exc).__name__, str(exc)
+        print("RESULT " + json.dumps({"id": f"{kernel}-{name}-{how}", "raised": raised,
+                                      "message": message}), flush=True)
+    print("DONE", flush=True)
+
+
+_results = {}
+
+
+def child_results():
+    if not _results:
+        tests_dir = str(pathlib.Path(__file__).resolve().parent)
+        env = dict(os.environ)
+        package_parent = str(pathlib.Path(fastlstm.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_parent, tests_dir, env.get("PYTHONPATH", "")) if p)
+        proc = subprocess.run(
+            [sys.executable, "-c", "import test_kernel_arguments as t; t.child_main()"],
+            capture_output=True, text=True, timeout=300, cwd=tests_dir, env=env)
+        last = None
+        for line in proc.stdout.splitlines():
+            if line.startswith("BEGIN "):
+                last = line[6:]
+            elif line.startswith("RESULT "):
+                r = json.loads(line[7:])
+                _results[r["id"]] = r
+        assert proc.returncode == 0 and proc.stdout.rstrip().endswith("DONE"), (
+            f"the child exited with status {proc.returncode} during {last!r}:\n"
+            f"{proc.stderr[-3000:]}")
+    return _results
+
+
+@pytest.mark.parametrize("kernel", ["lstm_forward_kernel", "lstm_backward_kernel",
+                                    "rnn_forward_kernel", "rnn_backward_kernel"])
+def test_valid_arguments_run(kernel):
+    assert child_results()[f"{kernel}-valid"]["raised"] is None
+
+
+@pytest.mark.parametrize("kernel, builder, name, how, expected", CASES,
+                         ids=[f"{c[0]}-{c[2]}-{c[3]}" for c in CASES])
+def test_a_broken_argument_is_an_error_naming_it(kernel, builder, name, how, expected):
+    result = child_results()[f"{kernel}-{name}-{how}"]
+    assert result["raised"] == expected, result
+    assert name in result["message"] or how == "zero", result
