@@ -67,6 +67,15 @@ def matmul(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1] 
     cdef int M = C.shape[0], N = C.shape[1]
     cdef int K = A.shape[0] if trans_a else A.shape[1]
     cdef int lda = A.shape[1], ldb = B.shape[1]
+    # (these kernels are reachable from Python: inconsistent shapes must not read or
+    # write outside the buffers)
+    if (A.shape[1] if trans_a else A.shape[0]) != M:
+        raise ValueError(f"matmul: op(A) has {A.shape[1] if trans_a else A.shape[0]} rows, "
+                         f"C has {M}")
+    if (B.shape[1] if trans_b else B.shape[0]) != K or \
+            (B.shape[0] if trans_b else B.shape[1]) != N:
+        raise ValueError(f"matmul: op(B) must be ({K}, {N}) for op(A) ({M}, {K}) and "
+                         f"C ({M}, {N}), got B ({B.shape[0]}, {B.shape[1]}) trans_b={trans_b}")
     if M == 0 or N == 0:
         return
     if n_threads <= 1:
@@ -89,6 +98,15 @@ def softmax_cross_entropy(const floating[:, ::1] logits, const int64_t[::1] targ
     cdef double parts[MAX_THREADS]
     cdef Py_ssize_t k
     cdef double total = 0.0
+    if targets.shape[0] != N or grad.shape[0] != N or grad.shape[1] != V:
+        raise ValueError(f"softmax_cross_entropy: logits ({N}, {V}) needs targets ({N},) "
+                         f"and grad ({N}, {V}), got ({targets.shape[0]},) and "
+                         f"({grad.shape[0]}, {grad.shape[1]})")
+    for k in range(N):
+        if not (has_ignore and targets[k] == ignore_index) and \
+                not (0 <= targets[k] < V):
+            raise ValueError(f"softmax_cross_entropy: target {targets[k]} at row {k} "
+                             f"outside [0, {V})")
     if N == 0 or V == 0:
         return 0.0
     n_threads = max(1, min(n_threads, MAX_THREADS, N))
@@ -124,6 +142,9 @@ def adagrad(floating[::1] p, const floating[::1] g, floating[::1] state_sum, flo
             floating eps, int n_threads):
     """In place: state_sum += g^2; p -= lr * g / (sqrt(state_sum) + eps)."""
     cdef Py_ssize_t n = p.shape[0]
+    if g.shape[0] != n or state_sum.shape[0] != n:
+        raise ValueError(f"adagrad: p, g and state_sum must have one length, got {n}, "
+                         f"{g.shape[0]}, {state_sum.shape[0]}")
     if n == 0:
         return
     if n_threads <= 1:
@@ -158,6 +179,9 @@ def adam(floating[::1] p, const floating[::1] g, floating[::1] exp_avg,
     """In place, PyTorch's Adam: g' = g + weight_decay p; m = b1 m + (1-b1) g';
     v = b2 v + (1-b2) g'^2; p -= step_size * m / (sqrt(v) / sqrt_bias_correction2 + eps)."""
     cdef Py_ssize_t n = p.shape[0]
+    if g.shape[0] != n or exp_avg.shape[0] != n or exp_avg_sq.shape[0] != n:
+        raise ValueError(f"adam: p, g, exp_avg and exp_avg_sq must have one length, got "
+                         f"{n}, {g.shape[0]}, {exp_avg.shape[0]}, {exp_avg_sq.shape[0]}")
     if n == 0:
         return
     if n_threads <= 1:

@@ -145,9 +145,46 @@ def broken(how, a):
     raise AssertionError(how)
 
 
+def _f32(*shape):
+    return np.ones(shape, np.float32)
+
+
+# fastlstm._dense: (id, call) with one inconsistent argument each, and a valid call
+DENSE_CASES = {
+    "matmul-valid": lambda d: d.matmul(_f32(3, 4), _f32(4, 5), _f32(3, 5), False, False,
+                                       np.float32(0), 1),
+    "matmul-B-rows": lambda d: d.matmul(_f32(3, 4), _f32(5, 5), _f32(3, 5), False, False,
+                                        np.float32(0), 1),
+    "matmul-B-trans": lambda d: d.matmul(_f32(3, 4), _f32(4, 5), _f32(3, 5), False, True,
+                                         np.float32(0), 2),
+    "matmul-A-rows": lambda d: d.matmul(_f32(4, 4), _f32(4, 5), _f32(3, 5), False, False,
+                                        np.float32(0), 1),
+    "xent-valid": lambda d: d.softmax_cross_entropy(_f32(3, 5), np.array([0, 4, 2]),
+                                                    _f32(3, 5), False, -100,
+                                                    np.float32(1), 1),
+    "xent-target": lambda d: d.softmax_cross_entropy(_f32(3, 5), np.array([0, 5, 2]),
+                                                     _f32(3, 5), False, -100,
+                                                     np.float32(1), 1),
+    "xent-negative-target": lambda d: d.softmax_cross_entropy(
+        _f32(3, 5), np.array([0, -1, 2]), _f32(3, 5), False, -100, np.float32(1), 1),
+    "xent-grad": lambda d: d.softmax_cross_entropy(_f32(3, 5), np.array([0, 4, 2]),
+                                                   _f32(2, 5), False, -100,
+                                                   np.float32(1), 1),
+    "xent-targets-length": lambda d: d.softmax_cross_entropy(
+        _f32(3, 5), np.array([0, 4]), _f32(3, 5), False, -100, np.float32(1), 1),
+    "adagrad-valid": lambda d: d.adagrad(_f32(40), _f32(40), _f32(40), np.float32(0.1),
+                                         np.float32(1e-8), 2),
+    "adagrad-g": lambda d: d.adagrad(_f32(40), _f32(39), _f32(40), np.float32(0.1),
+                                     np.float32(1e-8), 2),
+    "adam-state": lambda d: d.adam(_f32(40), _f32(40), _f32(40), _f32(8), np.float32(0.9),
+                                   np.float32(0.999), np.float32(0), np.float32(1e-3),
+                                   np.float32(1), np.float32(1e-8), 2),
+}
+
+
 def child_main():
     """Run every case (and each kernel once with valid arguments) in this process."""
-    from fastlstm import _lstm, _rnn
+    from fastlstm import _dense, _lstm, _rnn
     modules = {"lstm": _lstm, "rnn": _rnn}
     for kernel in ("lstm_forward_kernel", "lstm_backward_kernel", "rnn_forward_kernel",
                    "rnn_backward_kernel"):
@@ -165,6 +202,15 @@ def child_main():
             raised, message = type(exc).__name__, str(exc)
         print("RESULT " + json.dumps({"id": f"{kernel}-{name}-{how}", "raised": raised,
                                       "message": message}), flush=True)
+    for case_id, call in DENSE_CASES.items():
+        print(f"BEGIN {case_id}", flush=True)
+        try:
+            call(_dense)
+            raised, message = None, ""
+        except Exception as exc:   # noqa: BLE001 - reported to the parent
+            raised, message = type(exc).__name__, str(exc)
+        print("RESULT " + json.dumps({"id": case_id, "raised": raised, "message": message}),
+              flush=True)
     print("DONE", flush=True)
 
 
@@ -206,3 +252,12 @@ def test_a_broken_argument_is_an_error_naming_it(kernel, builder, name, how, exp
     result = child_results()[f"{kernel}-{name}-{how}"]
     assert result["raised"] == expected, result
     assert name in result["message"] or how == "zero", result
+
+
+@pytest.mark.parametrize("case_id", list(DENSE_CASES))
+def test_dense_kernels_check_their_shapes(case_id):
+    result = child_results()[case_id]
+    if case_id.endswith("-valid"):
+        assert result["raised"] is None, result
+    else:
+        assert result["raised"] == "ValueError", result
