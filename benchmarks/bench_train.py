@@ -178,7 +178,7 @@ def torch_impl(case, n):
         loss.backward()
         torch.nn.utils.clip_grad_value_(params, CLIP)
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     first_ours = cross_entropy(ours(batches(case)[0][:-1])[0], batches(case)[0][1:])[0]
     with torch.no_grad():
