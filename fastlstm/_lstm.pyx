@@ -62,6 +62,18 @@ def limit_gemm_isa(int level):
 UNIT_BLOCK = FL_NR
 # ... or, where the weights are read in place, in whole cache lines of float32 units.
 DEF UNIT_ALIGN = 16
+# One sequence split over threads: each thread copies its share of W_h (see
+# _forward_one_sequence_split) for sequences of at least this many steps.
+cdef int _copy_min_steps = 16
+
+
+def set_one_sequence_copy_min_steps(int steps):
+    """Copy W_h per thread in split single-sequence forwards of at least ``steps`` steps
+    (default 16); returns the previous setting. For tests and benchmarks."""
+    global _copy_min_steps
+    previous = _copy_min_steps
+    _copy_min_steps = steps
+    return previous
 
 
 def packed_size(int H, bint split_units):
@@ -385,8 +397,10 @@ cdef void _forward_run(bint split_units, int n_threads, int T, int B, int D, int
     cdef float *a_scratch = NULL
     cdef float *w_local = NULL
     cdef fl_step_barrier step_barrier
+    # the copy pays once it is reused over enough steps; for a few it only adds a pass
+    # (T1 H512: 65 -> 130 us)
     cdef bint one_sequence = (floating is float and split_units and B == 1
-                              and fl_gemm_packed_available())
+                              and fl_gemm_packed_available() and T >= _copy_min_steps)
     cdef int nu_max
     fl_step_barrier_init(&step_barrier)
     with nogil, parallel(num_threads=n_threads):

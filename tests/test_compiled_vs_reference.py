@@ -42,6 +42,10 @@ PATHS = {
     "avx2-kernels": {"PACKED_GEMM_MIN_STEP_ROWS": 1, "isa": 1},
     "avx2-unit-split": {"UNIT_SPLIT_MAX_ROWS": 10**9, "UNIT_SPLIT_MIN_H": 1,
                         "PACKED_GEMM_MIN_STEP_ROWS": 1, "isa": 1},
+    # one sequence on several threads with each thread's share of W_h copied side by
+    # side, from the first step (by default only sequences of 16 steps or more)
+    "one-sequence-copy": {"copy_min_steps": 1},
+    "avx2-one-sequence-copy": {"copy_min_steps": 1, "isa": 1},
 }
 
 
@@ -49,12 +53,16 @@ PATHS = {
 def path(request, monkeypatch):
     settings = dict(PATHS[request.param])
     isa = settings.pop("isa", None)
+    copy_min_steps = settings.pop("copy_min_steps", None)
     for name, value in settings.items():
         monkeypatch.setattr(lstm_module, name, value)
+    kernels = fastlstm._backend.lstm_kernels
+    if copy_min_steps is not None:
+        previous = kernels.set_one_sequence_copy_min_steps(copy_min_steps)
+        request.addfinalizer(lambda: kernels.set_one_sequence_copy_min_steps(previous))
     if isa is None:
         yield request.param
         return
-    kernels = fastlstm._backend.lstm_kernels
     best = kernels.limit_gemm_isa(2)
     if kernels.limit_gemm_isa(isa) != isa:
         kernels.limit_gemm_isa(best)
