@@ -401,7 +401,7 @@ cdef void _forward_run(bint split_units, int n_threads, int T, int B, int D, int
     # (T1 H512: 65 -> 130 us)
     cdef bint one_sequence = (floating is float and split_units and B == 1
                               and fl_gemm_packed_available() and T >= _copy_min_steps)
-    cdef int nu_max
+    cdef int nu_max, unit_align
     fl_step_barrier_init(&step_barrier)
     with nogil, parallel(num_threads=n_threads):
         a_scratch = NULL
@@ -410,8 +410,10 @@ cdef void _forward_run(bint split_units, int n_threads, int T, int B, int D, int
             a_scratch = <float *>fl_aligned_alloc(_scratch_floats(B, split_units, 1, H)
                                                   * sizeof(float))
         if one_sequence:
-            nu_max = <int>min(H, ((H + UNIT_ALIGN - 1) // UNIT_ALIGN + fl_num_threads() - 1)
-                              // fl_num_threads() * UNIT_ALIGN)
+            # the most units _forward_worker's split can give one thread
+            unit_align = FL_NR if packed != NULL else UNIT_ALIGN
+            nu_max = <int>min(H, ((H + unit_align - 1) // unit_align + fl_num_threads() - 1)
+                              // fl_num_threads() * unit_align)
             w_local = <float *>fl_aligned_alloc(<size_t>(H + 1) * 4 * nu_max * sizeof(float))
         try:
             _forward_worker(threadid(), fl_num_threads(), split_units, T, B, D, H, x, W_x,

@@ -127,6 +127,8 @@ class _Plan:
             return None
         if T * self.rows_per_thread < PACKED_GEMM_MIN_STEP_ROWS:
             return None
+        if self.rows_per_thread == 1:   # one row a step: the GEMV reads W_h in place
+            return None
         return _empty((kernels.packed_size(H, self.split_units),), np.float32)
 
 

@@ -27,6 +27,7 @@ SHAPES = [  # (T, B, D, H)
     (9, 40, 5, 33),     # H just past a 32-column panel
     (5, 1, 9, 70),      # one sequence, units shared by 2 threads: masked vector tails
     (4, 1, 3, 130),     # one sequence, wide: single-row products in column blocks
+    (40, 1, 5, 96),     # one sequence, long enough for the per-thread copy of W_h
 ]
 
 PATHS = {

@@ -202,6 +202,31 @@ def child_main():
             raised, message = type(exc).__name__, str(exc)
         print("RESULT " + json.dumps({"id": f"{kernel}-{name}-{how}", "raised": raised,
                                       "message": message}), flush=True)
+    # One sequence split over 2 threads with packed weights passed in (the wrappers no
+    # longer pack for one row, but a direct call may): the per-thread copy of W_h must
+    # be sized for the packed split's wider unit blocks (H = 96: 64 units, not 48).
+    print("BEGIN one-sequence-packed", flush=True)
+    T1, D1, H1 = 40, 5, 96
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((T1, 1, D1)).astype(np.float32)
+    W_x = (rng.standard_normal((D1, 4 * H1)) * 0.1).astype(np.float32)
+    W_h = (rng.standard_normal((H1, 4 * H1)) * 0.1).astype(np.float32)
+    b = np.zeros(4 * H1, np.float32)
+    gates = np.empty((T1, 1, 4 * H1), np.float32)
+    h_states = np.zeros((T1 + 1, 1, H1), np.float32)
+    c_states = np.zeros((T1 + 1, 1, H1), np.float32)
+    hs = np.empty((T1, 1, H1), np.float32)
+    packed = np.empty(_lstm.packed_size(H1, True), np.float32)
+    previous = _lstm.set_one_sequence_copy_min_steps(1)
+    _lstm.lstm_forward_kernel(x, W_x, W_h, b, gates, h_states, c_states, hs, None, packed,
+                              True, 2)
+    _lstm.set_one_sequence_copy_min_steps(previous)
+    from fastlstm import reference
+    expected = reference.lstm_forward(x.astype(np.float64), W_x.astype(np.float64),
+                                      W_h.astype(np.float64), b.astype(np.float64))[0]
+    print("RESULT " + json.dumps({"id": "one-sequence-packed", "raised": None,
+                                  "max_error": float(np.abs(hs - expected).max())}),
+          flush=True)
     for case_id, call in DENSE_CASES.items():
         print(f"BEGIN {case_id}", flush=True)
         try:
@@ -261,3 +286,8 @@ def test_dense_kernels_check_their_shapes(case_id):
         assert result["raised"] is None, result
     else:
         assert result["raised"] == "ValueError", result
+
+
+def test_one_sequence_with_packed_weights_passed_in():
+    result = child_results()["one-sequence-packed"]
+    assert result["max_error"] < 1e-5, result
