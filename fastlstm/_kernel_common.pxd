@@ -208,6 +208,12 @@ cdef inline char *_data_or_null(object a, int typenum, int ndim, bint writable,
 
 
 cdef inline cnp.npy_intp _dim(object a, int i) noexcept:
+    """Size i of ``a``, or -1 when ``a`` is not an array with that dimension: the entry
+    points read their sizes before _data has checked every array's rank (a 0-d array
+    has no dimensions to read), and the -1 never reaches a kernel, since those checks
+    then fail."""
+    if not cnp.PyArray_Check(a) or i >= cnp.PyArray_NDIM(<cnp.ndarray>a):
+        return -1
     return cnp.PyArray_DIM(<cnp.ndarray>a, i)
 
 

@@ -340,7 +340,7 @@ def lstm_forward_kernel(x, W_x, W_h, b, gates, h_states, c_states, hs, lengths, 
     cdef int typenum = _float_typenum(gates, "gates")
     cdef bint projected = ids is not None
     cdef int T = <int>_dim(gates, 0), B = <int>_dim(gates, 1)
-    cdef int H = <int>_dim(W_h, 0) if cnp.PyArray_Check(W_h) else 0
+    cdef int H = <int>_dim(W_h, 0)
     cdef int D = 0 if projected else <int>_dim(x, 2)
     cdef char *x_ptr = NULL if projected else _data(x, typenum, 3, False, "x")
     cdef char *W_x_ptr = _data(W_x, typenum, 2, False, "W_x")
@@ -506,9 +506,9 @@ def lstm_backward_kernel(x, W_x, W_h, gates, h_states, c_states, dhs, lengths, d
     cdef int typenum = _float_typenum(gates, "gates")
     cdef bint projected = ids is not None
     cdef int T = <int>_dim(gates, 0), B = <int>_dim(gates, 1)
-    cdef int H = <int>_dim(W_h, 0) if cnp.PyArray_Check(W_h) else 0
+    cdef int H = <int>_dim(W_h, 0)
     cdef int D = 4 * H if projected else <int>_dim(x, 2)
-    cdef int chunk_T = <int>_dim(d_gates, 0) if cnp.PyArray_Check(d_gates) else 0
+    cdef int chunk_T = <int>_dim(d_gates, 0)
     cdef char *x_ptr = NULL if projected else _data(x, typenum, 3, False, "x")
     cdef char *dx_ptr = NULL if projected else _data(dx, typenum, 3, True, "dx")
     cdef const int *ids_ptr = <int *>_data_or_null(ids, cnp.NPY_INT, 1, False, "ids")

@@ -85,6 +85,14 @@ CASES = [
     ("lstm_forward_kernel", "lstm_forward_args", "x", "wrong_dtype", "TypeError"),
     ("lstm_forward_kernel", "lstm_forward_args", "W_h", "not_array", "TypeError"),
     ("lstm_forward_kernel", "lstm_forward_args", "W_h", "bigger", "ValueError"),
+    # arrays the sizes are read from, without the dimensions they are read from
+    ("lstm_forward_kernel", "lstm_forward_args", "gates", "zero_d", "TypeError"),
+    ("lstm_forward_kernel", "lstm_forward_args", "W_h", "zero_d", "TypeError"),
+    ("lstm_forward_kernel", "lstm_forward_args", "x", "flat", "TypeError"),
+    ("lstm_backward_kernel", "lstm_backward_args", "gates", "flat", "TypeError"),
+    ("lstm_backward_kernel", "lstm_backward_args", "d_gates", "zero_d", "TypeError"),
+    ("rnn_forward_kernel", "rnn_forward_args", "x", "zero_d", "TypeError"),
+    ("rnn_backward_kernel", "rnn_backward_args", "d_pre", "zero_d", "TypeError"),
     ("lstm_forward_kernel", "lstm_forward_args", "b", "bigger", "ValueError"),
     ("lstm_forward_kernel", "lstm_forward_args", "W_x", "bigger", "ValueError"),
     ("lstm_forward_kernel", "lstm_forward_args", "gates", "read_only", "TypeError"),
@@ -128,6 +136,8 @@ def broken(how, a):
         return np.zeros(a.shape[::-1], a.dtype).T
     if how == "flat":
         return a.reshape(-1)
+    if how == "zero_d":
+        return np.array(1, a.dtype)
     if how == "too_long":
         return np.zeros(B + 1, np.intc)
     if how == "wrong_int":
