@@ -163,64 +163,34 @@ def validate_lstm_forward(x, W_x, W_h, b, h0, c0, lengths, backend, num_threads)
     return LSTMForwardArgs(x, W_x, W_h, b, h0, c0, lengths, backend, num_threads)
 
 
-def _cache_is_consistent(cache, gates):
-    """The checks of _check_cache, as one cheap pass that only says yes or no (it runs
-    before every backward call; _check_cache then finds what is wrong)."""
-    x, W_h = cache.x, cache.W_h
-    if type(x) is not np.ndarray or type(W_h) is not np.ndarray or x.ndim != 3 \
-            or W_h.ndim != 2:
-        return False
-    dtype = x.dtype
-    if dtype not in _FLOAT_DTYPES:
-        return False
-    T, B, D = x.shape
-    H = W_h.shape[0]
-    G = gates * H
-    specs = [(x, (T, B, D)), (cache.W_x, (D, G)), (W_h, (H, G)),
-             (cache.h_states, (T + 1, B, H))]
-    if gates == 4:
-        specs += [(cache.gates, (T, B, G)), (cache.c_states, (T + 1, B, H))]
-    for a, shape in specs:
-        if type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype \
-                or not a.flags.c_contiguous:
-            return False
-    L = cache.lengths
-    return L is None or (type(L) is np.ndarray and L.dtype == np.intc and L.shape == (B,)
-                         and L.flags.c_contiguous
-                         and (B == 0 or (L.min() >= 0 and L.max() <= T)))
-
-
 def _check_cache(cache, gates):
     """A cache's arrays must agree with each other (it may have been built by hand): the
-    kernels index them by the shapes of x and W_h."""
-    if _cache_is_consistent(cache, gates):
-        return
-    arrays = {"x": cache.x, "W_x": cache.W_x, "W_h": cache.W_h, "h_states": cache.h_states}
+    kernels index them by the shapes of x and W_h. (One pass with few lookups: it runs
+    before every backward call.)"""
+    x, W_h = cache.x, cache.W_h
+    named = [("x", x), ("W_x", cache.W_x), ("W_h", W_h), ("h_states", cache.h_states)]
     if gates == 4:
-        arrays.update(gates=cache.gates, c_states=cache.c_states)
-    for name, a in arrays.items():
+        named += [("gates", cache.gates), ("c_states", cache.c_states)]
+    for name, a in named:
         if not (isinstance(a, np.ndarray) and a.dtype in _FLOAT_DTYPES
                 and a.flags.c_contiguous):
             raise TypeError(f"cache.{name} must be a C-contiguous float32/float64 array")
-    if cache.x.ndim != 3 or cache.W_h.ndim != 2:
+    if x.ndim != 3 or W_h.ndim != 2:
         raise ValueError("cache.x must be (T, B, D) and cache.W_h 2-D")
-    T, B, D = cache.x.shape
-    H = cache.W_h.shape[0]
-    expected = {"W_x": (D, gates * H), "W_h": (H, gates * H), "h_states": (T + 1, B, H)}
-    if gates == 4:
-        expected.update(gates=(T, B, 4 * H), c_states=(T + 1, B, H))
-    for name, shape in expected.items():
-        if arrays[name].shape != shape:
-            raise ValueError(f"cache.{name} has shape {arrays[name].shape}, expected {shape} "
-                             f"from cache.x {cache.x.shape} and cache.W_h {cache.W_h.shape}")
-        if arrays[name].dtype != cache.x.dtype:
-            raise TypeError(f"cache.{name} has dtype {arrays[name].dtype}, cache.x "
-                            f"{cache.x.dtype}")
-    if cache.lengths is not None:
-        L = cache.lengths
-        if not (isinstance(L, np.ndarray) and L.dtype == np.intc and L.shape == (B,)
-                and L.flags.c_contiguous and (B == 0 or (L.min() >= 0 and L.max() <= T))):
-            raise ValueError(f"cache.lengths must be a ({B},) intc array in [0, {T}]")
+    T, B, D = x.shape
+    H = W_h.shape[0]
+    expected = [(D, gates * H), (H, gates * H), (T + 1, B, H), (T, B, 4 * H), (T + 1, B, H)]
+    for (name, a), shape in zip(named[1:], expected):
+        if a.shape != shape:
+            raise ValueError(f"cache.{name} has shape {a.shape}, expected {shape} "
+                             f"from cache.x {x.shape} and cache.W_h {W_h.shape}")
+        if a.dtype != x.dtype:
+            raise TypeError(f"cache.{name} has dtype {a.dtype}, cache.x {x.dtype}")
+    L = cache.lengths
+    if L is not None and not (isinstance(L, np.ndarray) and L.dtype == np.intc
+                              and L.shape == (B,) and L.flags.c_contiguous
+                              and (B == 0 or (L.min() >= 0 and L.max() <= T))):
+        raise ValueError(f"cache.lengths must be a ({B},) intc array in [0, {T}]")
 
 
 def validate_lstm_backward(dhs, cache, dh_n, dc_n):
