@@ -1,6 +1,72 @@
 """Shared helpers for the fastlstm tests."""
+import contextlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from typing import NamedTuple, Optional
+
 import numpy as np
 import pytest
+
+import fastlstm
+
+TESTS_DIR = str(pathlib.Path(__file__).resolve().parent)
+
+
+def child_env(tests_on_path=False, **variables):
+    """Environment for a child Python that imports the same fastlstm as this process
+    (and the test modules, with ``tests_on_path``), plus ``variables``. Children run in
+    tests/ or a temporary directory, because "-c" and "-m" put the working directory
+    first on sys.path, and from the source root that would shadow an installed package
+    with the uncompiled sources."""
+    env = dict(os.environ)
+    package_parent = str(pathlib.Path(fastlstm.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (package_parent, TESTS_DIR if tests_on_path else None,
+                    env.get("PYTHONPATH")) if p)
+    env.update(variables)
+    return env
+
+
+class ChildRun(NamedTuple):
+    returncode: int
+    results: dict      # id -> the dict of each "RESULT {json}" line
+    last_begun: Optional[str]   # the last "BEGIN name" line: where a crash happened
+    done: bool         # the child printed "DONE" last
+    stderr: str
+
+
+def run_child(code, timeout=300):
+    """Run ``python -c code`` in tests/ (test modules importable) and collect what it
+    printed in the BEGIN/RESULT/DONE protocol; a crash shows as not ``done``."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, cwd=TESTS_DIR, env=child_env(tests_on_path=True))
+    results, last = {}, None
+    for line in proc.stdout.splitlines():
+        if line.startswith("BEGIN "):
+            last = line[6:]
+        elif line.startswith("RESULT "):
+            r = json.loads(line[7:])
+            results[r["id"]] = r
+    return ChildRun(proc.returncode, results, last, proc.stdout.rstrip().endswith("DONE"),
+                    proc.stderr)
+
+
+@contextlib.contextmanager
+def gemm_isa_limited(kernels, level):
+    """fastlstm's own GEMM kernels of ``kernels`` (an extension module: each has its own
+    setting) at most at ``level`` (1 AVX2, 2 AVX-512) for the body, so lower levels are
+    checked on better CPUs too; skips the test where the CPU lacks the level."""
+    best = kernels.limit_gemm_isa(2)
+    if kernels.limit_gemm_isa(level) != level:
+        kernels.limit_gemm_isa(best)
+        pytest.skip("the CPU lacks this kernel level")
+    try:
+        yield
+    finally:
+        kernels.limit_gemm_isa(best)
 
 
 def make_lstm_inputs(T, B, D, H, dtype=np.float64, seed=0, state=True):

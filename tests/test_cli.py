@@ -2,8 +2,6 @@
 (char, word, sentiment), sample, eval, resume, Ctrl-C, and the errors users meet."""
 import csv
 import json
-import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -13,6 +11,7 @@ import numpy as np
 import pytest
 
 import fastlstm
+from conftest import child_env as shared_child_env
 
 TEXT = ("the quick brown fox jumps over the lazy dog. a stitch in time saves nine! "
         "all that glitters is not gold. the early bird catches the worm.\n") * 12
@@ -20,12 +19,7 @@ TINY = ["--hidden", "16", "--seq", "8", "--batch", "4", "--threads", "1", "--no-
 
 
 def child_env():
-    env = dict(os.environ)
-    package_parent = str(pathlib.Path(fastlstm.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH"))
-                                        if p)
-    env["MPLBACKEND"] = "Agg"
-    return env
+    return shared_child_env(MPLBACKEND="Agg")
 
 
 def fastlstm_cli(*args, cwd, timeout=300, check=True):

@@ -1,6 +1,7 @@
 """The compiled kernels against the NumPy reference, over shapes, dtypes, threads,
 lengths, initial states and upstream gradients, and through every internal code path
 (BLAS or fastlstm's own GEMM kernels; batch or hidden-unit partitioning)."""
+import contextlib
 import threading
 import time
 
@@ -10,7 +11,7 @@ import pytest
 import fastlstm
 import fastlstm.lstm as lstm_module
 from fastlstm import reference
-from conftest import make_lstm_inputs, mixed_lengths, rel_err, TOLERANCE
+from conftest import gemm_isa_limited, make_lstm_inputs, mixed_lengths, rel_err, TOLERANCE
 
 pytestmark = pytest.mark.skipif(not fastlstm.config()["compiled"],
                                 reason="compiled kernels not built")
@@ -61,17 +62,8 @@ def path(request, monkeypatch):
     if copy_min_steps is not None:
         previous = kernels.set_one_sequence_copy_min_steps(copy_min_steps)
         request.addfinalizer(lambda: kernels.set_one_sequence_copy_min_steps(previous))
-    if isa is None:
+    with gemm_isa_limited(kernels, isa) if isa is not None else contextlib.nullcontext():
         yield request.param
-        return
-    best = kernels.limit_gemm_isa(2)
-    if kernels.limit_gemm_isa(isa) != isa:
-        kernels.limit_gemm_isa(best)
-        pytest.skip("the CPU lacks this kernel level")
-    try:
-        yield request.param
-    finally:
-        kernels.limit_gemm_isa(best)
 
 
 def run_both(x, W_x, W_h, b, h0, c0, lengths, dhs, dh_n, dc_n, num_threads):

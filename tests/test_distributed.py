@@ -1,7 +1,6 @@
 """Data-parallel training over MPI with real processes (``mpiexec -n 2``, this machine):
 ranks stay bitwise identical and equal one process on the whole batch; a failing rank
 ends the job; the CLI trains data-parallel. Skipped without the ``mpi`` extra."""
-import os
 import pathlib
 import shutil
 import signal
@@ -14,6 +13,7 @@ import pytest
 
 import fastlstm
 from fastlstm import distributed
+from conftest import child_env as shared_child_env
 
 pytest.importorskip("mpi4py", reason="the mpi extra (mpi4py, an MPI) is not installed")
 MPIEXEC = shutil.which("mpiexec")
@@ -25,12 +25,7 @@ TEXT = ("the quick brown fox jumps over the lazy dog. a stitch in time saves nin
 
 
 def child_env():
-    env = dict(os.environ)
-    package_parent = str(pathlib.Path(fastlstm.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH"))
-                                        if p)
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+    return shared_child_env(OMP_NUM_THREADS="1")
 
 
 def run(cmd, cwd, timeout=180):

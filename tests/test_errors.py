@@ -12,8 +12,6 @@ the C code could segfault the child but not the test run: the child reports each
 outcome as a JSON line, and its exit status is checked.
 """
 import json
-import os
-import pathlib
 import re
 import subprocess
 import sys
@@ -25,7 +23,7 @@ import pytest
 import fastlstm
 from fastlstm import reference
 
-TESTS_DIR = str(pathlib.Path(__file__).resolve().parent)
+from conftest import TESTS_DIR, child_env, run_child
 T, B, D, H = 4, 3, 5, 6     # T != B != H, so transposed arrays have the wrong shape
 G = 4 * H
 IN_PROCESS = ["numpy", "reference-module"]   # pure Python: safe to run here
@@ -399,23 +397,6 @@ def child_main(backend, group):
 
 # --- running the compiled cases in a child ---------------------------------------------
 
-def child_env():
-    """The child imports the same fastlstm as this process, and this module."""
-    env = dict(os.environ)
-    package_parent = str(pathlib.Path(fastlstm.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (package_parent, TESTS_DIR, env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-class ChildRun(NamedTuple):
-    returncode: int
-    results: dict
-    last_begun: Optional[str]
-    done: bool
-    stderr: str
-
-
 _child_runs = {}
 
 
@@ -423,21 +404,8 @@ def run_in_child(backend, group):
     """Every case of ``group`` on ``backend`` in one child process (cached)."""
     key = (backend, group)
     if key not in _child_runs:
-        # -c puts the working directory first on sys.path: run from tests/, so an
-        # installed fastlstm is not shadowed by the uncompiled sources of the root.
-        code = (f"import sys; sys.path.insert(0, {TESTS_DIR!r}); import test_errors; "
-                f"test_errors.child_main({backend!r}, {group!r})")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              timeout=300, cwd=TESTS_DIR, env=child_env())
-        results, last = {}, None
-        for line in proc.stdout.splitlines():
-            if line.startswith("BEGIN "):
-                last = line[6:]
-            elif line.startswith("RESULT "):
-                r = json.loads(line[7:])
-                results[r["id"]] = r
-        _child_runs[key] = ChildRun(proc.returncode, results, last,
-                                    proc.stdout.rstrip().endswith("DONE"), proc.stderr)
+        _child_runs[key] = run_child(f"import test_errors; "
+                                     f"test_errors.child_main({backend!r}, {group!r})")
     return _child_runs[key]
 
 

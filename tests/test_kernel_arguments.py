@@ -8,15 +8,12 @@ expects a TypeError or ValueError. All run in one child process, so a missing ch
 shows up as a failed test instead of taking the test run down.
 """
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import fastlstm
+from conftest import run_child
 
 pytestmark = pytest.mark.skipif(not fastlstm.config()["compiled"],
                                 reason="compiled kernels not built")
@@ -249,30 +246,18 @@ def child_main():
     print("DONE", flush=True)
 
 
-_results = {}
+_run = []
 
 
 def child_results():
-    if not _results:
-        tests_dir = str(pathlib.Path(__file__).resolve().parent)
-        env = dict(os.environ)
-        package_parent = str(pathlib.Path(fastlstm.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (package_parent, tests_dir, env.get("PYTHONPATH", "")) if p)
-        proc = subprocess.run(
-            [sys.executable, "-c", "import test_kernel_arguments as t; t.child_main()"],
-            capture_output=True, text=True, timeout=300, cwd=tests_dir, env=env)
-        last = None
-        for line in proc.stdout.splitlines():
-            if line.startswith("BEGIN "):
-                last = line[6:]
-            elif line.startswith("RESULT "):
-                r = json.loads(line[7:])
-                _results[r["id"]] = r
-        assert proc.returncode == 0 and proc.stdout.rstrip().endswith("DONE"), (
-            f"the child exited with status {proc.returncode} during {last!r}:\n"
-            f"{proc.stderr[-3000:]}")
-    return _results
+    """What the child printed for every case (run once, in tests/)."""
+    if not _run:
+        _run.append(run_child("import test_kernel_arguments as t; t.child_main()"))
+    run = _run[0]
+    assert run.returncode == 0 and run.done, (
+        f"the child exited with status {run.returncode} during {run.last_begun!r}:\n"
+        f"{run.stderr[-3000:]}")
+    return run.results
 
 
 @pytest.mark.parametrize("kernel", ["lstm_forward_kernel", "lstm_backward_kernel",

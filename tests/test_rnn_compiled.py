@@ -6,7 +6,7 @@ import pytest
 import fastlstm
 import fastlstm.lstm as lstm_module
 from fastlstm import reference
-from conftest import mixed_lengths, rel_err, TOLERANCE
+from conftest import gemm_isa_limited, mixed_lengths, rel_err, TOLERANCE
 
 pytestmark = pytest.mark.skipif(not fastlstm.config()["compiled"],
                                 reason="compiled kernels not built")
@@ -35,16 +35,8 @@ def path(request, monkeypatch):
     if request.param != "avx2-kernels":
         yield request.param
         return
-    # fastlstm's own kernels at AVX2 on AVX-512 machines too (skipped below AVX2)
-    kernels = fastlstm._backend.rnn_kernels   # (each extension has its own setting)
-    best = kernels.limit_gemm_isa(2)
-    if kernels.limit_gemm_isa(1) != 1:
-        kernels.limit_gemm_isa(best)
-        pytest.skip("the CPU lacks AVX2+FMA")
-    try:
+    with gemm_isa_limited(fastlstm._backend.rnn_kernels, 1):
         yield request.param
-    finally:
-        kernels.limit_gemm_isa(best)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}D{}H{}".format(*s))

@@ -1,7 +1,5 @@
 """Every rule of DESIGN.md's "Errors, never crashes": bad input raises ValueError or
 TypeError naming the argument, from every backend, before any compiled code runs."""
-import os
-import pathlib
 import subprocess
 import sys
 import textwrap
@@ -12,21 +10,9 @@ import pytest
 
 import fastlstm
 from fastlstm import _backend, reference
-from conftest import make_lstm_inputs
+from conftest import TESTS_DIR, child_env, make_lstm_inputs
 
 BACKENDS = ["numpy", "cython", "auto"]
-TESTS_DIR = str(pathlib.Path(__file__).parent)
-
-
-def child_env():
-    """Environment for a child Python that imports the same fastlstm as this process.
-    Children run in tests/, because "-c" and "-m" put the working directory first on
-    sys.path, and from the source root that would shadow an installed package with the
-    uncompiled sources."""
-    env = dict(os.environ)
-    package_parent = str(pathlib.Path(fastlstm.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join([package_parent, env.get("PYTHONPATH", "")])
-    return env
 T, B, D, H = 4, 3, 5, 6
 
 
