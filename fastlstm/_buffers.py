@@ -15,7 +15,7 @@ BACKWARD_CHUNK_MIN_ROWS = 64
 _stagger = itertools.count()
 
 
-def aligned_empty(shape, dtype):
+def python_aligned_empty(shape, dtype):
     """np.empty starting on a 64-byte cache line, at a different line of the 4 KiB page
     for each buffer. NumPy's own allocations are only 16-byte aligned, so vector loads
     straddle lines; and large buffers all start at the same page offset, so the kernels'
@@ -32,9 +32,9 @@ def aligned_empty(shape, dtype):
 
 
 try:   # the same in C, ~0.3 us a call instead of ~2.5 (several buffers per kernel call)
-    from ._lstm import aligned_empty  # noqa: F811
-except ImportError:   # no compiled extensions: the Python version above
-    pass
+    from ._lstm import aligned_empty
+except ImportError:   # no compiled extensions
+    aligned_empty = python_aligned_empty
 
 
 def backward_chunk_steps(T, B):

@@ -10,15 +10,7 @@ from fastlstm import _buffers
 SHAPES = [(), (0,), (3,), (0, 5), (25, 1, 400), (100, 400), (7, 1000, 13)]
 
 
-def python_aligned_empty():
-    """The pure-Python version (the module keeps it only when the C one is missing)."""
-    namespace = {}
-    source = open(_buffers.__file__, encoding="utf-8").read().split("try:")[0]
-    exec(compile(source, _buffers.__file__, "exec"), namespace)
-    return namespace["aligned_empty"]
-
-
-IMPLS = {"python": python_aligned_empty()}
+IMPLS = {"python": _buffers.python_aligned_empty}
 if fastlstm.config()["compiled"]:
     from fastlstm._lstm import aligned_empty as compiled_aligned_empty
     IMPLS["compiled"] = compiled_aligned_empty
