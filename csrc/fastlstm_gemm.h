@@ -84,6 +84,11 @@ static void NAME##_##MR(int K, const float *A, const float *P, float *C, int ldc
     VEC acc[MR][NV];                                                                           \
     _Pragma("GCC unroll 16") for (int m = 0; m < MR; m++)                                      \
         _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[m][v] = (VEC){0};             \
+    /* C is usually cold (a step's gate rows were written by the input projection long     \
+     * ago): fetch it during the k loop rather than stall on it at the end. */             \
+    _Pragma("GCC unroll 16") for (int m = 0; m < MR; m++)                                      \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NCOL; v += 16)                              \
+            __builtin_prefetch(C + (size_t)m * ldc + v, 1);                                    \
     for (int k = 0; k < K; k++) {                                                              \
         VEC b[NV];                                                                             \
         __builtin_prefetch(P + (size_t)(k + FL_PREFETCH_K) * FL_NR);                           \
