@@ -75,11 +75,12 @@ typedef float fl_v16 __attribute__((vector_size(64), aligned(4), may_alias));
 typedef float fl_v8 __attribute__((vector_size(32), aligned(4), may_alias));
 
 /* C[0:MR, 0:nc] (+)= A[0:MR, 0:K] @ panel[0:K, 0:32], with A packed k-major (A[k*MR + m]);
- * the accumulators stay in registers. */
+ * the accumulators stay in registers. Meanwhile ``next_lines`` cache lines from ``next``
+ * on are prefetched, one or two per k (the caller's share of the next panel slice). */
 #define FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, NV, MR)                                       \
 __attribute__((target(TARGET)))                                                                \
 static void NAME##_##MR(int K, const float *A, const float *P, float *C, int ldc,                \
-                        int nc, int accumulate) {                                              \
+                        int nc, int accumulate, const float *next, int next_lines) {           \
     enum { NCOL = NV * VLEN };                                                                 \
     VEC acc[MR][NV];                                                                           \
     _Pragma("GCC unroll 16") for (int m = 0; m < MR; m++)                                      \
@@ -92,6 +93,8 @@ static void NAME##_##MR(int K, const float *A, const float *P, float *C, int ldc
     for (int k = 0; k < K; k++) {                                                              \
         VEC b[NV];                                                                             \
         __builtin_prefetch(P + (size_t)(k + FL_PREFETCH_K) * FL_NR);                           \
+        if (k < next_lines) __builtin_prefetch(next + (size_t)k * 16);                         \
+        if (k + K < next_lines) __builtin_prefetch(next + (size_t)(k + K) * 16);               \
         _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                                   \
             b[v] = *(const VEC *)(P + (size_t)k * FL_NR + v * VLEN);                           \
         _Pragma("GCC unroll 16") for (int m = 0; m < MR; m++) {                                \
@@ -129,7 +132,8 @@ static void NAME##_##MR(int K, const float *A, const float *P, float *C, int ldc
     FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, NV, 10)                                              \
     FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, NV, 11)                                              \
     FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, NV, 12)                                              \
-    typedef void (*NAME##_fn)(int, const float *, const float *, float *, int, int, int);      \
+    typedef void (*NAME##_fn)(int, const float *, const float *, float *, int, int, int,       \
+                              const float *, int);                                             \
     static const NAME##_fn NAME##_table[13] = {                                                \
         NULL, NAME##_1, NAME##_2, NAME##_3, NAME##_4, NAME##_5, NAME##_6, NAME##_7,            \
         NAME##_8, NAME##_9, NAME##_10, NAME##_11, NAME##_12};
@@ -447,13 +451,24 @@ static void fl_gemm_packed_f32(int M, int N, int K, const float *A, int lda,
         for (int k0 = 0; k0 < K; k0 += FL_KC) {
             int kc = K - k0 < FL_KC ? K - k0 : FL_KC;
             int acc = accumulate || k0 > 0;
+            /* Slices follow each other in memory ([panel][k][32]). Each of the passes
+             * over this one (row blocks, halves) prefetches its share of the next, so
+             * weights too large for the caches (16 MiB at H = 1024, evicted from L3 by
+             * the gate rows between steps) stream from memory at an even rate instead
+             * of stalling the first pass over every slice. */
+            const float *next = panel + (size_t)(k0 + kc) * FL_NR;
+            int next_k = k0 + kc < K ? K - k0 - kc : (p + 1 < n_panels ? K : 0);
+            int lines = 2 * (next_k < FL_KC ? next_k : FL_KC);   /* 2 lines a panel row */
+            int passes = n_blocks * ((nc + ncol - 1) / ncol), pass = 0;
             for (int m0 = 0; m0 < M; m0 += mr) {
                 int rows = M - m0 < mr ? M - m0 : mr;
-                for (int c0 = 0; c0 < nc; c0 += ncol) {   /* one pass, or two halves */
+                for (int c0 = 0; c0 < nc; c0 += ncol, pass++) {   /* one pass, or halves */
                     int cols = nc - c0 < ncol ? nc - c0 : ncol;
+                    int l0 = lines * pass / passes, l1 = lines * (pass + 1) / passes;
                     table[rows](kc, a_scratch + (size_t)m0 * K + (size_t)k0 * rows,
                                 panel + (size_t)k0 * FL_NR + c0,
-                                C + (size_t)m0 * ldc + (size_t)p * FL_NR + c0, ldc, cols, acc);
+                                C + (size_t)m0 * ldc + (size_t)p * FL_NR + c0, ldc, cols, acc,
+                                next + (size_t)l0 * 16, l1 - l0);
                 }
             }
         }
