@@ -165,17 +165,22 @@ static inline __attribute__((always_inline, target("avx512f,fma"))) float fl_hsu
 /* The "NT" product C (M x N) = A (M x K) @ W^T with W (N x K) row-major, as dot products
  * along k: the backward recursion dh_{t-1} = d_gates_t W_h^T reads W_h as it is, so it
  * needs no packed copy of the weights. A is interleaved per row block into chunks of
- * VLEN floats, [k / VLEN][m][VLEN]; the k % VLEN tail is added in scalar code. */
+ * VLEN floats, [k / VLEN][m][VLEN]; the k % VLEN tail is added in scalar code. Meanwhile
+ * ``next_lines`` cache lines from ``next`` on are prefetched, evenly over the k loop. */
 #define FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUM, MR, NW)                             \
 __attribute__((target(TARGET)))                                                                \
 static void NAME##_##MR##_##NW(int K, const float *Ap, const float *A, int lda,                 \
-                               const float *W, int ldw, float *C, int ldc, int accumulate) {   \
+                               const float *W, int ldw, float *C, int ldc, int accumulate,     \
+                               const float *next, int next_lines) {                            \
     VEC acc[MR][NW];                                                                           \
     const int kv = K / VLEN;                                                                   \
+    const int rate = kv > 0 ? (next_lines + kv - 1) / kv : 0;   /* lines per k step */        \
     _Pragma("GCC unroll 4") for (int m = 0; m < MR; m++)                                       \
         _Pragma("GCC unroll 6") for (int j = 0; j < NW; j++) acc[m][j] = (VEC){0};             \
     for (int kc = 0; kc < kv; kc++) {                                                          \
         VEC a[MR];                                                                             \
+        for (int i = 0, l = kc * rate; i < rate && l < next_lines; i++, l++)                   \
+            __builtin_prefetch(next + (size_t)l * 16);                                         \
         _Pragma("GCC unroll 4") for (int m = 0; m < MR; m++)                                   \
             a[m] = *(const VEC *)(Ap + ((size_t)kc * MR + m) * VLEN);                          \
         _Pragma("GCC unroll 6") for (int j = 0; j < NW; j++) {                                 \
@@ -202,7 +207,7 @@ static void NAME##_##MR##_##NW(int K, const float *Ap, const float *A, int lda, 
     FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUM, MR, 6)
 
 typedef void (*fl_nt_fn)(int, const float *, const float *, int, const float *, int, float *,
-                         int, int);
+                         int, int, const float *, int);
 
 #define FL_DEFINE_NT_KERNELS(NAME, TARGET, VEC, VLEN, HSUM)                                    \
     FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, HSUM, 1)                                               \
@@ -500,14 +505,22 @@ static void fl_gemm_nt_f32(int M, int N, int K, const float *A, int lda, const f
         }
     }
     /* Weight rows outside, row blocks inside: each block of W rows is read from memory
-     * once and reused from cache by every row block of A. */
+     * once and reused from cache by every row block of A. The passes over one block
+     * share out the prefetching of the next (as in fl_gemm_packed_f32), so weights
+     * beyond the caches stream at an even rate. */
     for (int j0 = 0; j0 < N; j0 += nw_max) {
         int nw = N - j0 < nw_max ? N - j0 : nw_max;
-        for (int m0 = 0; m0 < M; m0 += mr) {
+        int next_rows = N - j0 - nw < nw_max ? N - j0 - nw : nw_max;
+        const float *next = W + (size_t)(j0 + nw) * ldw;
+        long span = next_rows > 0 ? (long)(next_rows - 1) * ldw + K : 0;   /* floats */
+        int lines = (int)((span + 15) / 16);
+        for (int m0 = 0, pass = 0; m0 < M; m0 += mr, pass++) {
             int rows = M - m0 < mr ? M - m0 : mr;
+            int l0 = (int)((long)lines * pass / n_blocks);
+            int l1 = (int)((long)lines * (pass + 1) / n_blocks);
             table[rows][nw](K, a_packed + (size_t)m0 * K, A + (size_t)m0 * lda, lda,
                             W + (size_t)j0 * ldw, ldw, C + (size_t)m0 * ldc + j0, ldc,
-                            accumulate);
+                            accumulate, next + (size_t)l0 * 16, l1 - l0);
         }
     }
 }
