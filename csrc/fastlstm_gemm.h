@@ -98,7 +98,9 @@ static void NAME##_##MR(int K, const float *A, const float *P, float *C, int ldc
         _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                                   \
             b[v] = *(const VEC *)(P + (size_t)k * FL_NR + v * VLEN);                           \
         _Pragma("GCC unroll 16") for (int m = 0; m < MR; m++) {                                \
-            VEC a = (VEC){0} + A[(size_t)k * MR + m];                                          \
+            /* x - 0 is x for every float, so this is a plain broadcast load (0 + x is  \
+             * not: -0 + 0 = +0, and it would cost an add and a shuffle per row). */   \
+            VEC a = A[(size_t)k * MR + m] - (VEC){0};                                          \
             _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[m][v] += a * b[v];        \
         }                                                                                      \
     }                                                                                          \
