@@ -513,7 +513,7 @@ static void fl_gemm_nt_f32(int M, int N, int K, const float *A, int lda, const f
     for (int j0 = 0; j0 < N; j0 += nw_max) {
         int nw = N - j0 < nw_max ? N - j0 : nw_max;
         int next_rows = N - j0 - nw < nw_max ? N - j0 - nw : nw_max;
-        const float *next = W + (size_t)(j0 + nw) * ldw;
+        const float *next = next_rows > 0 ? W + (size_t)(j0 + nw) * ldw : W;
         long span = next_rows > 0 ? (long)(next_rows - 1) * ldw + K : 0;   /* floats */
         int lines = (int)((span + 15) / 16);
         for (int m0 = 0, pass = 0; m0 < M; m0 += mr, pass++) {
