@@ -16,8 +16,8 @@
 #include <string.h>
 
 #define FL_NR 32
-#define FL_KC 512
-#define FL_PREFETCH_K 24  /* panel rows ahead: covers memory latency on the first pass */   /* K-block: a 64 KiB panel slice stays in L2 across the row blocks */
+#define FL_KC 512         /* K-block: a 64 KiB panel slice stays in L2 across the row blocks */
+#define FL_PREFETCH_K 24  /* panel rows ahead: covers memory latency on the first pass */
 
 static size_t fl_packed_size(int K, int N) {
     return (size_t)((N + FL_NR - 1) / FL_NR) * FL_NR * (size_t)K;
@@ -164,12 +164,53 @@ static inline __attribute__((always_inline, target("avx512f,fma"))) float fl_hsu
     return fl_hsum8(a);
 }
 
+/* Sixteen (eight) horizontal sums at once: a tree of pairwise half-sums whose last level
+ * leaves the sum of v[q] in lane q. About 3 operations a sum instead of the 9 of a
+ * separate shuffle tree per vector, which matters when K is short (the NT kernel's 24
+ * sums per call against K/16 steps of its loop). */
+static inline __attribute__((always_inline, target("avx512f,fma")))
+fl_v16 fl_hsums16(const fl_v16 *v) {
+    fl_v16 u[8], w[4], x[2];
+    _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++)
+        u[i] = __builtin_shufflevector(v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7,
+                                       16, 17, 18, 19, 20, 21, 22, 23)
+             + __builtin_shufflevector(v[2 * i], v[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15,
+                                       24, 25, 26, 27, 28, 29, 30, 31);
+    _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++)
+        w[i] = __builtin_shufflevector(u[2 * i], u[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11,
+                                       16, 17, 18, 19, 24, 25, 26, 27)
+             + __builtin_shufflevector(u[2 * i], u[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15,
+                                       20, 21, 22, 23, 28, 29, 30, 31);
+    _Pragma("GCC unroll 2") for (int i = 0; i < 2; i++)
+        x[i] = __builtin_shufflevector(w[2 * i], w[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13,
+                                       16, 17, 20, 21, 24, 25, 28, 29)
+             + __builtin_shufflevector(w[2 * i], w[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15,
+                                       18, 19, 22, 23, 26, 27, 30, 31);
+    return __builtin_shufflevector(x[0], x[1], 0, 2, 4, 6, 8, 10, 12, 14,
+                                   16, 18, 20, 22, 24, 26, 28, 30)
+         + __builtin_shufflevector(x[0], x[1], 1, 3, 5, 7, 9, 11, 13, 15,
+                                   17, 19, 21, 23, 25, 27, 29, 31);
+}
+
+static inline __attribute__((always_inline, target("avx2,fma")))
+fl_v8 fl_hsums8(const fl_v8 *v) {
+    fl_v8 u[4], w[2];
+    _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++)
+        u[i] = __builtin_shufflevector(v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11)
+             + __builtin_shufflevector(v[2 * i], v[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15);
+    _Pragma("GCC unroll 2") for (int i = 0; i < 2; i++)
+        w[i] = __builtin_shufflevector(u[2 * i], u[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13)
+             + __builtin_shufflevector(u[2 * i], u[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15);
+    return __builtin_shufflevector(w[0], w[1], 0, 2, 4, 6, 8, 10, 12, 14)
+         + __builtin_shufflevector(w[0], w[1], 1, 3, 5, 7, 9, 11, 13, 15);
+}
+
 /* The "NT" product C (M x N) = A (M x K) @ W^T with W (N x K) row-major, as dot products
  * along k: the backward recursion dh_{t-1} = d_gates_t W_h^T reads W_h as it is, so it
  * needs no packed copy of the weights. A is interleaved per row block into chunks of
  * VLEN floats, [k / VLEN][m][VLEN]; the k % VLEN tail is added in scalar code. Meanwhile
  * ``next_lines`` cache lines from ``next`` on are prefetched, evenly over the k loop. */
-#define FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUM, MR, NW)                             \
+#define FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUMS, MR, NW)                            \
 __attribute__((target(TARGET)))                                                                \
 static void NAME##_##MR##_##NW(int K, const float *Ap, const float *A, int lda,                 \
                                const float *W, int ldw, float *C, int ldc, int accumulate,     \
@@ -190,9 +231,16 @@ static void NAME##_##MR##_##NW(int K, const float *Ap, const float *A, int lda, 
             _Pragma("GCC unroll 4") for (int m = 0; m < MR; m++) acc[m][j] += a[m] * w;        \
         }                                                                                      \
     }                                                                                          \
+    enum { NOUT = MR * NW, NGROUP = (NOUT + VLEN - 1) / VLEN };                                \
+    VEC flat[NGROUP * VLEN];                                                                   \
+    float sums[NGROUP * VLEN];                                                                 \
+    _Pragma("GCC unroll 32") for (int o = 0; o < NGROUP * VLEN; o++)                           \
+        flat[o] = o < NOUT ? acc[o / NW][o % NW] : (VEC){0};                                   \
+    _Pragma("GCC unroll 2") for (int g = 0; g < NGROUP; g++)                                   \
+        *(VEC *)(sums + g * VLEN) = HSUMS(flat + g * VLEN);                                    \
     for (int m = 0; m < MR; m++)                                                               \
         for (int j = 0; j < NW; j++) {                                                         \
-            float s = HSUM(acc[m][j]);                                                         \
+            float s = sums[m * NW + j];                                                        \
             for (int k = kv * VLEN; k < K; k++)                                                \
                 s += A[(size_t)m * lda + k] * W[(size_t)j * ldw + k];                          \
             float *c = C + (size_t)m * ldc + j;                                                \
@@ -200,22 +248,22 @@ static void NAME##_##MR##_##NW(int K, const float *Ap, const float *A, int lda, 
         }                                                                                      \
 }
 
-#define FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, HSUM, MR)                                    \
-    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUM, MR, 1)                                        \
-    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUM, MR, 2)                                        \
-    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUM, MR, 3)                                        \
-    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUM, MR, 4)                                        \
-    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUM, MR, 5)                                        \
-    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUM, MR, 6)
+#define FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, HSUMS, MR)                                   \
+    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUMS, MR, 1)                                 \
+    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUMS, MR, 2)                                 \
+    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUMS, MR, 3)                                 \
+    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUMS, MR, 4)                                 \
+    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUMS, MR, 5)                                 \
+    FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUMS, MR, 6)
 
 typedef void (*fl_nt_fn)(int, const float *, const float *, int, const float *, int, float *,
                          int, int, const float *, int);
 
-#define FL_DEFINE_NT_KERNELS(NAME, TARGET, VEC, VLEN, HSUM)                                    \
-    FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, HSUM, 1)                                               \
-    FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, HSUM, 2)                                               \
-    FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, HSUM, 3)                                               \
-    FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, HSUM, 4)                                               \
+#define FL_DEFINE_NT_KERNELS(NAME, TARGET, VEC, VLEN, HSUMS)                                   \
+    FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, HSUMS, 1)                                        \
+    FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, HSUMS, 2)                                        \
+    FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, HSUMS, 3)                                        \
+    FL_DEFINE_NT_ROW(NAME, TARGET, VEC, VLEN, HSUMS, 4)                                        \
     static const fl_nt_fn NAME##_table[5][7] = {                                               \
         {NULL},                                                                                \
         {NULL, NAME##_1_1, NAME##_1_2, NAME##_1_3, NAME##_1_4, NAME##_1_5, NAME##_1_6},        \
@@ -224,8 +272,8 @@ typedef void (*fl_nt_fn)(int, const float *, const float *, int, const float *, 
         {NULL, NAME##_4_1, NAME##_4_2, NAME##_4_3, NAME##_4_4, NAME##_4_5, NAME##_4_6}};
 
 /* AVX-512: 4 rows x 6 weight rows = 24 zmm accumulators; AVX2: 3 x 3 in 16 ymm. */
-FL_DEFINE_NT_KERNELS(fl_nt_avx512, "avx512f,fma", fl_v16, 16, fl_hsum16)
-FL_DEFINE_NT_KERNELS(fl_nt_avx2, "avx2,fma", fl_v8, 8, fl_hsum8)
+FL_DEFINE_NT_KERNELS(fl_nt_avx512, "avx512f,fma", fl_v16, 16, fl_hsums16)
+FL_DEFINE_NT_KERNELS(fl_nt_avx2, "avx2,fma", fl_v8, 8, fl_hsums8)
 
 /* The single-row product y[0:N] (+)= x[0:K] @ W[0:K, 0:N], W row-major (ld ldw) and read
  * in place: the recursion of one sequence (B = 1, or one thread's share of it). Packing
