@@ -76,30 +76,31 @@ typedef float fl_v8 __attribute__((vector_size(32), aligned(4), may_alias));
 
 /* C[0:MR, 0:nc] (+)= A[0:MR, 0:K] @ panel[0:K, 0:32], with A packed k-major (A[k*MR + m]);
  * the accumulators stay in registers. Meanwhile ``next_lines`` cache lines from ``next``
- * on are prefetched, one or two per k (the caller's share of the next panel slice). */
+ * on are prefetched, spread over the k loop (the caller's share of the next panel slice). */
 #define FL_DEFINE_KERNEL(NAME, TARGET, VEC, VLEN, NV, MR)                                       \
 __attribute__((target(TARGET)))                                                                \
 static void NAME##_##MR(int K, const float *A, const float *P, float *C, int ldc,                \
                         int nc, int accumulate, const float *next, int next_lines) {           \
     enum { NCOL = NV * VLEN };                                                                 \
     VEC acc[MR][NV];                                                                           \
+    const int rate = K > 0 ? (next_lines + K - 1) / K : 0;   /* lines per k step */            \
     _Pragma("GCC unroll 16") for (int m = 0; m < MR; m++)                                      \
         _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[m][v] = (VEC){0};             \
-    /* C is usually cold (a step's gate rows were written by the input projection long     \
-     * ago): fetch it during the k loop rather than stall on it at the end. */             \
+    /* C is usually cold (a step's gate rows were written by the input projection long         \
+     * ago): fetch it during the k loop rather than stall on it at the end. */                 \
     _Pragma("GCC unroll 16") for (int m = 0; m < MR; m++)                                      \
-        _Pragma("GCC unroll 4") for (int v = 0; v < NCOL; v += 16)                              \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NCOL && v < nc; v += 16)                   \
             __builtin_prefetch(C + (size_t)m * ldc + v, 1);                                    \
     for (int k = 0; k < K; k++) {                                                              \
         VEC b[NV];                                                                             \
         __builtin_prefetch(P + (size_t)(k + FL_PREFETCH_K) * FL_NR);                           \
-        if (k < next_lines) __builtin_prefetch(next + (size_t)k * 16);                         \
-        if (k + K < next_lines) __builtin_prefetch(next + (size_t)(k + K) * 16);               \
+        for (int i = 0, l = k * rate; i < rate && l < next_lines; i++, l++)                    \
+            __builtin_prefetch(next + (size_t)l * 16);                                         \
         _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                                   \
             b[v] = *(const VEC *)(P + (size_t)k * FL_NR + v * VLEN);                           \
         _Pragma("GCC unroll 16") for (int m = 0; m < MR; m++) {                                \
-            /* x - 0 is x for every float, so this is a plain broadcast load (0 + x is  \
-             * not: -0 + 0 = +0, and it would cost an add and a shuffle per row). */   \
+            /* x - 0 is x for every float, so this is a plain broadcast load (0 + x is         \
+             * not: -0 + 0 = +0, and it would cost an add and a shuffle per row). */           \
             VEC a = A[(size_t)k * MR + m] - (VEC){0};                                          \
             _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[m][v] += a * b[v];        \
         }                                                                                      \
@@ -148,8 +149,8 @@ FL_DEFINE_KERNELS(fl_kernel_avx2, "avx2,fma", fl_v8, 8, 2)
 
 typedef float fl_v4 __attribute__((vector_size(16), aligned(4), may_alias));
 
-/* Horizontal sums as shuffle trees: a serial lane-by-lane sum is a 16-long dependency
- * chain, which dominates the NT kernel when K is small. */
+/* A horizontal sum as a shuffle tree (a serial lane-by-lane sum is a 16-long dependency
+ * chain), for the single-row dot-product kernel. */
 /* Each carries its kernels' target: a vector argument wider than the base ISA's registers
  * is an ABI change outside such a function, which clang refuses. */
 static inline __attribute__((always_inline, target("avx2,fma"))) float fl_hsum8(fl_v8 v) {
@@ -209,7 +210,7 @@ fl_v8 fl_hsums8(const fl_v8 *v) {
  * along k: the backward recursion dh_{t-1} = d_gates_t W_h^T reads W_h as it is, so it
  * needs no packed copy of the weights. A is interleaved per row block into chunks of
  * VLEN floats, [k / VLEN][m][VLEN]; the k % VLEN tail is added in scalar code. Meanwhile
- * ``next_lines`` cache lines from ``next`` on are prefetched, evenly over the k loop. */
+ * ``next_lines`` cache lines from ``next`` on are prefetched, spread over the k loop. */
 #define FL_DEFINE_NT_KERNEL(NAME, TARGET, VEC, VLEN, HSUMS, MR, NW)                            \
 __attribute__((target(TARGET)))                                                                \
 static void NAME##_##MR##_##NW(int K, const float *Ap, const float *A, int lda,                 \
@@ -217,7 +218,7 @@ static void NAME##_##MR##_##NW(int K, const float *Ap, const float *A, int lda, 
                                const float *next, int next_lines) {                            \
     VEC acc[MR][NW];                                                                           \
     const int kv = K / VLEN;                                                                   \
-    const int rate = kv > 0 ? (next_lines + kv - 1) / kv : 0;   /* lines per k step */        \
+    const int rate = kv > 0 ? (next_lines + kv - 1) / kv : 0;   /* lines per k step */         \
     _Pragma("GCC unroll 4") for (int m = 0; m < MR; m++)                                       \
         _Pragma("GCC unroll 6") for (int j = 0; j < NW; j++) acc[m][j] = (VEC){0};             \
     for (int kc = 0; kc < kv; kc++) {                                                          \
@@ -562,12 +563,12 @@ static void fl_gemm_nt_f32(int M, int N, int K, const float *A, int lda, const f
         int nw = N - j0 < nw_max ? N - j0 : nw_max;
         int next_rows = N - j0 - nw < nw_max ? N - j0 - nw : nw_max;
         const float *next = next_rows > 0 ? W + (size_t)(j0 + nw) * ldw : W;
-        long span = next_rows > 0 ? (long)(next_rows - 1) * ldw + K : 0;   /* floats */
+        long long span = next_rows > 0 ? (long long)(next_rows - 1) * ldw + K : 0;
         int lines = (int)((span + 15) / 16);
         for (int m0 = 0, pass = 0; m0 < M; m0 += mr, pass++) {
             int rows = M - m0 < mr ? M - m0 : mr;
-            int l0 = (int)((long)lines * pass / n_blocks);
-            int l1 = (int)((long)lines * (pass + 1) / n_blocks);
+            int l0 = (int)((long long)lines * pass / n_blocks);
+            int l1 = (int)((long long)lines * (pass + 1) / n_blocks);
             table[rows][nw](K, a_packed + (size_t)m0 * K, A + (size_t)m0 * lda, lda,
                             W + (size_t)j0 * ldw, ldw, C + (size_t)m0 * ldc + j0, ldc,
                             accumulate, next + (size_t)l0 * 16, l1 - l0);
