@@ -248,3 +248,19 @@ cdef inline int _check_index_range(const int *values, Py_ssize_t n, int low, int
             raise ValueError(f"kernel argument {name} has {values[i]} at {i}, outside "
                              f"[{low}, {high}]")
     return 0
+
+
+cdef inline int _check_sequence_args(object lengths, const int *lengths_ptr, object ids,
+                                     const int *ids_ptr, int T, int B, int n_ids,
+                                     int n_threads) except -1:
+    """The arguments every recursion kernel shares: ``lengths`` (B,) in [0, T] or None;
+    ``ids`` (T*B,) in [0, n_ids) or None (projected input only); ``n_threads`` >= 1."""
+    _check_dims(lengths, "lengths", B)
+    if lengths_ptr != NULL:
+        _check_index_range(lengths_ptr, B, 0, T, "lengths")
+    if ids is not None:
+        _check_dims(ids, "ids", <cnp.npy_intp>T * B)
+        _check_index_range(ids_ptr, <Py_ssize_t>T * B, 0, n_ids - 1, "ids")
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be at least 1, got {n_threads}")
+    return 0

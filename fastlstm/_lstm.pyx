@@ -364,17 +364,11 @@ def lstm_forward_kernel(x, W_x, W_h, b, gates, h_states, c_states, hs, lengths, 
     _check_dims(h_states, "h_states", T + 1, B, H)
     _check_dims(c_states, "c_states", T + 1, B, H)
     _check_dims(hs, "hs", T, B, H)
-    _check_dims(lengths, "lengths", B)
-    if lengths_ptr != NULL:
-        _check_index_range(lengths_ptr, B, 0, T, "lengths")
-    if projected:
-        _check_dims(ids, "ids", <cnp.npy_intp>T * B)
-        _check_index_range(ids_ptr, <Py_ssize_t>T * B, 0, <int>_dim(W_x, 0) - 1, "ids")
+    _check_sequence_args(lengths, lengths_ptr, ids, ids_ptr, T, B, <int>_dim(W_x, 0),
+                         n_threads)
     if packed_ptr != NULL and _dim(packed, 0) < <cnp.npy_intp>packed_size(H, split_units):
         raise ValueError(f"kernel argument packed has {_dim(packed, 0)} floats, fewer than "
                          f"packed_size(H, split_units) = {packed_size(H, split_units)}")
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be at least 1, got {n_threads}")
     if not fl_gemm_packed_available():
         packed_ptr = NULL
     if typenum == cnp.NPY_FLOAT:
@@ -547,14 +541,8 @@ def lstm_backward_kernel(x, W_x, W_h, gates, h_states, c_states, dhs, lengths, d
     if chunk_T < 1 or chunk_T > max(T, 1):
         raise ValueError(f"kernel argument d_gates must hold 1 to T={T} steps, got {chunk_T}")
     _check_dims(d_gates, "d_gates", chunk_T, B, G)
-    _check_dims(lengths, "lengths", B)
-    if lengths_ptr != NULL:
-        _check_index_range(lengths_ptr, B, 0, T, "lengths")
-    if projected:
-        _check_dims(ids, "ids", <cnp.npy_intp>T * B)
-        _check_index_range(ids_ptr, <Py_ssize_t>T * B, 0, <int>_dim(W_x, 0) - 1, "ids")
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be at least 1, got {n_threads}")
+    _check_sequence_args(lengths, lengths_ptr, ids, ids_ptr, T, B, <int>_dim(W_x, 0),
+                         n_threads)
     if typenum == cnp.NPY_FLOAT:
         _backward_run(use_kernel, split_units, n_threads, T, B, D, H, chunk_T,
                       <float *>x_ptr, <float *>W_x_ptr, <float *>W_h_ptr,

@@ -136,14 +136,10 @@ def rnn_forward_kernel(x, W_x, W_h, b, h_states, hs, lengths, packed, bint relu,
     _check_dims(b, "b", H)
     _check_dims(h_states, "h_states", T + 1, B, H)
     _check_dims(hs, "hs", T, B, H)
-    _check_dims(lengths, "lengths", B)
-    if lengths_ptr != NULL:
-        _check_index_range(lengths_ptr, B, 0, T, "lengths")
+    _check_sequence_args(lengths, lengths_ptr, None, NULL, T, B, 0, n_threads)
     if packed_ptr != NULL and _dim(packed, 0) < <cnp.npy_intp>fl_packed_size(H, H):
         raise ValueError(f"kernel argument packed has {_dim(packed, 0)} floats, fewer than "
                          f"packed_size(H) = {fl_packed_size(H, H)}")
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be at least 1, got {n_threads}")
     if not fl_gemm_packed_available() or typenum != cnp.NPY_FLOAT:
         packed_ptr = NULL
     if typenum == cnp.NPY_FLOAT:
@@ -318,11 +314,7 @@ def rnn_backward_kernel(x, W_x, W_h, h_states, dhs, dh_n, lengths, dh, dh_scratc
     if chunk_T < 1 or chunk_T > max(T, 1):
         raise ValueError(f"kernel argument d_pre must hold 1 to T={T} steps, got {chunk_T}")
     _check_dims(d_pre, "d_pre", chunk_T, B, H)
-    _check_dims(lengths, "lengths", B)
-    if lengths_ptr != NULL:
-        _check_index_range(lengths_ptr, B, 0, T, "lengths")
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be at least 1, got {n_threads}")
+    _check_sequence_args(lengths, lengths_ptr, None, NULL, T, B, 0, n_threads)
     if typenum == cnp.NPY_FLOAT:
         alloc_failed = _backward_run(use_kernel, n_threads, T, B, D, H, chunk_T, relu,
                                      bptt_truncate, <float *>x_ptr, <float *>W_x_ptr,
