@@ -48,7 +48,7 @@ extra_compile = list(omp_compile)
 if not _compiler_is_msvc():
     # -fno-math-errno: no kernel relies on errno, and with it set GCC keeps sqrt scalar
     # (the optimizer updates in csrc/fastlstm_dense.h would not vectorise)
-    extra_compile += ["-O3", "-fno-math-errno", "-Wno-unused-function"]
+    extra_compile += ["-O3", "-fno-math-errno", "-fno-trapping-math", "-Wno-unused-function"]
 
 extensions = [
     Extension(

@@ -11,6 +11,14 @@
   GFLOP/s, share of the sgemm peak, speedup over torch and over the NumPy reference
   (same case, thread count and mode), and the memory measurements.
 
+* ``FASTLSTM_BENCH_ISA=avx512|avx2|generic`` runs every library at one instruction set,
+  so an AVX2 machine can be measured on an AVX-512 one (on Zen 4 an AVX2 FMA has the same
+  throughput per float as an AVX-512 one): fastlstm through ``FASTLSTM_ISA``, OpenBLAS
+  through ``OPENBLAS_CORETYPE``, torch through ``ATEN_CPU_CAPABILITY`` and MKL through
+  ``MKL_ENABLE_INSTRUCTIONS``. They are set here, before NumPy, SciPy or torch load; a
+  variable already set in the environment is a usage error unless it agrees. The
+  summary's header says what each library ran.
+
 Nothing here asserts a timing: speed is measured, never tested.
 """
 import fnmatch
@@ -21,6 +29,38 @@ import sys
 from pathlib import Path
 
 import pytest
+
+# What FASTLSTM_BENCH_ISA sets: fastlstm, OpenBLAS, torch (ATen), MKL.
+BENCH_ISA_VAR = "FASTLSTM_BENCH_ISA"
+BENCH_ISA_SETTINGS = {
+    "avx512": {"FASTLSTM_ISA": "avx512", "OPENBLAS_CORETYPE": "SkylakeX",
+               "ATEN_CPU_CAPABILITY": "avx512", "MKL_ENABLE_INSTRUCTIONS": "AVX512"},
+    "avx2": {"FASTLSTM_ISA": "avx2", "OPENBLAS_CORETYPE": "Haswell",
+             "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "generic": {"FASTLSTM_ISA": "generic", "OPENBLAS_CORETYPE": "Prescott",
+                "ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
+}
+
+
+def _apply_bench_isa():
+    name = os.environ.get(BENCH_ISA_VAR, "").strip().lower()
+    if not name:
+        return
+    if name not in BENCH_ISA_SETTINGS:
+        raise pytest.UsageError(f"{BENCH_ISA_VAR}={name!r}: use one of "
+                                f"{', '.join(BENCH_ISA_SETTINGS)}")
+    loaded = [m for m in ("numpy", "scipy", "torch") if m in sys.modules]
+    if loaded:
+        raise pytest.UsageError(f"{BENCH_ISA_VAR} must take effect before {loaded} load; "
+                                f"set {BENCH_ISA_SETTINGS[name]} in the shell instead")
+    for var, value in BENCH_ISA_SETTINGS[name].items():
+        if os.environ.get(var, value).lower() != value.lower():
+            raise pytest.UsageError(f"{BENCH_ISA_VAR}={name} sets {var}={value}, but the "
+                                    f"environment already has {var}={os.environ[var]}")
+        os.environ[var] = value
+
+
+_apply_bench_isa()
 
 if importlib.util.find_spec("fastlstm") is None:   # built in place, not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -164,6 +204,35 @@ def _banner(tr):
     cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
              else os.cpu_count())
     tr.write_line(f"BLAS: {'; '.join(blas) or '?'}; {platform.machine()}, {cores} usable cores")
+    tr.write_line(_isa_line())
+
+
+def _isa_line():
+    """The CPU model and the instruction set each library ran."""
+    from threadpoolctl import threadpool_info
+    parts = []
+    try:
+        import fastlstm
+        info = fastlstm.config()
+        cpu = info["cpu"]
+        parts.append(f"fastlstm {info['isa']} (best here {info['isa_best']})")
+    except (ImportError, KeyError):                       # pragma: no cover
+        cpu = platform.processor() or "?"
+    cores = sorted({i.get("architecture", "?") for i in threadpool_info()
+                    if i.get("internal_api") == "openblas"})
+    coretype = os.environ.get("OPENBLAS_CORETYPE")
+    parts.append(f"OpenBLAS core {'/'.join(cores) or '?'}"
+                 + (f" (OPENBLAS_CORETYPE={coretype})" if coretype else ""))
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        try:
+            cap = torch.backends.cpu.get_cpu_capability()
+        except AttributeError:                            # pragma: no cover
+            cap = "?"
+        parts.append(f"torch {cap}")
+    forced = os.environ.get(BENCH_ISA_VAR)
+    return (f"CPU: {cpu}; ISA: " + ", ".join(parts)
+            + (f"; forced by {BENCH_ISA_VAR}={forced}" if forced else ""))
 
 
 def _throughput_table(tr, log, by_key):

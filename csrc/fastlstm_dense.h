@@ -19,8 +19,7 @@
 /* Rows [0, n_rows) of logits z (ld V): returns the sum over the rows kept (target !=       \
  * ignore, or all when !has_ignore) of -log softmax(z)[target] (in double), and writes       \
  * grad = scale * (softmax(z) - onehot(target)) for kept rows, 0 for ignored ones. */         \
-FL_TARGET_CLONES                                                                              \
-static double fl_softmax_xent_rows_##SUFFIX(int n_rows, int V, const REAL *FL_RESTRICT z,     \
+FL_INLINE double fl_softmax_xent_rows_##SUFFIX##_body(int n_rows, int V, const REAL *FL_RESTRICT z,     \
                                             const int64_t *targets, int has_ignore,           \
                                             int64_t ignore, REAL scale,                       \
                                             REAL *FL_RESTRICT grad) {                         \
@@ -57,10 +56,15 @@ static double fl_softmax_xent_rows_##SUFFIX(int n_rows, int V, const REAL *FL_RE
     }                                                                                         \
     return loss;                                                                              \
 }                                                                                             \
+FL_ISA_VERSIONS(double, fl_softmax_xent_rows_##SUFFIX,                                          \
+    (int n_rows, int V, const REAL *FL_RESTRICT z,                                              \
+     const int64_t *targets, int has_ignore,                                                    \
+     int64_t ignore, REAL scale,                                                                \
+     REAL *FL_RESTRICT grad),                                                                   \
+    (n_rows, V, z, targets, has_ignore, ignore, scale, grad))                                   \
                                                                                               \
 /* Adagrad (PyTorch's rule): sum += g^2; p -= lr * g / (sqrt(sum) + eps). */                  \
-FL_TARGET_CLONES                                                                              \
-static void fl_adagrad_##SUFFIX(size_t n, REAL *FL_RESTRICT p, const REAL *FL_RESTRICT g,    \
+FL_INLINE void fl_adagrad_##SUFFIX##_body(size_t n, REAL *FL_RESTRICT p, const REAL *FL_RESTRICT g,    \
                                 REAL *FL_RESTRICT sum, REAL lr, REAL eps) {                  \
     for (size_t i = 0; i < n; i++) {                                                          \
         REAL gi = g[i];                                                                       \
@@ -69,12 +73,15 @@ static void fl_adagrad_##SUFFIX(size_t n, REAL *FL_RESTRICT p, const REAL *FL_RE
         p[i] -= (lr * gi) / (SQRT(s) + eps);                                                  \
     }                                                                                         \
 }                                                                                             \
+FL_ISA_VERSIONS_VOID(fl_adagrad_##SUFFIX,                                                       \
+    (size_t n, REAL *FL_RESTRICT p, const REAL *FL_RESTRICT g,                                  \
+     REAL *FL_RESTRICT sum, REAL lr, REAL eps),                                                 \
+    (n, p, g, sum, lr, eps))                                                                    \
                                                                                               \
 /* Adam (PyTorch's rule, weight decay folded into g unless decoupled, which the caller      \
  * applies to p first): m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;                        \
  * p -= step_size * m / (sqrt(v) / sqrt_bc2 + eps). */                                        \
-FL_TARGET_CLONES                                                                              \
-static void fl_adam_##SUFFIX(size_t n, REAL *FL_RESTRICT p, const REAL *FL_RESTRICT g,       \
+FL_INLINE void fl_adam_##SUFFIX##_body(size_t n, REAL *FL_RESTRICT p, const REAL *FL_RESTRICT g,       \
                              REAL *FL_RESTRICT m, REAL *FL_RESTRICT v, REAL b1, REAL b2,     \
                              REAL weight_decay, REAL step_size, REAL sqrt_bc2, REAL eps) {   \
     for (size_t i = 0; i < n; i++) {                                                          \
@@ -85,7 +92,12 @@ static void fl_adam_##SUFFIX(size_t n, REAL *FL_RESTRICT p, const REAL *FL_RESTR
         v[i] = vi;                                                                            \
         p[i] -= step_size * mi / (SQRT(vi) / sqrt_bc2 + eps);                                 \
     }                                                                                         \
-}
+}                                                                                               \
+FL_ISA_VERSIONS_VOID(fl_adam_##SUFFIX,                                                          \
+    (size_t n, REAL *FL_RESTRICT p, const REAL *FL_RESTRICT g,                                  \
+     REAL *FL_RESTRICT m, REAL *FL_RESTRICT v, REAL b1, REAL b2,                                \
+     REAL weight_decay, REAL step_size, REAL sqrt_bc2, REAL eps),                               \
+    (n, p, g, m, v, b1, b2, weight_decay, step_size, sqrt_bc2, eps))
 
 FL_DEFINE_XENT(f32, float, fl_expf, sqrtf)
 FL_DEFINE_XENT(f64, double, fl_exp, sqrt)

@@ -6,8 +6,9 @@
  * forward/backward call into column panels of FL_NR (= 32) floats, [panel][k][0:32], zero-
  * padded past N, and a register-blocked kernel streams each panel once per step.
  *
- * Kernels exist for AVX-512F and for AVX2+FMA (GCC/Clang vector extensions, chosen at run
- * time); fl_gemm_packed_available() is 0 elsewhere and the caller uses BLAS instead.
+ * Kernels exist for AVX-512F and for AVX2+FMA (GCC/Clang vector extensions), run at the
+ * level fl_isa() says; fl_gemm_packed_available() is 0 at the generic level and the caller
+ * uses BLAS instead.
  */
 #ifndef FASTLSTM_GEMM_H
 #define FASTLSTM_GEMM_H
@@ -64,8 +65,9 @@ static void fl_pack_panels_f32(int K, int N, const float *B, int ldb, int trans,
     }
 }
 
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) \
-    && !defined(FASTLSTM_NO_PACKED_GEMM)
+#include "fastlstm_isa.h"
+
+#if FL_HAVE_ISA_KERNELS && !defined(FASTLSTM_NO_PACKED_GEMM)
 #define FL_HAVE_PACKED_KERNELS 1
 
 #include <immintrin.h>
@@ -447,32 +449,9 @@ static void fl_dots_run_avx2(int N, int K, const float *x, const float *W, int l
         fl_dots_avx2_1(K, x, W + (size_t)j * ldw, ldw, y + j, last, kv);
 }
 
-static int fl_gemm_isa = -1;   /* in use: 0 none (BLAS), 1 AVX2+FMA, 2 AVX-512F */
+static int fl_gemm_packed_available(void) { return fl_isa() > FL_ISA_GENERIC; }
 
-static int fl_gemm_detect_isa(void) {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f"))
-        return 2;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return 1;
-    return 0;
-}
-
-static int fl_gemm_packed_available(void) {
-    if (fl_gemm_isa < 0)
-        fl_gemm_isa = fl_gemm_detect_isa();
-    return fl_gemm_isa > 0;
-}
-
-/* Use at most kernel level `isa` (never more than the CPU has); returns the level now in
- * use. Lets the tests run the AVX2 kernels on an AVX-512 machine. Not thread-safe. */
-static int fl_gemm_limit_isa(int isa) {
-    int best = fl_gemm_detect_isa();
-    fl_gemm_isa = isa < best ? isa : best;
-    return fl_gemm_isa;
-}
-
-static int fl_gemm_mr(void) { return fl_gemm_isa == 2 ? 12 : 6; }
+static int fl_gemm_mr(void) { return fl_isa() == FL_ISA_AVX512 ? 12 : 6; }
 
 /* Floats of scratch fl_gemm_packed_f32 needs for A (M x K). */
 static size_t fl_packed_a_size(int M, int K) { return (size_t)M * K; }
@@ -487,8 +466,8 @@ static void fl_gemm_packed_f32(int M, int N, int K, const float *A, int lda,
                                const float *packed, float *C, int ldc, int accumulate,
                                float *a_scratch) {
     const int mr_max = fl_gemm_mr();
-    const int ncol = fl_gemm_isa == 2 ? 32 : 16;   /* columns one kernel call covers */
-    const fl_kernel_avx512_fn *table = fl_gemm_isa == 2 ? fl_kernel_avx512_table
+    const int ncol = fl_isa() == FL_ISA_AVX512 ? 32 : 16;   /* columns one kernel call covers */
+    const fl_kernel_avx512_fn *table = fl_isa() == FL_ISA_AVX512 ? fl_kernel_avx512_table
                                                          : fl_kernel_avx2_table;
     const int n_blocks = (M + mr_max - 1) / mr_max;
     const int mr = (M + n_blocks - 1) / n_blocks;
@@ -535,7 +514,7 @@ static void fl_gemm_packed_f32(int M, int N, int K, const float *A, int lda,
  * a_scratch: fl_packed_a_size(M, K) floats. */
 static void fl_gemm_nt_f32(int M, int N, int K, const float *A, int lda, const float *W,
                            int ldw, float *C, int ldc, int accumulate, float *a_scratch) {
-    const int avx512 = fl_gemm_isa == 2;
+    const int avx512 = fl_isa() == FL_ISA_AVX512;
     const int vlen = avx512 ? 16 : 8, mr_max = avx512 ? 4 : 3, nw_max = avx512 ? 6 : 3;
     const fl_nt_fn (*table)[7] = avx512 ? fl_nt_avx512_table : fl_nt_avx2_table;
     const int kv = K / vlen;
@@ -580,7 +559,7 @@ static void fl_gemm_nt_f32(int M, int N, int K, const float *A, int lda, const f
 static void fl_dots_f32(int N, int K, const float *x, const float *W, int ldw, float *y) {
     if (N <= 0)
         return;
-    if (fl_gemm_isa == 2)
+    if (fl_isa() == FL_ISA_AVX512)
         fl_dots_run_avx512(N, K, x, W, ldw, y);
     else
         fl_dots_run_avx2(N, K, x, W, ldw, y);
@@ -591,7 +570,7 @@ static void fl_gemv_f32(int K, int N, const float *x, const float *W, int ldw, f
                         int accumulate) {
     if (N <= 0)
         return;
-    if (fl_gemm_isa == 2)
+    if (fl_isa() == FL_ISA_AVX512)
         fl_gemv_run_avx512(K, N, x, W, ldw, y, accumulate);
     else
         fl_gemv_run_avx2(K, N, x, W, ldw, y, accumulate);
@@ -600,7 +579,6 @@ static void fl_gemv_f32(int K, int N, const float *x, const float *W, int ldw, f
 #else
 #define FL_HAVE_PACKED_KERNELS 0
 static int fl_gemm_packed_available(void) { return 0; }
-static int fl_gemm_limit_isa(int isa) { (void)isa; return 0; }
 static int fl_gemm_mr(void) { return 1; }
 static void fl_gemm_nt_f32(int M, int N, int K, const float *A, int lda, const float *W,
                            int ldw, float *C, int ldc, int accumulate, float *a_scratch) {

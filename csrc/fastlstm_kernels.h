@@ -3,9 +3,9 @@
  *
  * The float32 cell uses its own exp (a Cephes-style polynomial) and tanh (a rational
  * minimax fit), both within a few ulp, so that the inner loops vectorise; the float64
- * cell uses Cephes' exp and tanh (about 2 ulp), vectorised the same way. On x86-64 Linux
- * the row loops are compiled for AVX-512, AVX2+FMA and the baseline, and the loader picks
- * one for the running CPU (GCC target_clones).
+ * cell uses Cephes' exp and tanh (about 2 ulp), vectorised the same way. With GCC on
+ * x86-64 the row loops are compiled for AVX-512, AVX2+FMA and the baseline, and run at
+ * the level fl_isa() says (csrc/fastlstm_isa.h: FASTLSTM_ISA, or the CPU's best).
  */
 #ifndef FASTLSTM_KERNELS_H
 #define FASTLSTM_KERNELS_H
@@ -98,13 +98,7 @@ static void *fl_aligned_alloc(size_t bytes) {
 static void fl_aligned_free(void *p) { free(p); }
 #endif
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
-    && !defined(FASTLSTM_NO_TARGET_CLONES)
-#define FL_TARGET_CLONES \
-    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FL_TARGET_CLONES
-#endif
+#include "fastlstm_isa.h"
 
 #if defined(__GNUC__) || defined(__clang__)
 #define FL_RESTRICT __restrict__
@@ -230,8 +224,7 @@ FL_INLINE void fl_cell_row_forward_##SUFFIX(                                    
     }                                                                                           \
 }                                                                                               \
                                                                                                 \
-FL_TARGET_CLONES                                                                                \
-static void fl_lstm_cell_forward_##SUFFIX(                                                      \
+FL_INLINE void fl_lstm_cell_forward_##SUFFIX##_body(                                                      \
     int n_rows, int H, int u0, int nu, REAL *gates, const REAL *c_prev, REAL *c_next,           \
     const REAL *h_prev, REAL *h_next, REAL *hs, const int *lengths, int t)                      \
 {                                                                                               \
@@ -248,6 +241,10 @@ static void fl_lstm_cell_forward_##SUFFIX(                                      
                                      c_next + off, h_next + off, hs + off);                     \
     }                                                                                           \
 }                                                                                               \
+FL_ISA_VERSIONS_VOID(fl_lstm_cell_forward_##SUFFIX,                                             \
+    (int n_rows, int H, int u0, int nu, REAL *gates, const REAL *c_prev, REAL *c_next,          \
+     const REAL *h_prev, REAL *h_next, REAL *hs, const int *lengths, int t),                    \
+    (n_rows, H, u0, nu, gates, c_prev, c_next, h_prev, h_next, hs, lengths, t))                 \
                                                                                                 \
 /* d_h = dh (+ dhs when given) is the gradient reaching h_t; dc holds the gradient reaching \
  * c_t from step t+1 and leaves with the gradient w.r.t. c_{t-1}. */                        \
@@ -272,8 +269,7 @@ FL_INLINE void fl_cell_row_backward_##SUFFIX(                                   
 }                                                                                               \
                                                                                                 \
 /* dh is left for the caller's GEMM to overwrite with the gradient w.r.t. h_{t-1}. */        \
-FL_TARGET_CLONES                                                                                \
-static void fl_lstm_cell_backward_##SUFFIX(                                                     \
+FL_INLINE void fl_lstm_cell_backward_##SUFFIX##_body(                                                     \
     int n_rows, int H, int u0, int nu, const REAL *gates, const REAL *c_prev,                   \
     const REAL *c_cur, const REAL *dhs, const REAL *dh, REAL *dc, REAL *d_gates,                \
     const int *lengths, int t)                                                                  \
@@ -296,7 +292,12 @@ static void fl_lstm_cell_backward_##SUFFIX(                                     
                                           c_cur + off, dh + off, NULL, dc + off, da,            \
                                           da + H, da + 2 * H, da + 3 * H);                      \
     }                                                                                           \
-}
+}                                                                                               \
+FL_ISA_VERSIONS_VOID(fl_lstm_cell_backward_##SUFFIX,                                            \
+    (int n_rows, int H, int u0, int nu, const REAL *gates, const REAL *c_prev,                  \
+     const REAL *c_cur, const REAL *dhs, const REAL *dh, REAL *dc, REAL *d_gates,               \
+     const int *lengths, int t),                                                                \
+    (n_rows, H, u0, nu, gates, c_prev, c_cur, dhs, dh, dc, d_gates, lengths, t))
 
 FL_DEFINE_CELL(f32, float, fl_sigmoidf, fl_tanhf)
 FL_DEFINE_CELL(f64, double, fl_sigmoid, fl_tanh)
@@ -307,8 +308,7 @@ FL_DEFINE_CELL(f64, double, fl_sigmoid, fl_tanh)
  * Backward: d_pre = (dh + dhs) * act'(a), with act' read off the output h. Rows past
  * their sequence's length carry the state (forward) or get zero gradients (backward). */
 #define FL_DEFINE_RNN_CELL(SUFFIX, REAL, TANH)                                                  \
-FL_TARGET_CLONES                                                                                \
-static void fl_rnn_cell_forward_##SUFFIX(int n_rows, int H, int relu, const REAL *h_prev,       \
+FL_INLINE void fl_rnn_cell_forward_##SUFFIX##_body(int n_rows, int H, int relu, const REAL *h_prev,       \
                                          REAL *h_next, REAL *hs, const int *lengths, int t)     \
 {                                                                                               \
     for (int r = 0; r < n_rows; r++) {                                                          \
@@ -325,9 +325,12 @@ static void fl_rnn_cell_forward_##SUFFIX(int n_rows, int H, int relu, const REAL
         }                                                                                       \
     }                                                                                           \
 }                                                                                               \
+FL_ISA_VERSIONS_VOID(fl_rnn_cell_forward_##SUFFIX,                                              \
+    (int n_rows, int H, int relu, const REAL *h_prev,                                           \
+     REAL *h_next, REAL *hs, const int *lengths, int t),                                        \
+    (n_rows, H, relu, h_prev, h_next, hs, lengths, t))                                          \
                                                                                                 \
-FL_TARGET_CLONES                                                                                \
-static void fl_rnn_cell_backward_##SUFFIX(int n_rows, int H, int relu, const REAL *h_cur,       \
+FL_INLINE void fl_rnn_cell_backward_##SUFFIX##_body(int n_rows, int H, int relu, const REAL *h_cur,       \
                                           const REAL *dh, const REAL *dhs, REAL *d_pre,         \
                                           const int *lengths, int t)                            \
 {                                                                                               \
@@ -349,7 +352,12 @@ static void fl_rnn_cell_backward_##SUFFIX(int n_rows, int H, int relu, const REA
             else for (int j = 0; j < H; j++) da[j] = g[j] * (1 - h[j] * h[j]);                  \
         }                                                                                       \
     }                                                                                           \
-}
+}                                                                                               \
+FL_ISA_VERSIONS_VOID(fl_rnn_cell_backward_##SUFFIX,                                             \
+    (int n_rows, int H, int relu, const REAL *h_cur,                                            \
+     const REAL *dh, const REAL *dhs, REAL *d_pre,                                              \
+     const int *lengths, int t),                                                                \
+    (n_rows, H, relu, h_cur, dh, dhs, d_pre, lengths, t))
 
 FL_DEFINE_RNN_CELL(f32, float, fl_tanhf)
 FL_DEFINE_RNN_CELL(f64, double, fl_tanh)
@@ -370,15 +378,18 @@ FL_DEFINE_COPY_VALID(f64, double)
 
 /* acc[j] += sum_r m[r, j] for a column block of a row-major matrix, summed in double. */
 #define FL_DEFINE_COLSUM(SUFFIX, REAL)                                                           \
-FL_TARGET_CLONES                                                                                \
-static void fl_add_column_sums_##SUFFIX(int n_rows, int n_cols, const REAL *FL_RESTRICT m,      \
+FL_INLINE void fl_add_column_sums_##SUFFIX##_body(int n_rows, int n_cols, const REAL *FL_RESTRICT m,      \
                                         int ld, double *FL_RESTRICT acc)                        \
 {                                                                                               \
     for (int r = 0; r < n_rows; r++) {                                                          \
         const REAL *FL_RESTRICT row = m + (size_t)r * ld;                                       \
         for (int j = 0; j < n_cols; j++) acc[j] += (double)row[j];                              \
     }                                                                                           \
-}
+}                                                                                               \
+FL_ISA_VERSIONS_VOID(fl_add_column_sums_##SUFFIX,                                               \
+    (int n_rows, int n_cols, const REAL *FL_RESTRICT m,                                         \
+     int ld, double *FL_RESTRICT acc),                                                          \
+    (n_rows, n_cols, m, ld, acc))
 FL_DEFINE_COLSUM(f32, float)
 FL_DEFINE_COLSUM(f64, double)
 

@@ -9,6 +9,7 @@ The functional API (time-major, gate order i, f, g, o, see DESIGN.md)::
 """
 __version__ = "0.1.0"
 
+from . import _isa  # noqa: F401  (applies FASTLSTM_ISA, or the CPU's best, to every kernel)
 from ._config import config, show_config
 from ._containers import LSTMCache, LSTMGrads, RNNCache, RNNGrads
 from .lstm import lstm_backward, lstm_forward

@@ -1,12 +1,35 @@
 """``fastlstm.show_config()``: what this installation runs on."""
+import os
 import platform
 import sys
 
 import numpy as np
 import scipy
 
-from . import _backend
+from . import _backend, _isa
 from ._threads import blas_info, usable_cores
+
+
+def cpu_model():
+    """The CPU's model name as the OS reports it ("?" when it does not)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def describe_isa(name):
+    """What runs at instruction-set level ``name``, in words."""
+    if name == "generic":
+        return ("generic: BLAS for every product, portable C for the cell math, dense ops "
+                "and optimizers")
+    label = {"avx2": "AVX2+FMA", "avx512": "AVX-512"}[name]
+    return (f"{name}: {label} kernels for the float32 step GEMM, NT product and GEMV, the "
+            f"cell math, dense ops and optimizers; BLAS for the whole-sequence GEMMs")
 
 
 def config():
@@ -23,7 +46,11 @@ def config():
         "compiled_error": None if kernels is not None else str(_backend.IMPORT_ERROR),
         "openmp": bool(kernels is not None and kernels.OPENMP_ENABLED),
         "openmp_max_threads": kernels.openmp_max_threads() if kernels is not None else 0,
-        "gemm_kernels": kernels.gemm_isa() if kernels is not None else None,
+        "isa": _isa.current(),
+        "isa_best": _isa.best(),
+        "isa_env": os.environ.get(_isa.ENV_VAR) or None,
+        "cpu": cpu_model(),
+        "machine": platform.machine(),
         "usable_cores": usable_cores(),
         "blas": [{k: lib.get(k) for k in ("internal_api", "version", "num_threads",
                                           "threading_layer", "architecture", "filepath")}
@@ -40,9 +67,13 @@ def show_config(file=None):
     print(f"fastlstm {info['fastlstm']} (Python {info['python']}, NumPy {info['numpy']}, "
           f"SciPy {info['scipy']})", file=out)
     print(f"platform: {info['platform']}", file=out)
+    print(f"CPU: {info['cpu']} ({info['machine']})", file=out)
     if info["compiled"]:
-        print(f"compiled kernels: yes (own float32 GEMM kernels: {info['gemm_kernels']})",
-              file=out)
+        print("compiled kernels: yes", file=out)
+        forced = (f"forced by {_isa.ENV_VAR}={info['isa_env']}" if info["isa_env"]
+                  else f"{_isa.ENV_VAR} unset")
+        print(f"instruction set: {describe_isa(info['isa'])} ({forced}; best here: "
+              f"{info['isa_best']})", file=out)
     else:
         print(f"compiled kernels: NO, using the NumPy reference ({info['compiled_error']})",
               file=out)

@@ -16,7 +16,7 @@ from cython.parallel cimport parallel, threadid
 from libc.stdint cimport int64_t
 
 from ._blas cimport gemm
-from ._kernel_common cimport _split, _split_aligned, fl_num_threads
+from ._kernel_common cimport _split, _split_aligned, fl_isa, fl_isa_best, fl_isa_set, fl_num_threads
 
 cdef extern from "fastlstm_dense.h" nogil:
     double fl_softmax_xent_rows_f32(int n_rows, int V, const float *z, const int64_t *targets,
@@ -32,6 +32,24 @@ cdef extern from "fastlstm_dense.h" nogil:
     void fl_adam_f64(size_t n, double *p, const double *g, double *m, double *v, double b1,
                      double b2, double weight_decay, double step_size, double sqrt_bc2,
                      double eps)
+
+# The instruction set of every ISA-specific kernel in this module (csrc/fastlstm_isa.h);
+# fastlstm._isa sets all extensions to the same level.
+def isa_level():
+    """The level this module's kernels run at: 0 generic, 1 AVX2+FMA, 2 AVX-512."""
+    return fl_isa()
+
+
+def best_isa_level():
+    """The best level this CPU runs and this build has kernels for."""
+    return fl_isa_best()
+
+
+def set_isa_level(int level):
+    """Run at ``level``, or at the CPU's best when that is lower; returns the level now
+    in use. Only while no kernel runs (fastlstm._isa.set_isa)."""
+    return fl_isa_set(level)
+
 
 DEF MAX_THREADS = 256
 

@@ -48,10 +48,14 @@ cdef extern from "fastlstm_kernels.h" nogil:
     void fl_add_column_sums_f32(int n_rows, int n_cols, const float *m, int ld, double *acc)
     void fl_add_column_sums_f64(int n_rows, int n_cols, const double *m, int ld, double *acc)
 
+cdef extern from "fastlstm_isa.h" nogil:
+    int fl_isa()
+    int fl_isa_best()
+    int fl_isa_set(int level)
+
 cdef extern from "fastlstm_gemm.h" nogil:
     int FL_NR
     int fl_gemm_packed_available()
-    int fl_gemm_limit_isa(int isa)
     size_t fl_packed_size(int K, int N)
     size_t fl_packed_a_size(int M, int K)
     void fl_pack_panels_f32(int K, int N, const float *B, int ldb, int trans, float *packed,

@@ -35,29 +35,32 @@ from ._kernel_common cimport *
 cnp.import_array()
 
 OPENMP_ENABLED = bool(fl_openmp_enabled())
-_ISA_NAMES = ("none (BLAS only)", "AVX2+FMA", "AVX-512F")
 
 
 def packed_gemm_available():
-    """True when float32 recursions run on fastlstm's own GEMM kernels (AVX2+FMA or
-    AVX-512 CPUs); BLAS does the products otherwise."""
+    """True when float32 recursions run on fastlstm's own GEMM kernels (the AVX2+FMA or
+    AVX-512 level); BLAS does the products otherwise."""
     return bool(fl_gemm_packed_available())
 
 
-cdef int _isa_level = fl_gemm_limit_isa(2)   # at import: the best the CPU has
+# The instruction set of every ISA-specific kernel in this module (csrc/fastlstm_isa.h);
+# fastlstm._isa sets all extensions to the same level.
+def isa_level():
+    """The level this module's kernels run at: 0 generic, 1 AVX2+FMA, 2 AVX-512."""
+    return fl_isa()
 
 
-def gemm_isa():
-    """Which of fastlstm's own GEMM kernels run here."""
-    return _ISA_NAMES[_isa_level]
+def best_isa_level():
+    """The best level this CPU runs and this build has kernels for."""
+    return fl_isa_best()
 
 
-def limit_gemm_isa(int level):
-    """Use at most kernel level ``level`` (0 BLAS only, 1 AVX2, 2 AVX-512), never more
-    than the CPU has; returns the level now in use. For tests and benchmarks."""
-    global _isa_level
-    _isa_level = fl_gemm_limit_isa(level)
-    return _isa_level
+def set_isa_level(int level):
+    """Run at ``level``, or at the CPU's best when that is lower; returns the level now
+    in use. Only while no kernel runs (fastlstm._isa.set_isa)."""
+    return fl_isa_set(level)
+
+
 # Hidden units are shared out between threads in whole panels of this many.
 UNIT_BLOCK = FL_NR
 # ... or, where the weights are read in place, in whole cache lines of float32 units.

@@ -55,18 +55,15 @@ def run_child(code, timeout=300):
 
 
 @contextlib.contextmanager
-def gemm_isa_limited(kernels, level):
-    """fastlstm's own GEMM kernels of ``kernels`` (an extension module: each has its own
-    setting) at most at ``level`` (1 AVX2, 2 AVX-512) for the body, so lower levels are
-    checked on better CPUs too; skips the test where the CPU lacks the level."""
-    best = kernels.limit_gemm_isa(2)
-    if kernels.limit_gemm_isa(level) != level:
-        kernels.limit_gemm_isa(best)
-        pytest.skip("the CPU lacks this kernel level")
-    try:
+def isa_limited(name):
+    """Every compiled kernel at instruction set ``name`` ("avx2", "generic", ...) for the
+    body, so lower levels are checked on better CPUs too; skips the test where the CPU
+    lacks the level."""
+    from fastlstm import _isa
+    if _isa.LEVELS[name] > _isa.LEVELS[_isa.best()]:
+        pytest.skip(f"the CPU lacks the {name} kernels")
+    with _isa.isa(name):
         yield
-    finally:
-        kernels.limit_gemm_isa(best)
 
 
 def make_lstm_inputs(T, B, D, H, dtype=np.float64, seed=0, state=True):

@@ -11,7 +11,7 @@ import pytest
 import fastlstm
 import fastlstm.lstm as lstm_module
 from fastlstm import reference
-from conftest import gemm_isa_limited, make_lstm_inputs, mixed_lengths, rel_err, TOLERANCE
+from conftest import isa_limited, make_lstm_inputs, mixed_lengths, rel_err, TOLERANCE
 
 pytestmark = pytest.mark.skipif(not fastlstm.config()["compiled"],
                                 reason="compiled kernels not built")
@@ -41,13 +41,18 @@ PATHS = {
     "batch-split": {"UNIT_SPLIT_MAX_ROWS": 0, "UNIT_SPLIT_IDLE_MIN_H": 10**9},
     # fastlstm's own kernels at a lower instruction set than this CPU's best, so the AVX2
     # kernels are checked on AVX-512 machines too (skipped where the CPU lacks them).
-    "avx2-kernels": {"PACKED_GEMM_MIN_STEP_ROWS": 1, "isa": 1},
+    "avx2-kernels": {"PACKED_GEMM_MIN_STEP_ROWS": 1, "isa": "avx2"},
     "avx2-unit-split": {"UNIT_SPLIT_MAX_ROWS": 10**9, "UNIT_SPLIT_MIN_H": 1,
-                        "PACKED_GEMM_MIN_STEP_ROWS": 1, "isa": 1},
+                        "PACKED_GEMM_MIN_STEP_ROWS": 1, "isa": "avx2"},
     # one sequence on several threads with each thread's share of W_h copied side by
     # side, from the first step (by default only sequences of 16 steps or more)
     "one-sequence-copy": {"copy_min_steps": 1},
-    "avx2-one-sequence-copy": {"copy_min_steps": 1, "isa": 1},
+    "avx2-one-sequence-copy": {"copy_min_steps": 1, "isa": "avx2"},
+    # no ISA-specific kernel: BLAS for every product, portable C for the cell math (what
+    # runs on ARM and on x86-64 CPUs without AVX2)
+    "generic": {"isa": "generic"},
+    "generic-unit-split": {"UNIT_SPLIT_MAX_ROWS": 10**9, "UNIT_SPLIT_MIN_H": 1,
+                           "isa": "generic"},
 }
 
 
@@ -62,7 +67,7 @@ def path(request, monkeypatch):
     if copy_min_steps is not None:
         previous = kernels.set_one_sequence_copy_min_steps(copy_min_steps)
         request.addfinalizer(lambda: kernels.set_one_sequence_copy_min_steps(previous))
-    with gemm_isa_limited(kernels, isa) if isa is not None else contextlib.nullcontext():
+    with isa_limited(isa) if isa is not None else contextlib.nullcontext():
         yield request.param
 
 

@@ -41,16 +41,21 @@ def test_matmul_matches_numpy(dtype, threads, M, N, K, trans_a, trans_b):
     np.testing.assert_allclose(out, base + expected, **_tol(dtype, np.sqrt(K)))
 
 
-def test_matmul_parallel_split_equals_one_thread():
-    """Each output entry is one dot product whoever computes it: the band split over
-    threads gives the same bits as a single thread."""
+def test_matmul_parallel_split_matches_one_thread():
+    """Two threads split the product into bands (of rows, or of columns when C is wider
+    than tall) and call BLAS on each band. The arithmetic is BLAS's, not fastlstm's: its
+    kernels may round a row differently with the band's size (OpenBLAS's Haswell sgemm
+    does), so the two results agree to a float32 tolerance, not bitwise; every entry
+    must still be the same dot product."""
     rng = np.random.default_rng(1)
     for shape_a, shape_b in [((700, 90), (90, 65)), ((40, 90), (90, 3000))]:
         a = rng.standard_normal(shape_a).astype(np.float32)
         b = rng.standard_normal(shape_b).astype(np.float32)
         one = _dense_ops.matmul(a, b, num_threads=1)
         two = _dense_ops.matmul(a, b, num_threads=2)
-        np.testing.assert_array_equal(one, two)
+        np.testing.assert_allclose(two, one, **_tol(np.float32, np.sqrt(a.shape[1])))
+        exact = a.astype(np.float64) @ b.astype(np.float64)
+        np.testing.assert_allclose(two, exact, **_tol(np.float32, np.sqrt(a.shape[1])))
 
 
 def test_matmul_empty_and_unsuitable_inputs_fall_back():

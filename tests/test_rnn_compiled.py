@@ -6,7 +6,7 @@ import pytest
 import fastlstm
 import fastlstm.lstm as lstm_module
 from fastlstm import reference
-from conftest import gemm_isa_limited, mixed_lengths, rel_err, TOLERANCE
+from conftest import isa_limited, mixed_lengths, rel_err, TOLERANCE
 
 pytestmark = pytest.mark.skipif(not fastlstm.config()["compiled"],
                                 reason="compiled kernels not built")
@@ -26,16 +26,17 @@ def make(T, B, D, H, dtype, seed):
             rng.standard_normal((B, H)).astype(dtype))
 
 
-@pytest.fixture(params=["auto", "blas", "own-gemm", "avx2-kernels"])
+@pytest.fixture(params=["auto", "blas", "own-gemm", "avx2-kernels", "generic"])
 def path(request, monkeypatch):
     if request.param == "blas":
         monkeypatch.setattr(lstm_module, "PACKED_GEMM_ENABLED", False)
     elif request.param in ("own-gemm", "avx2-kernels"):
         monkeypatch.setattr(lstm_module, "PACKED_GEMM_MIN_STEP_ROWS", 1)
-    if request.param != "avx2-kernels":
+    isa = {"avx2-kernels": "avx2", "generic": "generic"}.get(request.param)
+    if isa is None:
         yield request.param
         return
-    with gemm_isa_limited(fastlstm._backend.rnn_kernels, 1):
+    with isa_limited(isa):
         yield request.param
 
 

@@ -1,0 +1,105 @@
+/* The instruction set fastlstm's own kernels run at.
+ *
+ * Levels: 0 generic (BLAS for every product, the cell math and dense ops compiled for the
+ * baseline of the target), 1 AVX2+FMA, 2 AVX-512 (F, VL, BW, DQ). Every kernel that has
+ * an ISA-specific version (the packed GEMM, the NT kernel, the GEMV and dot kernels, the
+ * LSTM/RNN cell math, the dense ops and optimizer updates) dispatches on fl_isa(), so one
+ * setting decides all of them. Each extension module holds its own copy of the setting
+ * (a static in this header); fastlstm/_isa.py sets them all to the same level at import,
+ * from FASTLSTM_ISA or the CPU's best, and whenever a test or benchmark changes it.
+ *
+ * ISA-specific code exists only for x86-64 with GCC or Clang (the GEMM kernels) and GCC
+ * (the multi-versioned cell math); elsewhere the build has the generic level only.
+ */
+#ifndef FASTLSTM_ISA_H
+#define FASTLSTM_ISA_H
+
+#define FL_ISA_GENERIC 0
+#define FL_ISA_AVX2 1
+#define FL_ISA_AVX512 2
+
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) \
+    && !defined(FASTLSTM_NO_ISA_KERNELS)
+#define FL_HAVE_ISA_KERNELS 1
+#else
+#define FL_HAVE_ISA_KERNELS 0
+#endif
+
+/* The best level this CPU runs and this build has kernels for. */
+static int fl_isa_best(void) {
+#if FL_HAVE_ISA_KERNELS
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+            && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")
+            && __builtin_cpu_supports("avx512cd")
+            && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+            && __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2"))
+        return FL_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+            && __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2"))
+        return FL_ISA_AVX2;
+#endif
+    return FL_ISA_GENERIC;
+}
+
+static int fl_isa_level = -1;   /* in use; -1 until first asked or set */
+
+static inline int fl_isa(void) {
+    if (fl_isa_level < 0)
+        fl_isa_level = fl_isa_best();
+    return fl_isa_level;
+}
+
+/* Run at level `level`, or at the best the CPU has when that is lower; returns the level
+ * now in use. Not thread-safe: set it while no kernel runs. */
+static int fl_isa_set(int level) {
+    int best = fl_isa_best();
+    fl_isa_level = level < 0 ? 0 : (level < best ? level : best);
+    return fl_isa_level;
+}
+
+/* Multi-versioned functions: NAME##_body is an always-inline function with the code;
+ * FL_ISA_VERSIONS compiles it once per level (the vectoriser then uses that level's
+ * registers) and defines NAME as a dispatcher on fl_isa(). PARAMS is the parenthesised
+ * parameter list, ARGS the parenthesised argument names. */
+#if FL_HAVE_ISA_KERNELS && defined(__GNUC__) && !defined(__clang__)
+#define FL_ISA_MULTIVERSION 1
+#define FL_ISA_VERSIONS(RET, NAME, PARAMS, ARGS)                                                \
+    __attribute__((target("arch=x86-64-v4"))) static RET NAME##_avx512 PARAMS {                 \
+        return NAME##_body ARGS;                                                                \
+    }                                                                                           \
+    __attribute__((target("arch=x86-64-v3"))) static RET NAME##_avx2 PARAMS {                   \
+        return NAME##_body ARGS;                                                                \
+    }                                                                                           \
+    static RET NAME##_generic PARAMS { return NAME##_body ARGS; }                               \
+    static RET NAME PARAMS {                                                                    \
+        switch (fl_isa()) {                                                                     \
+        case FL_ISA_AVX512: return NAME##_avx512 ARGS;                                          \
+        case FL_ISA_AVX2: return NAME##_avx2 ARGS;                                              \
+        default: return NAME##_generic ARGS;                                                    \
+        }                                                                                       \
+    }
+#define FL_ISA_VERSIONS_VOID(NAME, PARAMS, ARGS)                                                \
+    __attribute__((target("arch=x86-64-v4"))) static void NAME##_avx512 PARAMS {                \
+        NAME##_body ARGS;                                                                       \
+    }                                                                                           \
+    __attribute__((target("arch=x86-64-v3"))) static void NAME##_avx2 PARAMS {                  \
+        NAME##_body ARGS;                                                                       \
+    }                                                                                           \
+    static void NAME##_generic PARAMS { NAME##_body ARGS; }                                     \
+    static void NAME PARAMS {                                                                   \
+        switch (fl_isa()) {                                                                     \
+        case FL_ISA_AVX512: NAME##_avx512 ARGS; break;                                          \
+        case FL_ISA_AVX2: NAME##_avx2 ARGS; break;                                              \
+        default: NAME##_generic ARGS; break;                                                    \
+        }                                                                                       \
+    }
+#else
+#define FL_ISA_MULTIVERSION 0
+#define FL_ISA_VERSIONS(RET, NAME, PARAMS, ARGS)                                                \
+    static RET NAME PARAMS { return NAME##_body ARGS; }
+#define FL_ISA_VERSIONS_VOID(NAME, PARAMS, ARGS)                                                \
+    static void NAME PARAMS { NAME##_body ARGS; }
+#endif
+
+#endif

@@ -1,0 +1,99 @@
+"""Which instruction set fastlstm's own kernels run at, for every compiled extension.
+
+Levels (csrc/fastlstm_isa.h):
+
+- ``"avx512"``: AVX-512 (F, VL, BW, DQ, CD) kernels;
+- ``"avx2"``: AVX2+FMA kernels;
+- ``"generic"``: no ISA-specific kernel: BLAS does every product, and the cell math,
+  dense ops and optimizer updates run as portable C compiled for the baseline target.
+  The only level on CPUs and builds without x86-64 kernels (ARM, other compilers).
+
+At import the level is ``FASTLSTM_ISA`` when set, else the best the CPU has. A value
+that is not one of the names, or one the CPU (or this build) cannot run, is a
+``ValueError`` naming the variable: a forced level never silently becomes another.
+Each extension module keeps its own copy of the setting; ``set_isa`` changes all of
+them together, so the GEMMs, GEMVs, cell math, dense ops and optimizers always agree.
+"""
+import contextlib
+import os
+
+ENV_VAR = "FASTLSTM_ISA"
+LEVELS = {"generic": 0, "avx2": 1, "avx512": 2}
+NAMES = {level: name for name, level in LEVELS.items()}
+DESCRIPTIONS = {
+    "generic": "generic (BLAS for every product, portable C for the cell math)",
+    "avx2": "avx2 (AVX2+FMA kernels)",
+    "avx512": "avx512 (AVX-512 kernels)",
+}
+
+
+def _load_extensions():
+    modules = []
+    for name in ("_lstm", "_rnn", "_dense"):
+        try:
+            modules.append(__import__(f"fastlstm.{name}", fromlist=["_"]))
+        except ImportError:   # reported by fastlstm._backend / show_config
+            pass
+    return modules
+
+
+_EXTENSIONS = _load_extensions()
+
+
+def best():
+    """The best level this CPU runs and this build has kernels for (a name)."""
+    if not _EXTENSIONS:
+        return "generic"
+    return NAMES[min(m.best_isa_level() for m in _EXTENSIONS)]
+
+
+def current():
+    """The level the kernels run at now (a name)."""
+    if not _EXTENSIONS:
+        return "generic"
+    levels = {m.isa_level() for m in _EXTENSIONS}
+    if len(levels) != 1:   # cannot happen through set_isa; say so if it does
+        raise RuntimeError(f"fastlstm's extensions disagree on the ISA level: {levels}")
+    return NAMES[levels.pop()]
+
+
+def _parse(value, what):
+    name = str(value).strip().lower()
+    if name not in LEVELS:
+        raise ValueError(f"{what}={value!r} is not an instruction set fastlstm knows; use "
+                         f"one of {', '.join(sorted(LEVELS, key=LEVELS.get))} (or leave "
+                         f"{ENV_VAR} unset for the best the CPU has)")
+    if LEVELS[name] > LEVELS[best()]:
+        raise ValueError(f"{what}={value!r}: this CPU or build cannot run the {name} "
+                         f"kernels (the best here is {best()!r}); use one of "
+                         f"{', '.join(n for n in LEVELS if LEVELS[n] <= LEVELS[best()])}")
+    return name
+
+
+def set_isa(name):
+    """Run every compiled kernel at level ``name`` ("avx512", "avx2" or "generic");
+    returns the previous level's name. A level the CPU cannot run is a ValueError.
+    Not thread-safe: change it while no kernel runs (tests and benchmarks do)."""
+    name = _parse(name, "isa")
+    previous = current()
+    for module in _EXTENSIONS:
+        module.set_isa_level(LEVELS[name])
+    return previous
+
+
+@contextlib.contextmanager
+def isa(name):
+    """Run the body at level ``name``, then restore the previous level."""
+    previous = set_isa(name)
+    try:
+        yield
+    finally:
+        set_isa(previous)
+
+
+def _apply_environment():
+    value = os.environ.get(ENV_VAR, "").strip()
+    set_isa(_parse(value, ENV_VAR) if value else best())
+
+
+_apply_environment()
