@@ -92,7 +92,7 @@ echo "== sdist"
 SDIST=$(ls "$WORK"/sdist/fastlstm-*.tar.gz)
 # What the wheel build needs from the sdist: the C headers and the Cython sources.
 listing=$(tar tzf "$SDIST")
-for member in csrc/fastlstm_kernels.h csrc/fastlstm_gemm.h csrc/fastlstm_dense.h \
+for member in csrc/fastlstm_kernels.h csrc/fastlstm_gemm.h csrc/fastlstm_dense.h csrc/fastlstm_isa.h \
               fastlstm/_lstm.pyx fastlstm/_rnn.pyx fastlstm/_dense.pyx \
               fastlstm/_blas.pxd fastlstm/_kernel_common.pxd setup.py pyproject.toml; do
     grep -qx "fastlstm-[^/]*/$member" <<<"$listing" \
