@@ -50,6 +50,12 @@ if not _compiler_is_msvc():
     # (the optimizer updates in csrc/fastlstm_dense.h would not vectorise)
     extra_compile += ["-O3", "-fno-math-errno", "-fno-trapping-math", "-Wno-unused-function"]
 
+define_macros = [("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")]
+if os.environ.get("FASTLSTM_NO_ISA_KERNELS", "").strip().lower() not in ("", "0", "false", "no"):
+    # No x86-64 kernel at all, as on ARM: BLAS for every product, portable C for the rest
+    # (CI builds this on x86-64 to run the suite the way an aarch64 machine does).
+    define_macros.append(("FASTLSTM_NO_ISA_KERNELS", "1"))
+
 extensions = [
     Extension(
         f"fastlstm.{name}",
@@ -59,7 +65,7 @@ extensions = [
                  "fastlstm/_blas.pxd", "fastlstm/_kernel_common.pxd"],
         extra_compile_args=extra_compile,
         extra_link_args=omp_link,
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+        define_macros=define_macros,
     )
     for name in ("_lstm", "_rnn", "_dense")
 ]

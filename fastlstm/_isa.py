@@ -47,14 +47,17 @@ def best():
     return NAMES[min(m.best_isa_level() for m in _EXTENSIONS)]
 
 
+_current = "generic"   # what set_isa last set (read on every kernel call: kept here)
+
+
 def current():
     """The level the kernels run at now (a name)."""
-    if not _EXTENSIONS:
-        return "generic"
-    levels = {m.isa_level() for m in _EXTENSIONS}
-    if len(levels) != 1:   # cannot happen through set_isa; say so if it does
-        raise RuntimeError(f"fastlstm's extensions disagree on the ISA level: {levels}")
-    return NAMES[levels.pop()]
+    return _current
+
+
+def _extension_levels():
+    """The level each extension reports (all equal, unless set behind set_isa's back)."""
+    return {m.__name__: NAMES[m.isa_level()] for m in _EXTENSIONS}
 
 
 def _parse(value, what):
@@ -74,10 +77,12 @@ def set_isa(name):
     """Run every compiled kernel at level ``name`` ("avx512", "avx2" or "generic");
     returns the previous level's name. A level the CPU cannot run is a ValueError.
     Not thread-safe: change it while no kernel runs (tests and benchmarks do)."""
+    global _current
     name = _parse(name, "isa")
-    previous = current()
+    previous = _current
     for module in _EXTENSIONS:
         module.set_isa_level(LEVELS[name])
+    _current = name
     return previous
 
 

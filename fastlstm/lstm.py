@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from . import _backend, reference
+from . import _backend, _isa, reference
 from ._buffers import aligned_empty as _empty, backward_chunk_steps as _backward_chunk_steps
 from ._containers import LSTMCache, LSTMGrads
 from ._threads import blas_threads, resolve_num_threads
@@ -22,6 +22,18 @@ PACKED_GEMM_MIN_STEP_ROWS = 32
 UNIT_SPLIT_MAX_ROWS = 16      # hidden-unit split below this many rows per thread ...
 UNIT_SPLIT_MIN_H = 128        # ... for layers at least this wide,
 UNIT_SPLIT_IDLE_MIN_H = 64    # and for narrower ones when a batch split would idle threads
+# The backward's step product dh = d_gates W_h^T (and dx = d_gates W_x^T) on fastlstm's
+# NT kernel, or on BLAS: at the AVX2 level OpenBLAS's sgemm is the faster of the two once
+# a thread's product has more than this many rows (on Zen 1 and Zen 3); the AVX-512 NT
+# kernel is the faster at every size measured.
+NT_MAX_ROWS_AVX2 = 32
+
+
+def own_backward_gemm(dtype, rows_per_thread):
+    """True to run the backward's float32 step products on fastlstm's own kernels."""
+    return (dtype == np.float32 and _backend.lstm_kernels.packed_gemm_available()
+            and PACKED_GEMM_ENABLED
+            and (_isa.current() != "avx2" or rows_per_thread <= NT_MAX_ROWS_AVX2))
 
 
 class _StallGuard:
@@ -219,9 +231,8 @@ def lstm_backward(dhs, cache, dh_n=None, dc_n=None):
     dW_h = _empty((H, 4 * H), dtype)
     db_acc = np.zeros(4 * H, np.float64)
     plan = _plan_for(B, H, cache.num_threads)
-    # The backward's own kernel reads W_h in place (no packing), so it pays at any size.
-    small_m_gemm = (dtype == np.float32 and _backend.lstm_kernels.packed_gemm_available()
-                    and PACKED_GEMM_ENABLED)
+    # The backward's own kernel reads W_h in place (no packing): no set-up to amortise.
+    small_m_gemm = own_backward_gemm(dtype, plan.rows_per_thread)
     with blas_threads(1):
         _timed_kernel(plan, ("backward", T, B, D, H, dtype.char),
                       _backend.lstm_kernels.lstm_backward_kernel, x, W_x, W_h, cache.gates,
@@ -341,8 +352,7 @@ def lstm_backward_projected(dhs, cache, dh_n=None, dc_n=None):
     dW_h = _empty((H, G), dtype)
     db_acc = np.zeros(G, np.float64)
     plan = _plan_for(B, H, cache.num_threads)
-    small_m_gemm = (dtype == np.float32 and _backend.lstm_kernels.packed_gemm_available()
-                    and PACKED_GEMM_ENABLED)
+    small_m_gemm = own_backward_gemm(dtype, plan.rows_per_thread)
     with blas_threads(1):
         _timed_kernel(plan, ("backward-projected", T, B, H, dtype.char),
                       _backend.lstm_kernels.lstm_backward_kernel, np.empty((0, 0, 0), dtype),

@@ -109,7 +109,8 @@ def rnn_backward(dhs, cache, dh_n=None, bptt_truncate=None):
     dW_x = aligned_empty((D, H), dtype)
     dW_h = aligned_empty((H, H), dtype)
     db_acc = np.zeros(H, np.float64)
-    small_m_gemm = _use_own_gemm(dtype, 1 << 30)
+    small_m_gemm = (_backend.rnn_kernels is not None
+                    and _lstm_module.own_backward_gemm(dtype, -(-B // n_threads)))
     with blas_threads(1):
         _backend.rnn_kernels.rnn_backward_kernel(
             x, W_x, W_h, cache.h_states, dhs, dh_n if truncated else None, cache.lengths,

@@ -10,24 +10,29 @@
 #      (binary dependencies only, nothing compiled), the test suite copied to a temporary
 #      directory and run there, so the installed compiled package is what gets imported.
 #
-# usage: scripts/check_wheel.sh [--no-openmp] [--current | PYTHON ...]
+# usage: scripts/check_wheel.sh [--no-openmp] [--no-isa-kernels] [--current | PYTHON ...]
 #   (no argument)  the current python3, then the oldest and the newest other supported
 #                  CPython (3.9-3.13) that pyenv has
 #   --current      only the current python3 (what .ci/run does)
 #   PYTHON ...     these interpreters (paths or names on PATH)
 #   --no-openmp    build with FASTLSTM_NO_OPENMP=1, as the macOS wheels are: the wheel
 #                  carries no OpenMP runtime and show_config() must say "OpenMP: no"
+#   --no-isa-kernels  build with FASTLSTM_NO_ISA_KERNELS=1: no x86-64 kernel compiled in,
+#                  as on ARM (BLAS for every product, portable C for the cell math); the
+#                  only instruction set must be "generic"
 # FASTLSTM_WHEELHOUSE=DIR keeps the repaired wheels in DIR (default: removed at the end).
 # Needs bash >= 4.4 (Linux; auditwheel is Linux-only anyway).
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 NO_OPENMP=0
+NO_ISA=0
 ONLY_CURRENT=0
 PYTHONS=()
 for arg in "$@"; do
     case "$arg" in
         --no-openmp) NO_OPENMP=1 ;;
+        --no-isa-kernels) NO_ISA=1 ;;
         --current) ONLY_CURRENT=1 ;;
         -*) usage ;;
         # resolved here, before the cd below, so relative paths mean what the caller meant
@@ -53,6 +58,12 @@ else
     unset FASTLSTM_NO_OPENMP
 fi
 export CHECK_WHEEL_OPENMP=$((1 - NO_OPENMP))
+if [ "$NO_ISA" = 1 ]; then
+    export FASTLSTM_NO_ISA_KERNELS=1   # read by setup.py inside the isolated build
+else
+    unset FASTLSTM_NO_ISA_KERNELS
+fi
+export CHECK_WHEEL_NO_ISA=$NO_ISA
 
 if [ "$ONLY_CURRENT" = 1 ]; then
     PYTHONS=("$CURRENT")
@@ -161,6 +172,8 @@ info = fastlstm.config()
 assert info["compiled"], info["compiled_error"]
 expect_openmp = os.environ["CHECK_WHEEL_OPENMP"] == "1"
 assert info["openmp"] == expect_openmp, f"OpenMP is {info['openmp']}, expected {expect_openmp}"
+if os.environ["CHECK_WHEEL_NO_ISA"] == "1":
+    assert info["isa_best"] == info["isa"] == "generic", (info["isa"], info["isa_best"])
 print(f"imported {fastlstm.__file__}")
 fastlstm.show_config()
 EOF

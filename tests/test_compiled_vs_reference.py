@@ -41,9 +41,12 @@ PATHS = {
     "batch-split": {"UNIT_SPLIT_MAX_ROWS": 0, "UNIT_SPLIT_IDLE_MIN_H": 10**9},
     # fastlstm's own kernels at a lower instruction set than this CPU's best, so the AVX2
     # kernels are checked on AVX-512 machines too (skipped where the CPU lacks them).
-    "avx2-kernels": {"PACKED_GEMM_MIN_STEP_ROWS": 1, "isa": "avx2"},
+    # (and the NT kernel at any row count, where BLAS would take the taller products)
+    "avx2-kernels": {"PACKED_GEMM_MIN_STEP_ROWS": 1, "NT_MAX_ROWS_AVX2": 10**9,
+                     "isa": "avx2"},
     "avx2-unit-split": {"UNIT_SPLIT_MAX_ROWS": 10**9, "UNIT_SPLIT_MIN_H": 1,
-                        "PACKED_GEMM_MIN_STEP_ROWS": 1, "isa": "avx2"},
+                        "PACKED_GEMM_MIN_STEP_ROWS": 1, "NT_MAX_ROWS_AVX2": 10**9,
+                        "isa": "avx2"},
     # one sequence on several threads with each thread's share of W_h copied side by
     # side, from the first step (by default only sequences of 16 steps or more)
     "one-sequence-copy": {"copy_min_steps": 1},

@@ -70,6 +70,7 @@ def test_set_isa_changes_all_extensions_together_and_restores():
     before = _isa.current()
     with _isa.isa("generic"):
         assert [m.isa_level() for m in (_lstm, _rnn, _dense)] == [0, 0, 0]
+        assert set(_isa._extension_levels().values()) == {"generic"}
         assert not _lstm.packed_gemm_available()
         assert fastlstm.config()["isa"] == "generic"
     assert _isa.current() == before

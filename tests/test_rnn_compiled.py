@@ -32,6 +32,7 @@ def path(request, monkeypatch):
         monkeypatch.setattr(lstm_module, "PACKED_GEMM_ENABLED", False)
     elif request.param in ("own-gemm", "avx2-kernels"):
         monkeypatch.setattr(lstm_module, "PACKED_GEMM_MIN_STEP_ROWS", 1)
+        monkeypatch.setattr(lstm_module, "NT_MAX_ROWS_AVX2", 10**9)
     isa = {"avx2-kernels": "avx2", "generic": "generic"}.get(request.param)
     if isa is None:
         yield request.param
