@@ -15,14 +15,13 @@
 
 #define FL_LANES 16
 
-#define FL_DEFINE_XENT(SUFFIX, REAL, EXP, SQRT)                                                        \
+#define FL_DEFINE_XENT(SUFFIX, REAL, EXP, SQRT)                                                \
 /* Rows [0, n_rows) of logits z (ld V): returns the sum over the rows kept (target !=       \
  * ignore, or all when !has_ignore) of -log softmax(z)[target] (in double), and writes       \
  * grad = scale * (softmax(z) - onehot(target)) for kept rows, 0 for ignored ones. */         \
-FL_INLINE double fl_softmax_xent_rows_##SUFFIX##_body(int n_rows, int V, const REAL *FL_RESTRICT z,     \
-                                            const int64_t *targets, int has_ignore,           \
-                                            int64_t ignore, REAL scale,                       \
-                                            REAL *FL_RESTRICT grad) {                         \
+FL_INLINE double fl_softmax_xent_rows_##SUFFIX##_body(                                         \
+    int n_rows, int V, const REAL *FL_RESTRICT z, const int64_t *targets, int has_ignore,      \
+    int64_t ignore, REAL scale, REAL *FL_RESTRICT grad) {                                      \
     double loss = 0.0;                                                                        \
     for (int r = 0; r < n_rows; r++) {                                                        \
         const REAL *zr = z + (size_t)r * V;                                                   \
@@ -64,8 +63,9 @@ FL_ISA_VERSIONS(double, fl_softmax_xent_rows_##SUFFIX,                          
     (n_rows, V, z, targets, has_ignore, ignore, scale, grad))                                   \
                                                                                               \
 /* Adagrad (PyTorch's rule): sum += g^2; p -= lr * g / (sqrt(sum) + eps). */                  \
-FL_INLINE void fl_adagrad_##SUFFIX##_body(size_t n, REAL *FL_RESTRICT p, const REAL *FL_RESTRICT g,    \
-                                REAL *FL_RESTRICT sum, REAL lr, REAL eps) {                  \
+FL_INLINE void fl_adagrad_##SUFFIX##_body(                                                     \
+    size_t n, REAL *FL_RESTRICT p, const REAL *FL_RESTRICT g, REAL *FL_RESTRICT sum,           \
+    REAL lr, REAL eps) {                                                                       \
     for (size_t i = 0; i < n; i++) {                                                          \
         REAL gi = g[i];                                                                       \
         REAL s = sum[i] + gi * gi;                                                            \
@@ -81,9 +81,10 @@ FL_ISA_VERSIONS_VOID(fl_adagrad_##SUFFIX,                                       
 /* Adam (PyTorch's rule, weight decay folded into g unless decoupled, which the caller      \
  * applies to p first): m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;                        \
  * p -= step_size * m / (sqrt(v) / sqrt_bc2 + eps). */                                        \
-FL_INLINE void fl_adam_##SUFFIX##_body(size_t n, REAL *FL_RESTRICT p, const REAL *FL_RESTRICT g,       \
-                             REAL *FL_RESTRICT m, REAL *FL_RESTRICT v, REAL b1, REAL b2,     \
-                             REAL weight_decay, REAL step_size, REAL sqrt_bc2, REAL eps) {   \
+FL_INLINE void fl_adam_##SUFFIX##_body(                                                        \
+    size_t n, REAL *FL_RESTRICT p, const REAL *FL_RESTRICT g, REAL *FL_RESTRICT m,             \
+    REAL *FL_RESTRICT v, REAL b1, REAL b2, REAL weight_decay, REAL step_size,                  \
+    REAL sqrt_bc2, REAL eps) {                                                                 \
     for (size_t i = 0; i < n; i++) {                                                          \
         REAL gi = g[i] + weight_decay * p[i];                                                 \
         REAL mi = b1 * m[i] + (1 - b1) * gi;                                                  \

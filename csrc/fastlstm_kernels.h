@@ -224,7 +224,7 @@ FL_INLINE void fl_cell_row_forward_##SUFFIX(                                    
     }                                                                                           \
 }                                                                                               \
                                                                                                 \
-FL_INLINE void fl_lstm_cell_forward_##SUFFIX##_body(                                                      \
+FL_INLINE void fl_lstm_cell_forward_##SUFFIX##_body(                                           \
     int n_rows, int H, int u0, int nu, REAL *gates, const REAL *c_prev, REAL *c_next,           \
     const REAL *h_prev, REAL *h_next, REAL *hs, const int *lengths, int t)                      \
 {                                                                                               \
@@ -269,7 +269,7 @@ FL_INLINE void fl_cell_row_backward_##SUFFIX(                                   
 }                                                                                               \
                                                                                                 \
 /* dh is left for the caller's GEMM to overwrite with the gradient w.r.t. h_{t-1}. */        \
-FL_INLINE void fl_lstm_cell_backward_##SUFFIX##_body(                                                     \
+FL_INLINE void fl_lstm_cell_backward_##SUFFIX##_body(                                          \
     int n_rows, int H, int u0, int nu, const REAL *gates, const REAL *c_prev,                   \
     const REAL *c_cur, const REAL *dhs, const REAL *dh, REAL *dc, REAL *d_gates,                \
     const int *lengths, int t)                                                                  \
@@ -308,7 +308,8 @@ FL_DEFINE_CELL(f64, double, fl_sigmoid, fl_tanh)
  * Backward: d_pre = (dh + dhs) * act'(a), with act' read off the output h. Rows past
  * their sequence's length carry the state (forward) or get zero gradients (backward). */
 #define FL_DEFINE_RNN_CELL(SUFFIX, REAL, TANH)                                                  \
-FL_INLINE void fl_rnn_cell_forward_##SUFFIX##_body(int n_rows, int H, int relu, const REAL *h_prev,       \
+FL_INLINE void fl_rnn_cell_forward_##SUFFIX##_body(                                            \
+    int n_rows, int H, int relu, const REAL *h_prev,                                           \
                                          REAL *h_next, REAL *hs, const int *lengths, int t)     \
 {                                                                                               \
     for (int r = 0; r < n_rows; r++) {                                                          \
@@ -330,7 +331,8 @@ FL_ISA_VERSIONS_VOID(fl_rnn_cell_forward_##SUFFIX,                              
      REAL *h_next, REAL *hs, const int *lengths, int t),                                        \
     (n_rows, H, relu, h_prev, h_next, hs, lengths, t))                                          \
                                                                                                 \
-FL_INLINE void fl_rnn_cell_backward_##SUFFIX##_body(int n_rows, int H, int relu, const REAL *h_cur,       \
+FL_INLINE void fl_rnn_cell_backward_##SUFFIX##_body(                                           \
+    int n_rows, int H, int relu, const REAL *h_cur,                                            \
                                           const REAL *dh, const REAL *dhs, REAL *d_pre,         \
                                           const int *lengths, int t)                            \
 {                                                                                               \
@@ -378,7 +380,8 @@ FL_DEFINE_COPY_VALID(f64, double)
 
 /* acc[j] += sum_r m[r, j] for a column block of a row-major matrix, summed in double. */
 #define FL_DEFINE_COLSUM(SUFFIX, REAL)                                                           \
-FL_INLINE void fl_add_column_sums_##SUFFIX##_body(int n_rows, int n_cols, const REAL *FL_RESTRICT m,      \
+FL_INLINE void fl_add_column_sums_##SUFFIX##_body(                                             \
+    int n_rows, int n_cols, const REAL *FL_RESTRICT m,                                         \
                                         int ld, double *FL_RESTRICT acc)                        \
 {                                                                                               \
     for (int r = 0; r < n_rows; r++) {                                                          \

@@ -131,10 +131,10 @@ for PY in "${PYTHONS[@]}"; do
         >"$d/build.log" 2>&1 || { tail -50 "$d/build.log"; exit 1; }
     raw=$(ls "$d"/raw/fastlstm-*-"$tag"-*.whl)
 
-    "$WORK/tools/bin/auditwheel" repair --strip -w "$d/repaired" "$raw" \
+    PATH="$WORK/tools/bin:$PATH" "$WORK/tools/bin/auditwheel" repair --strip -w "$d/repaired" "$raw" \
         >"$d/repair.log" 2>&1 || { cat "$d/repair.log"; exit 1; }
     wheel=$(ls "$d"/repaired/fastlstm-*.whl)
-    show=$("$WORK/tools/bin/auditwheel" show "$wheel" | tr '\n' ' ')
+    show=$(PATH="$WORK/tools/bin:$PATH" "$WORK/tools/bin/auditwheel" show "$wheel" | tr '\n' ' ')
     policy=$(grep -Eo 'platform tag: *"[^"]*"' <<<"$show" || true)
     [[ "$policy" == *manylinux* ]] \
         || { echo "$show"; echo "check_wheel: not a manylinux wheel" >&2; exit 1; }
