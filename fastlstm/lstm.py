@@ -22,6 +22,10 @@ PACKED_GEMM_MIN_STEP_ROWS = 32
 UNIT_SPLIT_MAX_ROWS = 16      # hidden-unit split below this many rows per thread ...
 UNIT_SPLIT_MIN_H = 128        # ... for layers at least this wide,
 UNIT_SPLIT_IDLE_MIN_H = 64    # and for narrower ones when a batch split would idle threads
+# At the AVX2 level the backward shares out the units up to this many rows per thread:
+# each thread's step product then streams its share of W_h instead of all of it, which
+# pays on AVX2 CPUs' smaller L2 caches.
+UNIT_SPLIT_BACKWARD_MAX_ROWS_AVX2 = 32
 # The backward's step product dh = d_gates W_h^T (and dx = d_gates W_x^T) on fastlstm's
 # NT kernel, or on BLAS: at the AVX2 level OpenBLAS's sgemm is the faster of the two once
 # a thread's product has more than this many rows (on Zen 1 and Zen 3); the AVX-512 NT
@@ -89,10 +93,13 @@ class _StallGuard:
 _stall_guard = _StallGuard()
 
 
-def _plan_for(B, H, num_threads):
-    plan = _Plan(B, H, num_threads)
+def _plan_for(B, H, num_threads, backward=False):
+    unit_rows = UNIT_SPLIT_MAX_ROWS
+    if backward and _isa.current() == "avx2":
+        unit_rows = max(unit_rows, UNIT_SPLIT_BACKWARD_MAX_ROWS_AVX2 + 1)
+    plan = _Plan(B, H, num_threads, unit_rows)
     if plan.split_units and plan.n_threads > 1 and _stall_guard.backing_off():
-        plan = _Plan(B, H, 1)
+        plan = _Plan(B, H, 1, unit_rows)
     return plan
 
 
@@ -111,14 +118,16 @@ class _Plan:
 
     __slots__ = ("n_threads", "split_units", "rows_per_thread")
 
-    def __init__(self, B, H, num_threads):
+    def __init__(self, B, H, num_threads, unit_split_max_rows=None):
         n = resolve_num_threads(num_threads)
         kernels = _backend.lstm_kernels
+        if unit_split_max_rows is None:
+            unit_split_max_rows = UNIT_SPLIT_MAX_ROWS
         # Small batches with wide layers: give each thread all rows and a share of the
         # hidden units (one barrier per step) instead of a thin slice of the batch; and
         # with fewer sequences than threads (B = 1), share the units so no thread idles.
         self.split_units = n > 1 and (
-            (-(-B // n) < UNIT_SPLIT_MAX_ROWS and H >= UNIT_SPLIT_MIN_H)
+            (-(-B // n) < unit_split_max_rows and H >= UNIT_SPLIT_MIN_H)
             or (B < n and H >= UNIT_SPLIT_IDLE_MIN_H))
         if self.split_units:
             self.n_threads = min(n, -(-H // kernels.UNIT_BLOCK))
@@ -230,7 +239,7 @@ def lstm_backward(dhs, cache, dh_n=None, dc_n=None):
     dW_x = _empty((D, 4 * H), dtype)
     dW_h = _empty((H, 4 * H), dtype)
     db_acc = np.zeros(4 * H, np.float64)
-    plan = _plan_for(B, H, cache.num_threads)
+    plan = _plan_for(B, H, cache.num_threads, backward=True)
     # The backward's own kernel reads W_h in place (no packing): no set-up to amortise.
     small_m_gemm = own_backward_gemm(dtype, plan.rows_per_thread)
     with blas_threads(1):
@@ -351,7 +360,7 @@ def lstm_backward_projected(dhs, cache, dh_n=None, dc_n=None):
     d_table = np.zeros(cache.table.shape, dtype)
     dW_h = _empty((H, G), dtype)
     db_acc = np.zeros(G, np.float64)
-    plan = _plan_for(B, H, cache.num_threads)
+    plan = _plan_for(B, H, cache.num_threads, backward=True)
     small_m_gemm = own_backward_gemm(dtype, plan.rows_per_thread)
     with blas_threads(1):
         _timed_kernel(plan, ("backward-projected", T, B, H, dtype.char),

@@ -38,7 +38,8 @@ PATHS = {
     "own-gemm": {"PACKED_GEMM_ENABLED": True, "PACKED_GEMM_MIN_STEP_ROWS": 1},
     "unit-split": {"UNIT_SPLIT_MAX_ROWS": 10**9, "UNIT_SPLIT_MIN_H": 1,
                    "PACKED_GEMM_MIN_STEP_ROWS": 1},
-    "batch-split": {"UNIT_SPLIT_MAX_ROWS": 0, "UNIT_SPLIT_IDLE_MIN_H": 10**9},
+    "batch-split": {"UNIT_SPLIT_MAX_ROWS": 0, "UNIT_SPLIT_BACKWARD_MAX_ROWS_AVX2": -1,
+                    "UNIT_SPLIT_IDLE_MIN_H": 10**9},
     # fastlstm's own kernels at a lower instruction set than this CPU's best, so the AVX2
     # kernels are checked on AVX-512 machines too (skipped where the CPU lacks them).
     # (and the NT kernel at any row count, where BLAS would take the taller products)
