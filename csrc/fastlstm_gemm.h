@@ -390,6 +390,58 @@ static void fl_gemv_run_avx2(int K, int N, const float *x, const float *W, int l
     }
 }
 
+/* The same product at the AVX2 level for all but small W: FL_GEMV_STREAM_R rows of W at
+ * a time, each streamed whole and in order, y (N floats, in L1) read and written once
+ * per band of rows. The blocked kernel above keeps y in registers but reads every row of
+ * W in short slices per column block, a row ahead at every load, which the prefetchers of
+ * AVX2 CPUs follow poorly once W is past the L1 (half of BLAS's GEMV speed from L3). */
+#ifndef FL_GEMV_STREAM_R
+#define FL_GEMV_STREAM_R 8
+#endif
+#define FL_GEMV_STREAM_ROWS(ROWS)                                                             \
+    for (int v = 0; v < nv; v++) {                                                            \
+        __m256 s = _mm256_loadu_ps(y + v * 8);                                                \
+        _Pragma("GCC unroll 8") for (int r = 0; r < ROWS; r++)                                \
+            s = _mm256_fmadd_ps(a[r], _mm256_loadu_ps(w[r] + v * 8), s);                      \
+        _mm256_storeu_ps(y + v * 8, s);                                                       \
+    }                                                                                         \
+    if (tail) {                                                                               \
+        __m256 s = _mm256_maskload_ps(y + nv * 8, last);                                      \
+        _Pragma("GCC unroll 8") for (int r = 0; r < ROWS; r++)                                \
+            s = _mm256_fmadd_ps(a[r], _mm256_maskload_ps(w[r] + nv * 8, last), s);            \
+        _mm256_maskstore_ps(y + nv * 8, last, s);                                             \
+    }
+
+__attribute__((target("avx2,fma")))
+static void fl_gemv_stream_avx2(int K, int N, const float *x, const float *W, int ldw,
+                                float *y, int accumulate) {
+    const int nv = N / 8, tail = N - nv * 8;
+    const __m256i last = _mm256_cmpgt_epi32(_mm256_set1_epi32(tail),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    if (!accumulate)
+        memset(y, 0, (size_t)N * sizeof(float));
+    int k = 0;
+    for (; k + FL_GEMV_STREAM_R <= K; k += FL_GEMV_STREAM_R) {
+        const float *w[FL_GEMV_STREAM_R];
+        __m256 a[FL_GEMV_STREAM_R];
+        for (int r = 0; r < FL_GEMV_STREAM_R; r++) {
+            w[r] = W + (size_t)(k + r) * ldw;
+            a[r] = _mm256_set1_ps(x[k + r]);
+        }
+        FL_GEMV_STREAM_ROWS(FL_GEMV_STREAM_R)
+    }
+    for (; k < K; k++) {
+        const float *w[1] = {W + (size_t)k * ldw};
+        __m256 a[1] = {_mm256_set1_ps(x[k])};
+        FL_GEMV_STREAM_ROWS(1)
+    }
+}
+
+/* Bytes of W from which the AVX2 GEMV streams W band by band (fl_gemv_stream_avx2). */
+#ifndef FL_GEMV_STREAM_MIN_BYTES
+#define FL_GEMV_STREAM_MIN_BYTES (64 * 1024)
+#endif
+
 /* The single-row "NT" product y[j] = x[0:K] . W[j, 0:K] for j < N (W row-major, ld ldw):
  * the backward step of one sequence, dh = d_gates W_h^T, with W_h read in place. R rows
  * of W at a time, each its own accumulator (R independent FMA chains), the k tail a
@@ -572,6 +624,8 @@ static void fl_gemv_f32(int K, int N, const float *x, const float *W, int ldw, f
         return;
     if (fl_isa() == FL_ISA_AVX512)
         fl_gemv_run_avx512(K, N, x, W, ldw, y, accumulate);
+    else if ((size_t)K * N * sizeof(float) >= FL_GEMV_STREAM_MIN_BYTES)
+        fl_gemv_stream_avx2(K, N, x, W, ldw, y, accumulate);
     else
         fl_gemv_run_avx2(K, N, x, W, ldw, y, accumulate);
 }

@@ -29,6 +29,8 @@ SHAPES = [  # (T, B, D, H)
     (5, 1, 9, 70),      # one sequence, units shared by 2 threads: masked vector tails
     (4, 1, 3, 130),     # one sequence, wide: single-row products in column blocks
     (40, 1, 5, 96),     # one sequence, long enough for the per-thread copy of W_h
+    (4, 1, 5, 67),      # one sequence, W_h past 64 KB: the streaming AVX2 GEMV, with a
+                        # tail of rows (67 = 8 * 8 + 3) and of columns (268 = 8 * 33 + 4)
 ]
 
 PATHS = {
