@@ -8,8 +8,8 @@
  * (a static in this header); fastlstm/_isa.py sets them all to the same level at import,
  * from FASTLSTM_ISA or the CPU's best, and whenever a test or benchmark changes it.
  *
- * ISA-specific code exists only for x86-64 with GCC or Clang (the GEMM kernels) and GCC
- * (the multi-versioned cell math); elsewhere the build has the generic level only.
+ * ISA-specific code exists only for x86-64 with GCC or Clang; elsewhere (ARM, MSVC) the
+ * build has the generic level only.
  */
 #ifndef FASTLSTM_ISA_H
 #define FASTLSTM_ISA_H
@@ -62,13 +62,23 @@ static int fl_isa_set(int level) {
  * FL_ISA_VERSIONS compiles it once per level (the vectoriser then uses that level's
  * registers) and defines NAME as a dispatcher on fl_isa(). PARAMS is the parenthesised
  * parameter list, ARGS the parenthesised argument names. */
-#if FL_HAVE_ISA_KERNELS && defined(__GNUC__) && !defined(__clang__)
+#if FL_HAVE_ISA_KERNELS && defined(__clang__)
+/* (clang's target attribute takes feature lists; the same features as GCC's levels) */
+#define FL_TARGET_AVX512 \
+    "avx512f,avx512vl,avx512bw,avx512dq,avx512cd,avx2,fma,bmi,bmi2,f16c,lzcnt,popcnt"
+#define FL_TARGET_AVX2 "avx2,fma,bmi,bmi2,f16c,lzcnt,popcnt"
+#elif FL_HAVE_ISA_KERNELS
+#define FL_TARGET_AVX512 "arch=x86-64-v4"
+#define FL_TARGET_AVX2 "arch=x86-64-v3"
+#endif
+
+#if FL_HAVE_ISA_KERNELS
 #define FL_ISA_MULTIVERSION 1
 #define FL_ISA_VERSIONS(RET, NAME, PARAMS, ARGS)                                                \
-    __attribute__((target("arch=x86-64-v4"))) static RET NAME##_avx512 PARAMS {                 \
+    __attribute__((target(FL_TARGET_AVX512))) static RET NAME##_avx512 PARAMS {                 \
         return NAME##_body ARGS;                                                                \
     }                                                                                           \
-    __attribute__((target("arch=x86-64-v3"))) static RET NAME##_avx2 PARAMS {                   \
+    __attribute__((target(FL_TARGET_AVX2))) static RET NAME##_avx2 PARAMS {                     \
         return NAME##_body ARGS;                                                                \
     }                                                                                           \
     static RET NAME##_generic PARAMS { return NAME##_body ARGS; }                               \
@@ -80,10 +90,10 @@ static int fl_isa_set(int level) {
         }                                                                                       \
     }
 #define FL_ISA_VERSIONS_VOID(NAME, PARAMS, ARGS)                                                \
-    __attribute__((target("arch=x86-64-v4"))) static void NAME##_avx512 PARAMS {                \
+    __attribute__((target(FL_TARGET_AVX512))) static void NAME##_avx512 PARAMS {                \
         NAME##_body ARGS;                                                                       \
     }                                                                                           \
-    __attribute__((target("arch=x86-64-v3"))) static void NAME##_avx2 PARAMS {                  \
+    __attribute__((target(FL_TARGET_AVX2))) static void NAME##_avx2 PARAMS {                    \
         NAME##_body ARGS;                                                                       \
     }                                                                                           \
     static void NAME##_generic PARAMS { NAME##_body ARGS; }                                     \

@@ -98,6 +98,13 @@ def isa(name):
 
 def _apply_environment():
     value = os.environ.get(ENV_VAR, "").strip()
+    if not _EXTENSIONS:
+        # No compiled kernels (a broken or source-only install): the NumPy reference runs
+        # and there is no level to force. A known name is accepted so the same setting
+        # works everywhere; a misspelt one is still an error.
+        if value and value.lower() not in LEVELS:
+            _parse(value, ENV_VAR)
+        return
     set_isa(_parse(value, ENV_VAR) if value else best())
 
 

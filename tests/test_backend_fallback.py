@@ -33,10 +33,11 @@ BLOCK_EXTENSIONS = textwrap.dedent("""
 """)
 
 
-def run_without_extensions(body):
-    """Run ``body`` in a fresh interpreter that cannot import the compiled extensions;
-    return the CompletedProcess (stdout, stderr as text)."""
-    env = dict(os.environ)
+def run_without_extensions(body, **variables):
+    """Run ``body`` in a fresh interpreter that cannot import the compiled extensions,
+    with ``variables`` added to the environment; return the CompletedProcess (stdout,
+    stderr as text)."""
+    env = dict(os.environ, **variables)
     package_parent = str(pathlib.Path(fastlstm.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH"))
                                         if p)
@@ -156,3 +157,18 @@ def test_models_train_on_numpy_to_the_compiled_numbers():
     compiled = namespace["losses"]
     assert without[-1] < without[0]
     np.testing.assert_allclose(without, compiled, rtol=1e-10)
+
+
+@pytest.mark.parametrize("value, ok", [("avx512", True), ("avx2", True), ("generic", True),
+                                       ("avx3", False)])
+def test_isa_variable_without_compiled_kernels(value, ok):
+    """Without the extensions there is no level to force: a known FASTLSTM_ISA is
+    accepted (the reference runs), a misspelt one is still an error naming it."""
+    proc = run_without_extensions("import fastlstm; print(fastlstm.config()['isa'])",
+                                  FASTLSTM_ISA=value)
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip().splitlines()[-1] == "generic"
+    else:
+        assert proc.returncode != 0
+        assert "FASTLSTM_ISA" in proc.stderr.strip().splitlines()[-1]
