@@ -28,8 +28,8 @@ UNIT_SPLIT_IDLE_MIN_H = 64    # and for narrower ones when a batch split would i
 UNIT_SPLIT_BACKWARD_MAX_ROWS_AVX2 = 32
 # The backward's step product dh = d_gates W_h^T (and dx = d_gates W_x^T) on fastlstm's
 # NT kernel, or on BLAS: at the AVX2 level OpenBLAS's sgemm is the faster of the two once
-# a thread's product has more than this many rows (on Zen 1 and Zen 3); the AVX-512 NT
-# kernel is the faster at every size measured.
+# a thread's product has more than this many rows (measured on Zen 1); the AVX-512 NT
+# kernel, tuned on Zen 4, runs at every size.
 NT_MAX_ROWS_AVX2 = 32
 
 
