@@ -11,15 +11,25 @@ from ._threads import blas_info, usable_cores
 
 
 def cpu_model():
-    """The CPU's model name as the OS reports it ("?" when it does not)."""
+    """The CPU's model name as the OS reports it, with its x86 family and model numbers
+    where known (a virtual machine may name only the vendor); "?" when it says nothing."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.lower().startswith(("model name", "hardware")):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in ("model name", "hardware", "cpu family", "model") \
+                        and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip() and fields:   # the first processor is enough
+                    break
     except OSError:
         pass
-    return platform.processor() or "?"
+    name = fields.get("model name") or fields.get("hardware") or platform.processor() or "?"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def describe_isa(name):
