@@ -73,7 +73,6 @@ static int fl_isa_set(int level) {
 #endif
 
 #if FL_HAVE_ISA_KERNELS
-#define FL_ISA_MULTIVERSION 1
 #define FL_ISA_VERSIONS(RET, NAME, PARAMS, ARGS)                                                \
     __attribute__((target(FL_TARGET_AVX512))) static RET NAME##_avx512 PARAMS {                 \
         return NAME##_body ARGS;                                                                \
@@ -105,7 +104,6 @@ static int fl_isa_set(int level) {
         }                                                                                       \
     }
 #else
-#define FL_ISA_MULTIVERSION 0
 #define FL_ISA_VERSIONS(RET, NAME, PARAMS, ARGS)                                                \
     static RET NAME PARAMS { return NAME##_body ARGS; }
 #define FL_ISA_VERSIONS_VOID(NAME, PARAMS, ARGS)                                                \

@@ -20,11 +20,6 @@ import os
 ENV_VAR = "FASTLSTM_ISA"
 LEVELS = {"generic": 0, "avx2": 1, "avx512": 2}
 NAMES = {level: name for name, level in LEVELS.items()}
-DESCRIPTIONS = {
-    "generic": "generic (BLAS for every product, portable C for the cell math)",
-    "avx2": "avx2 (AVX2+FMA kernels)",
-    "avx512": "avx512 (AVX-512 kernels)",
-}
 
 
 def _load_extensions():

@@ -27,22 +27,7 @@ from ._kernel_common cimport *
 cnp.import_array()
 
 
-# The instruction set of every ISA-specific kernel in this module (csrc/fastlstm_isa.h);
-# fastlstm._isa sets all extensions to the same level.
-def isa_level():
-    """The level this module's kernels run at: 0 generic, 1 AVX2+FMA, 2 AVX-512."""
-    return fl_isa()
-
-
-def best_isa_level():
-    """The best level this CPU runs and this build has kernels for."""
-    return fl_isa_best()
-
-
-def set_isa_level(int level):
-    """Run at ``level``, or at the CPU's best when that is lower; returns the level now
-    in use. Only while no kernel runs (fastlstm._isa.set_isa)."""
-    return fl_isa_set(level)
+include "_isa_levels.pxi"
 
 
 def packed_size(int H):

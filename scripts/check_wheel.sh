@@ -105,7 +105,8 @@ SDIST=$(ls "$WORK"/sdist/fastlstm-*.tar.gz)
 listing=$(tar tzf "$SDIST")
 for member in csrc/fastlstm_kernels.h csrc/fastlstm_gemm.h csrc/fastlstm_dense.h csrc/fastlstm_isa.h \
               fastlstm/_lstm.pyx fastlstm/_rnn.pyx fastlstm/_dense.pyx \
-              fastlstm/_blas.pxd fastlstm/_kernel_common.pxd setup.py pyproject.toml; do
+              fastlstm/_blas.pxd fastlstm/_kernel_common.pxd fastlstm/_isa_levels.pxi \
+              setup.py pyproject.toml; do
     grep -qx "fastlstm-[^/]*/$member" <<<"$listing" \
         || { echo "check_wheel: $member is missing from $(basename "$SDIST")" >&2; exit 1; }
 done
