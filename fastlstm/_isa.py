@@ -35,11 +35,13 @@ def _load_extensions():
 _EXTENSIONS = _load_extensions()
 
 
+# The CPU and the build do not change while the process runs: asked once.
+_BEST = NAMES[min(m.best_isa_level() for m in _EXTENSIONS)] if _EXTENSIONS else "generic"
+
+
 def best():
     """The best level this CPU runs and this build has kernels for (a name)."""
-    if not _EXTENSIONS:
-        return "generic"
-    return NAMES[min(m.best_isa_level() for m in _EXTENSIONS)]
+    return _BEST
 
 
 _current = "generic"   # what set_isa last set (read on every kernel call: kept here)
@@ -61,10 +63,10 @@ def _parse(value, what):
         raise ValueError(f"{what}={value!r} is not an instruction set fastlstm knows; use "
                          f"one of {', '.join(sorted(LEVELS, key=LEVELS.get))} (or leave "
                          f"{ENV_VAR} unset for the best the CPU has)")
-    if LEVELS[name] > LEVELS[best()]:
+    if LEVELS[name] > LEVELS[_BEST]:
         raise ValueError(f"{what}={value!r}: this CPU or build cannot run the {name} "
-                         f"kernels (the best here is {best()!r}); use one of "
-                         f"{', '.join(n for n in LEVELS if LEVELS[n] <= LEVELS[best()])}")
+                         f"kernels (the best here is {_BEST!r}); use one of "
+                         f"{', '.join(n for n in LEVELS if LEVELS[n] <= LEVELS[_BEST])}")
     return name
 
 
