@@ -70,6 +70,17 @@ class _LanguageModel(Module):
         self.num_threads = num_threads
         self._eye = None
 
+    @staticmethod
+    def _shapes(vocab_size, embedding_dim, hidden_size, num_layers, cell):
+        if embedding_dim:
+            yield "embed.weight", (vocab_size, embedding_dim)
+        rnn = LSTM if cell == "lstm" else RNN
+        for name, shape in rnn.parameter_shapes(embedding_dim or vocab_size, hidden_size,
+                                                num_layers):
+            yield f"rnn.{name}", shape
+        yield "head.W", (hidden_size, vocab_size)
+        yield "head.b", (vocab_size,)
+
     def _inputs(self, ids):
         ids = np.asarray(ids)
         if self.embed is not None:
@@ -136,6 +147,12 @@ class CharLM(_LanguageModel):
         self._build(vocab_size, embedding_dim, hidden_size, num_layers, "lstm", dropout,
                     dtype, seed, num_threads)
 
+    @classmethod
+    def parameter_shapes(cls, vocab_size, hidden_size=128, num_layers=1, embedding_dim=None,
+                         **config):
+        """(name, shape) of each parameter the constructor arguments give."""
+        return cls._shapes(vocab_size, embedding_dim, hidden_size, num_layers, "lstm")
+
 
 @register_model
 class WordLM(_LanguageModel):
@@ -154,6 +171,12 @@ class WordLM(_LanguageModel):
                     dtype, seed, num_threads)
         if cell == "rnn":
             self.rnn.bptt_truncate = bptt_truncate
+
+    @classmethod
+    def parameter_shapes(cls, vocab_size, embedding_dim=64, hidden_size=128, num_layers=1,
+                         cell="lstm", **config):
+        """(name, shape) of each parameter the constructor arguments give."""
+        return cls._shapes(vocab_size, embedding_dim, hidden_size, num_layers, cell)
 
 
 @register_model
@@ -182,6 +205,16 @@ class SentimentClassifier(Module):
         self.head = Linear(hidden_size, 1, dtype=dtype, seed=rng, num_threads=num_threads)
         self.num_threads = num_threads
         self._pool = None
+
+    @staticmethod
+    def parameter_shapes(vocab_size, embedding_dim=50, hidden_size=64, num_layers=1,
+                         **config):
+        """(name, shape) of each parameter the constructor arguments give."""
+        yield "embed.weight", (vocab_size, embedding_dim)
+        for name, shape in LSTM.parameter_shapes(embedding_dim, hidden_size, num_layers):
+            yield f"lstm.{name}", shape
+        yield "head.W", (hidden_size, 1)
+        yield "head.b", (1,)
 
     def forward(self, ids, lengths=None):
         """ids (T, B) -> logits (B,)."""

@@ -21,6 +21,8 @@ class Optimizer:
             if not (hasattr(p, "data") and hasattr(p, "grad")):
                 raise TypeError(f"optimizers take Parameters (with .data and .grad), got "
                                 f"{type(p).__name__}")
+        if len({id(p) for p in self.params}) != len(self.params):
+            raise ValueError("optimizer got the same Parameter more than once")
         if not defaults["lr"] >= 0:
             raise ValueError(f"lr must be >= 0, got {defaults['lr']}")
         self.defaults = dict(defaults)
@@ -65,6 +67,8 @@ class Optimizer:
 class SGD(Optimizer):
     """SGD with optional momentum (heavy-ball or Nesterov) and L2 weight decay."""
 
+    state_keys = ("momentum_buffer",)   # kept only with momentum
+
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
         if nesterov and momentum <= 0:
             raise ValueError("nesterov=True needs momentum > 0")
@@ -88,6 +92,8 @@ class SGD(Optimizer):
 class Adagrad(Optimizer):
     """Adagrad: p -= lr * g / (sqrt(sum of g^2) + eps), as the char-LM tutorial trains."""
 
+    state_keys = ("sum",)
+
     def __init__(self, params, lr=0.01, eps=1e-8, num_threads=None):
         super().__init__(params, dict(lr=lr, eps=eps))
         self.num_threads = num_threads   # for the fused update (None: every usable core)
@@ -104,6 +110,7 @@ class Adam(Optimizer):
     ``torch.optim.Adam``)."""
 
     decoupled = False
+    state_keys = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  num_threads=None):

@@ -32,6 +32,13 @@ class Linear(Module):
         self.num_threads = num_threads
         self._x = None
 
+    @staticmethod
+    def parameter_shapes(in_features, out_features, bias=True, **config):
+        """(name, shape) of each parameter the constructor arguments give."""
+        yield "W", (in_features, out_features)
+        if bias:
+            yield "b", (out_features,)
+
     def forward(self, x):
         """x (..., in_features) -> y (..., out_features), of W's dtype."""
         x = np.asarray(x)
@@ -82,6 +89,11 @@ class Embedding(Module):
         self.weight = Parameter(weight, requires_grad=not freeze)
         self._ids = None
 
+    @staticmethod
+    def parameter_shapes(num_embeddings, embedding_dim, **config):
+        """(name, shape) of each parameter the constructor arguments give."""
+        yield "weight", (num_embeddings, embedding_dim)
+
     def forward(self, ids):
         ids = np.asarray(ids)
         if ids.dtype.kind not in "iu":
@@ -124,6 +136,11 @@ class Dropout(Module):
         self.p = p
         self._rng = _rng(seed)
         self._mask = None
+
+    @staticmethod
+    def parameter_shapes(**config):
+        """Dropout has no parameters."""
+        return iter(())
 
     def forward(self, x):
         if not self.training or self.p == 0:

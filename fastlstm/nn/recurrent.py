@@ -47,6 +47,16 @@ class _Stacked(Module):
         self._caches = None
         self._masks = None
 
+    @classmethod
+    def parameter_shapes(cls, input_size, hidden_size, num_layers=1, **config):
+        """(name, shape) of each parameter the constructor arguments give, without
+        allocating them (``fastlstm.load`` checks a file against them)."""
+        G = cls.gates * hidden_size
+        for layer in range(num_layers):
+            yield f"W_x_l{layer}", (input_size if layer == 0 else hidden_size, G)
+            yield f"W_h_l{layer}", (hidden_size, G)
+            yield f"b_l{layer}", (G,)
+
     def layer_weights(self, layer):
         return (getattr(self, f"W_x_l{layer}"), getattr(self, f"W_h_l{layer}"),
                 getattr(self, f"b_l{layer}"))
