@@ -12,18 +12,24 @@ the language models train on the built-in corpus (``fastlstm.corpus``: docstring
 Python's own standard library, read at run time).
 """
 import argparse
+import hashlib
 import os
 import re
+import signal
 import sys
 import time
 
 import numpy as np
 
 from . import __version__
+from ._argtypes import integer, number
 
 # Options that may change when a run is resumed; every other one comes from the checkpoint.
+# The training data (--text, --data) may move: a resumed run checks its content instead.
 RESUMABLE = {"steps", "epochs", "threads", "out", "resume", "save_every", "log_every",
-             "sample_every", "sample_length", "temperature", "progress", "lr", "eval_batch"}
+             "sample_every", "sample_length", "temperature", "progress", "lr", "eval_batch",
+             "text", "data", "allow_changed_data", "overwrite"}
+DATA_OPTIONS = ("text", "data")
 
 LM_DEFAULTS = dict(char=dict(hidden=256, layers=1, embedding=0, seq=64, batch=32,
                              steps=2500, lr=3e-3, sample_length=200, sample_every=250),
@@ -47,28 +53,35 @@ class _Options:
 
 def _common_train_options(opt, task):
     d = LM_DEFAULTS.get(task, {})
-    opt.add("--steps", type=int, default=d.get("steps"), help="training steps in total")
-    opt.add("--batch", type=int, default=d.get("batch", 32), help="batch size B")
-    opt.add("--hidden", type=int, default=d.get("hidden", 64), help="LSTM hidden size H")
-    opt.add("--layers", type=int, default=d.get("layers", 1), help="stacked layers")
-    opt.add("--dropout", type=float, default=0.0, help="dropout between layers")
+    opt.add("--steps", type=integer(1), default=d.get("steps"), help="training steps in total")
+    opt.add("--batch", type=integer(1), default=d.get("batch", 32), help="batch size B")
+    opt.add("--hidden", type=integer(1), default=d.get("hidden", 64), help="LSTM hidden size H")
+    opt.add("--layers", type=integer(1), default=d.get("layers", 1), help="stacked layers")
+    opt.add("--dropout", type=number(0, 1), default=0.0, help="dropout between layers")
     opt.add("--optimizer", choices=("adam", "adagrad", "sgd"), default="adam",
             help="optimizer")
-    opt.add("--lr", type=float, default=d.get("lr", 1e-3), help="learning rate")
-    opt.add("--clip", type=float, default=5.0,
+    opt.add("--lr", type=number(0, None, low_open=True), default=d.get("lr", 1e-3),
+            help="learning rate")
+    opt.add("--clip", type=number(0), default=5.0,
             help="clip the gradients' global norm to this (0: no clipping)")
-    opt.add("--valid-fraction", type=float, default=0.05 if task != "sentiment" else 0.1,
+    opt.add("--valid-fraction", type=number(0, 1),
+            default=0.05 if task != "sentiment" else 0.1,
             help="share of the data held out for validation")
-    opt.add("--seed", type=int, default=0, help="seed of the weights, data order, samples")
-    opt.add("--threads", type=int, default=None,
+    opt.add("--seed", type=integer(0), default=0,
+            help="seed of the weights, data order, samples")
+    opt.add("--threads", type=integer(1), default=None,
             help="threads for the kernels (default: every usable core)")
     opt.add("--out", metavar="DIR", default=None,
             help="run directory: checkpoint.npz, log.csv, loss.png "
                  "(default: runs/<task>-<date>-<time>)")
     opt.add("--resume", action="store_true", default=False,
             help="continue the run in --out (model, data and settings from its checkpoint)")
-    opt.add("--save-every", type=int, default=500, help="checkpoint every N steps")
-    opt.add("--log-every", type=int, default=50, help="a log.csv row every N steps")
+    opt.add("--overwrite", action="store_true", default=False,
+            help="replace the run already in --out (its checkpoint, log and plot)")
+    opt.add("--allow-changed-data", action="store_true", default=False,
+            help="with --resume: go on although the training data's content changed")
+    opt.add("--save-every", type=integer(1), default=500, help="checkpoint every N steps")
+    opt.add("--log-every", type=integer(1), default=50, help="a log.csv row every N steps")
     opt.add("--no-progress", dest="progress", action="store_false", default=True,
             help="print a line every --log-every steps instead of a progress bar")
 
@@ -111,7 +124,7 @@ def build_parser():
     opt.add("--text", metavar="FILE", help="UTF-8 text to learn "
             "(default: the built-in corpus of standard-library docstrings)")
     _common_train_options(opt, "char")
-    opt.add("--embedding", type=int, default=0,
+    opt.add("--embedding", type=integer(0), default=0,
             help="character embedding size (0: one-hot characters)")
     _lm_options(opt, "char")
 
@@ -122,13 +135,13 @@ def build_parser():
             "(default: the built-in corpus of standard-library docstrings)")
     _common_train_options(opt, "word")
     opt.add("--cell", choices=("lstm", "rnn"), default="lstm", help="recurrent cell")
-    opt.add("--bptt-truncate", type=int, default=None,
+    opt.add("--bptt-truncate", type=integer(0), default=None,
             help="vanilla RNN: gradient flows at most this many steps back "
                  "(default: the whole chunk)")
-    opt.add("--embedding", type=int, default=64, help="word embedding size")
-    opt.add("--vocab-size", type=int, default=8000,
+    opt.add("--embedding", type=integer(1), default=64, help="word embedding size")
+    opt.add("--vocab-size", type=integer(4), default=8000,
             help="largest vocabulary, <unk> <s> </s> included")
-    opt.add("--min-freq", type=int, default=2, help="rarer words become <unk>")
+    opt.add("--min-freq", type=integer(1), default=2, help="rarer words become <unk>")
     _lm_options(opt, "word")
 
     p = tasks.add_parser("sentiment", help="LSTM sentiment classifier on labelled reviews",
@@ -140,18 +153,21 @@ def build_parser():
             help="aclImdb folder (train/ for training, test/ for validation), or a .csv / "
                  ".jsonl file of (text, label)")
     _common_train_options(opt, "sentiment")
-    opt.add("--epochs", type=int, default=5, help="passes over the training set "
+    opt.add("--epochs", type=integer(1), default=5, help="passes over the training set "
             "(--steps, if given, counts steps instead)")
     opt.add("--glove", metavar="FILE", help="initialise the embedding from GloVe vectors")
     opt.add("--freeze-embedding", action="store_true", default=False,
             help="keep the (GloVe) embedding fixed")
-    opt.add("--embedding", type=int, default=50, help="embedding size (without --glove)")
+    opt.add("--embedding", type=integer(1), default=50,
+            help="embedding size (without --glove)")
     opt.add("--pooling", choices=("last", "mean", "max"), default="mean",
             help="how the LSTM's outputs over a review become one vector")
-    opt.add("--vocab-size", type=int, default=20000, help="largest vocabulary")
-    opt.add("--min-freq", type=int, default=2, help="rarer words become <unk>")
-    opt.add("--max-len", type=int, default=400, help="reviews are cut to this many tokens")
-    opt.add("--eval-batch", type=int, default=64, help="batch size for validation")
+    opt.add("--vocab-size", type=integer(3), default=20000,
+            help="largest vocabulary, <pad> <unk> included")
+    opt.add("--min-freq", type=integer(1), default=2, help="rarer words become <unk>")
+    opt.add("--max-len", type=integer(1), default=400,
+            help="reviews are cut to this many tokens")
+    opt.add("--eval-batch", type=integer(1), default=64, help="batch size for validation")
 
     p = commands.add_parser("sample", help="continue a prefix with a trained language model",
                             description="Print text generated by a trained language model.")
@@ -159,12 +175,13 @@ def build_parser():
     p.add_argument("--prefix", default=None,
                    help="text to continue (default: the training text's first character "
                         "/ a sentence start)")
-    p.add_argument("--length", type=int, default=None,
+    p.add_argument("--length", type=integer(0), default=None,
                    help="tokens to generate (default: 500 characters / 60 words)")
-    p.add_argument("--temperature", type=float, default=0.8,
+    p.add_argument("--temperature", type=number(0), default=0.8,
                    help="0: greedy; below 1: more conservative (default: 0.8)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest")
-    p.add_argument("--seed", type=int, default=None, help="seed (default: random)")
+    p.add_argument("--top-k", type=integer(1), default=None,
+                   help="sample among the k likeliest")
+    p.add_argument("--seed", type=integer(0), default=None, help="seed (default: random)")
 
     p = commands.add_parser("eval", help="loss, perplexity or accuracy of a trained model",
                             description="Evaluate a trained model; without --text/--data on "
@@ -174,9 +191,9 @@ def build_parser():
     src.add_argument("--text", metavar="FILE", help="language models: a UTF-8 text")
     src.add_argument("--data", metavar="PATH",
                      help="classifier: aclImdb folder (its test/ split), .csv or .jsonl")
-    p.add_argument("--batch", type=int, default=None,
+    p.add_argument("--batch", type=integer(1), default=None,
                    help="batch size (default: the training batch size)")
-    p.add_argument("--threads", type=int, default=None, help="kernel threads")
+    p.add_argument("--threads", type=integer(1), default=None, help="kernel threads")
 
     commands.add_parser("demo", add_help=False,
                         help="one-minute demo: a small char-level LSTM on stdlib docstrings")
@@ -186,12 +203,14 @@ def build_parser():
 
 def _lm_options(opt, task):
     d = LM_DEFAULTS[task]
-    opt.add("--seq", type=int, default=d["seq"], help="steps per chunk T (truncated BPTT)")
-    opt.add("--sample-every", type=int, default=d["sample_every"],
+    opt.add("--seq", type=integer(1), default=d["seq"],
+            help="steps per chunk T (truncated BPTT)")
+    opt.add("--sample-every", type=integer(0), default=d["sample_every"],
             help="print a sample every N steps (0: never)")
-    opt.add("--sample-length", type=int, default=d["sample_length"],
+    opt.add("--sample-length", type=integer(1), default=d["sample_length"],
             help="tokens per sample printed while training")
-    opt.add("--temperature", type=float, default=0.8, help="of the samples printed")
+    opt.add("--temperature", type=number(0), default=0.8,
+            help="of the samples printed (0: greedy)")
 
 
 def main(argv=None):
@@ -217,7 +236,7 @@ def main(argv=None):
             return _sample(args)
         if args.command == "eval":
             return _eval(args)
-    except (ValueError, OSError, KeyError) as exc:
+    except (ValueError, OSError, KeyError, FloatingPointError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"fastlstm {args.command}: error: {message}", file=sys.stderr)
         return 1
@@ -305,36 +324,151 @@ def _sentiment_data(path, valid_fraction, seed):
             f"{path} ({len(tr)} for training, {n_valid} for validation)")
 
 
+def _resolve_data_path(path, key, resumed):
+    """The absolute path of a data file (a run resumed from elsewhere must find it)."""
+    full = os.path.abspath(os.path.expanduser(path))
+    if not os.path.exists(full):
+        hint = (f"; pass --{key} with its new location (its content is checked against "
+                f"the checkpoint's)" if resumed and key != "glove" else "")
+        raise FileNotFoundError(f"--{key} {path}: no such file or directory{hint}")
+    return full
+
+
+def _digest(*parts):
+    """SHA-256 of the data as read: texts (strings or lists of them) and label arrays."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            h.update(np.ascontiguousarray(part, dtype=np.int64).tobytes())
+            continue
+        for text in part:
+            h.update(text.encode("utf-8", "surrogatepass"))
+            h.update(b"\0")
+        h.update(b"\1")
+    return h.hexdigest()
+
+
+def _check_data(ck, digest, source, allow_changed, out):
+    """A resumed run must read the data it was trained on (moved is fine, edited is not,
+    unless ``--allow-changed-data``)."""
+    if ck is None:
+        return
+    before = ck.metadata.get("data_sha256")
+    if before is None:
+        print(f"note: the checkpoint predates data checks; {source} is taken as the "
+              f"training data", file=out)
+    elif before != digest:
+        if not allow_changed:
+            raise ValueError(f"{source} is not the data this run was trained on (its content "
+                             f"changed: SHA-256 {digest[:12]}..., the checkpoint's "
+                             f"{before[:12]}...); pass --allow-changed-data to go on with it")
+        print(f"warning: {source} changed since the checkpoint; going on with it "
+              f"(--allow-changed-data)", file=out)
+
+
+def _check_run_metadata(path, ck, opt=None):
+    """What ``fastlstm train`` stores beside the model, checked against it (a checkpoint
+    edited by hand or from elsewhere must not crash sample, eval or --resume)."""
+    from .checkpoint import CheckpointError
+    from .data import Vocab
+    from .models import CharLM, SentimentClassifier, WordLM
+    meta = ck.metadata
+    classes = {"char": CharLM, "word": WordLM, "sentiment": SentimentClassifier}
+    task = meta.get("task")
+    if task not in classes:
+        raise CheckpointError(f"{path}: not a checkpoint of 'fastlstm train' (metadata.task "
+                              f"is {task!r})")
+    if type(ck.model) is not classes[task]:
+        raise CheckpointError(f"{path}: metadata.task {task!r} needs a "
+                              f"{classes[task].__name__}, the model is "
+                              f"{type(ck.model).__name__}")
+    vocab = meta.get("vocab")
+    if not (isinstance(vocab, dict) and isinstance(vocab.get("itos"), list)
+            and isinstance(vocab.get("specials"), list)
+            and all(isinstance(t, str) for t in vocab["itos"] + vocab["specials"])
+            and vocab["itos"][:len(vocab["specials"])] == vocab["specials"]):
+        raise CheckpointError(f"{path}: metadata.vocab: expected {{'itos': [tokens], "
+                              f"'specials': [tokens]}} with the specials first")
+    try:
+        size = len(Vocab.from_dict(vocab))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: metadata.vocab: {exc}") from None
+    if size != ck.model.config["vocab_size"]:
+        raise CheckpointError(f"{path}: metadata.vocab has {size} tokens, the model's "
+                              f"vocab_size is {ck.model.config['vocab_size']}")
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{path}: metadata.step: expected an integer >= 0, got "
+                              f"{step!r}")
+    settings = meta.get("settings")
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{path}: metadata.settings: expected an object")
+    needed = ("batch", "valid_fraction", "seed") + (
+        ("max_len", "data") if task == "sentiment" else ("seq", "text"))
+    missing = [k for k in needed if k not in settings]
+    if missing:
+        raise CheckpointError(f"{path}: metadata.settings lacks {', '.join(missing)}")
+    if opt is None:
+        opt = build_parser()[1][task]
+    try:
+        _check_settings(settings, opt, where="metadata.settings.")
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
 # --- train ------------------------------------------------------------------------------
+
+# Flags about this invocation only, never stored with the run.
+ONE_TIME = ("resume", "overwrite", "allow_changed_data")
+
 
 def _settings(args, opt, stored=None):
     """The run's settings: typed options over the checkpoint's (when resuming) over the
-    defaults. A resumed run refuses a changed model or data option."""
-    typed = {k: v for k, v in vars(args).items() if k in opt.defaults and v is not None}
+    defaults. A resumed run refuses a changed model option; the data is checked by
+    content (``_check_data``)."""
+    typed = {k: v for k, v in vars(args).items()
+             if k in opt.defaults and v is not None and k not in ONE_TIME}
     if stored is None:
-        return {**opt.defaults, **typed}
-    conflicts = [f"--{k.replace('_', '-')}" for k, v in typed.items()
-                 if k not in RESUMABLE and k in stored and stored[k] != v]
-    if conflicts:
-        raise ValueError(f"{', '.join(conflicts)} cannot change when resuming (the "
-                         f"checkpoint fixes the model and the data)")
-    return {**opt.defaults, **stored, **{k: v for k, v in typed.items() if k in RESUMABLE}}
+        settings = {**opt.defaults, **typed}
+    else:
+        conflicts = [f"--{k.replace('_', '-')}" for k, v in typed.items()
+                     if k not in RESUMABLE and k in stored and stored[k] != v]
+        if conflicts:
+            raise ValueError(f"{', '.join(conflicts)} cannot change when resuming (the "
+                             f"checkpoint fixes the model and the data)")
+        settings = {**opt.defaults, **stored,
+                    **{k: v for k, v in typed.items() if k in RESUMABLE}}
+    for key in ONE_TIME:
+        settings.pop(key, None)
+    return settings
 
 
-def _check_settings(s):
-    for key in ("steps", "batch", "hidden", "layers", "seq", "epochs", "save_every",
-                "log_every", "max_len", "vocab_size", "min_freq", "eval_batch"):
-        if s.get(key) is not None and s[key] < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {s[key]}")
-    for key in ("sample_every", "embedding", "clip"):
-        if s.get(key) is not None and s[key] < 0:
-            raise ValueError(f"--{key.replace('_', '-')} must be >= 0, got {s[key]}")
-    if not s["lr"] > 0:
-        raise ValueError(f"--lr must be > 0, got {s['lr']}")
-    if not 0 <= s["valid_fraction"] < 1:
-        raise ValueError(f"--valid-fraction must lie in [0, 1), got {s['valid_fraction']}")
-    if s.get("threads") is not None and s["threads"] < 1:
-        raise ValueError(f"--threads must be >= 1, got {s['threads']}")
+def _check_settings(s, opt, where="--"):
+    """Every setting through its option's own check (a resumed run's come from the
+    checkpoint, which may have been edited by hand). ``where`` prefixes the name."""
+    for action in opt.parser._actions:
+        key = action.dest
+        if key not in s or s[key] is None:
+            continue
+        name = f"{where}{key.replace('_', '-')}" if where == "--" else f"{where}{key}"
+        value = s[key]
+        if action.choices is not None and value not in action.choices:
+            raise ValueError(f"{name} must be one of {', '.join(action.choices)}, got "
+                             f"{value!r}")
+        if action.type is None:
+            if action.nargs == 0 and not isinstance(value, bool):      # a flag
+                raise ValueError(f"{name} must be true or false, got {value!r}")
+            if action.nargs != 0 and not isinstance(value, str):
+                raise ValueError(f"{name} must be a string, got {value!r}")
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        if action.type.__name__ == "integer" and not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        try:
+            action.type(repr(value))
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(f"{name} {exc}") from None
 
 
 def _make_optimizer(name, params, lr):
@@ -397,24 +531,37 @@ def _train(args, opt, dist=None):
     out = args.out or os.path.join("runs", time.strftime(f"{task}-%Y%m%d-%H%M%S"))
     if dist.size > 1:
         out = dist.broadcast_object(out)     # one name, though the ranks' clocks differ
+    stdout = sys.stdout if dist.is_root else open(os.devnull, "w")
     run = training.RunDirectory(out)
     if dist.is_root:
-        run.check(resume=args.resume)
+        # Taken before anything else, so a second run into this directory stops here.
+        for note in run.acquire(resume=args.resume, overwrite=bool(args.overwrite)):
+            print(note, file=stdout)
     ck = None
     if args.resume:
         ck = _load_checkpoint_everywhere(run.checkpoint, dist)
-        if ck.metadata.get("task") != task:
-            raise ValueError(f"{run.checkpoint} holds a {ck.metadata.get('task')!r} run, not "
+        _check_run_metadata(run.checkpoint, ck, opt)
+        if ck.metadata["task"] != task:
+            raise ValueError(f"{run.checkpoint} holds a {ck.metadata['task']!r} run, not "
                              f"{task!r}")
+        if dist.is_root:
+            dropped = run.trim_log(ck.metadata["step"])
+            if dropped:
+                print(f"log.csv: dropped {dropped} row{'s' * (dropped > 1)} logged after "
+                      f"the checkpoint's step {ck.metadata['step']}", file=stdout)
     s = _settings(args, opt, ck.metadata["settings"] if ck else None)
-    _check_settings(s)
-    stdout = sys.stdout if dist.is_root else open(os.devnull, "w")
+    _check_settings(s, opt)
+    for key in ("text", "data", "glove"):
+        if s.get(key) is not None:
+            s[key] = _resolve_data_path(s[key], key, resumed=ck is not None)
     n_ranks = dist.size
 
     # Data and vocabulary (a resumed run keeps its vocabulary).
     vocab = Vocab.from_dict(ck.metadata["vocab"]) if ck else None
     if task in ("char", "word"):
         text, source = _read_text(s["text"])
+        digest = _digest([text])
+        _check_data(ck, digest, source, args.allow_changed_data, stdout)
         ids, vocab = _lm_data(task, text, vocab, s.get("min_freq", 1), s.get("vocab_size"))
         train_ids, valid_ids = train_valid_split(ids, s["valid_fraction"])
         if len(valid_ids) < 2:
@@ -429,6 +576,8 @@ def _train(args, opt, dist=None):
     else:
         tr_x, tr_y, va_x, va_y, source = _sentiment_data(s["data"], s["valid_fraction"],
                                                          s["seed"])
+        digest = _digest(tr_x, tr_y, va_x, va_y)
+        _check_data(ck, digest, source, args.allow_changed_data, stdout)
         train_tok, valid_tok = _reviews(tr_x, s["max_len"]), _reviews(va_x, s["max_len"])
         if vocab is None:
             vocab = Vocab.build(train_tok, min_freq=s["min_freq"], max_size=s["vocab_size"],
@@ -529,7 +678,7 @@ def _train(args, opt, dist=None):
 
     def metadata(step, epoch, extra):
         return dict(task=task, vocab=vocab.to_dict(), settings=s, step=step, epoch=epoch,
-                    fastlstm_version=__version__, **extra)
+                    data_sha256=digest, fastlstm_version=__version__, **extra)
 
     result = training.fit(
         model, optimizer, run=run, steps=total_steps, steps_per_epoch=steps_per_epoch,
@@ -542,10 +691,12 @@ def _train(args, opt, dist=None):
         dist=dist)
 
     if result["interrupted"]:
-        print(f"stopped at step {result['step']} of {total_steps}: checkpoint written to "
-              f"{run.checkpoint}; continue with: fastlstm train {task} --out {out} --resume",
-              file=stdout, flush=True)
-        return 130
+        signum = result["signal"] or signal.SIGINT
+        print(f"stopped at step {result['step']} of {total_steps} "
+              f"({signal.Signals(signum).name}): checkpoint written to {run.checkpoint}; "
+              f"continue with: "
+              f"fastlstm train {task} --out {out} --resume", file=stdout, flush=True)
+        return 128 + signum
     last = result["last_eval"] or {}
     summary = ", ".join(f"{k[6:]} {v:.4g}" for k, v in last.items())
     print(f"done: {result['step']} steps; validation {summary}"
@@ -581,8 +732,7 @@ def _load(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such checkpoint")
     ck = checkpoint.load(path)
-    if ck.metadata.get("task") not in ("char", "word", "sentiment"):
-        raise ValueError(f"{path}: not a checkpoint of 'fastlstm train' (no task recorded)")
+    _check_run_metadata(path, ck)
     return ck
 
 
@@ -621,8 +771,6 @@ def _eval(args):
     model = ck.model
     _set_threads(model, args.threads)
     batch = s["batch"] if args.batch is None else args.batch
-    if batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {batch}")
     model.eval()
     if task == "sentiment":
         if args.text:
@@ -633,9 +781,10 @@ def _eval(args):
                              else load_labeled(args.data))
             where = args.data
         else:
-            _, _, texts, labels, _ = _sentiment_data(s["data"], s["valid_fraction"],
-                                                     s["seed"])
+            tr_x, tr_y, texts, labels, _ = _sentiment_data(s["data"], s["valid_fraction"],
+                                                           s["seed"])
             where = f"the validation split of {s['data']}"
+            _warn_if_not_trained_on(ck, _digest(tr_x, tr_y, texts, labels), s["data"])
         seqs = [vocab.encode(t) for t in _reviews(texts, s["max_len"])]
         m = training.classifier_evaluate(model, seqs, labels, batch)
         print(f"{where}: {len(seqs):,} reviews, loss {m['valid_loss']:.4f}, accuracy "
@@ -645,9 +794,14 @@ def _eval(args):
         raise ValueError("a language model is evaluated on --text, not --data")
     text, source = _read_text(args.text if args.text else s["text"])
     ids, _ = _lm_data(task, text, vocab)
+    trained_on = ck.metadata.get("data_sha256")
     if args.text:
         where = args.text
+        if trained_on == _digest([text]):
+            print(f"note: {args.text} is the text this model was trained on; the loss "
+                  f"covers its training split too", file=sys.stderr)
     else:
+        _warn_if_not_trained_on(ck, _digest([text]), source)
         ids = train_valid_split(ids, s["valid_fraction"])[1]
         where = f"the validation split of {source}"
     m = training.lm_evaluate(model, ids, s["seq"], batch)
@@ -655,3 +809,11 @@ def _eval(args):
     print(f"{where}: {len(ids):,} {unit}s, loss {m['valid_loss']:.4f} nats per {unit}, "
           f"perplexity {m['valid_perplexity']:.3f}")
     return 0
+
+
+def _warn_if_not_trained_on(ck, digest, source):
+    trained_on = ck.metadata.get("data_sha256")
+    if trained_on is not None and trained_on != digest:
+        print(f"warning: {source} is not the data this model was trained on (its content "
+              f"changed since); its validation split is not the one held out in training",
+              file=sys.stderr)

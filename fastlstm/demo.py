@@ -13,17 +13,18 @@ import numpy as np
 
 from . import nn, optim, reference
 from .corpus import stdlib_text
+from ._argtypes import integer
 from ._threads import blas_threads, usable_cores
 from .nn.functional import cross_entropy
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--seq", type=int, default=32)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=integer(1), default=300)
+    ap.add_argument("--hidden", type=integer(1), default=128)
+    ap.add_argument("--seq", type=integer(1), default=32)
+    ap.add_argument("--batch", type=integer(1), default=32)
+    ap.add_argument("--threads", type=integer(1), default=None)
+    ap.add_argument("--seed", type=integer(0), default=0)
     args = ap.parse_args(argv)
 
     text = stdlib_text()

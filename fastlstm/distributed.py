@@ -166,7 +166,7 @@ def run_or_abort(fn, *args, **kwargs):
     except SystemExit:
         raise
     except BaseException as exc:                  # noqa: BLE001 - reported, then abort
-        if isinstance(exc, (ValueError, OSError, KeyError)):
+        if isinstance(exc, (ValueError, OSError, KeyError, FloatingPointError)):
             print(f"rank {dist.rank}: error: {exc}", file=sys.stderr)
         else:
             print(f"rank {dist.rank}:", file=sys.stderr)

@@ -8,13 +8,21 @@ evaluation (``lm_*`` and ``classifier_*`` below). A run directory receives
     log.csv          one row every ``log_every`` steps and at each validation
     loss.png         training and validation loss, when matplotlib is installed
 
-Ctrl-C (SIGINT) finishes the current step, writes a complete checkpoint and stops; a
-second Ctrl-C stops at once (the previous checkpoint stays intact: saves are atomic).
+    run.lock         who holds the directory (an OS lock, released when the process ends)
+
+Ctrl-C (SIGINT), SIGTERM (``kill``, ``timeout``, ``docker stop``, a batch scheduler's time
+limit) and SIGHUP (a closed terminal or ssh session) finish the current step, write a
+complete checkpoint and stop; ``fastlstm train`` then exits with 128 + the signal's
+number. A second signal stops at once (the previous checkpoint stays intact: saves are
+atomic). A step whose loss or gradient is not finite is not applied: the run writes the
+checkpoint of the step before and raises ``TrainingDiverged``.
 """
 import csv
 import math
 import os
+import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -27,7 +35,7 @@ from .data import bucketed_batches, lm_batches
 from .nn.functional import binary_cross_entropy_with_logits, cross_entropy
 from .nn.utils import clip_grad_norm_
 
-__all__ = ["fit", "RunDirectory", "lm_steps_per_epoch", "lm_epoch_batches", "lm_grad_step",
+__all__ = ["fit", "RunDirectory", "RunDirectoryInUse", "TrainingDiverged", "STOP_SIGNALS", "lm_steps_per_epoch", "lm_epoch_batches", "lm_grad_step",
            "lm_evaluate", "unigram_loss", "classifier_epoch_batches",
            "classifier_grad_step", "classifier_evaluate"]
 
@@ -35,23 +43,106 @@ LOG_FIELDS = ("step", "epoch", "tokens", "train_loss", "valid_loss", "valid_perp
               "valid_accuracy", "lr", "seconds", "tokens_per_s")
 
 
+class RunDirectoryInUse(OSError):
+    """Another live process holds the run directory's lock."""
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or the gradient became NaN or infinite; ``step`` is the last good step,
+    the one the run's checkpoint holds."""
+
+    def __init__(self, message, step):
+        super().__init__(message)
+        self.step = step
+
+
+# Stale temporaries of atomic writes killed before their rename: <name>.tmp-<pid>[.png]
+_TEMPORARY = re.compile(r"^(checkpoint\.npz|log\.csv|loss\.png)\.tmp-(\d+)(\.png)?$")
+
+
 class RunDirectory:
-    """The files of one training run (see the module docstring)."""
+    """The files of one training run (see the module docstring).
+
+    ``acquire(resume, overwrite)`` takes the directory for this process: an OS lock on
+    ``run.lock`` (gone with the process, however it ends), then the checks that keep one
+    run's files from mixing with another's."""
+
+    RUN_FILES = ("checkpoint.npz", "log.csv", "loss.png")
 
     def __init__(self, path):
         self.path = os.fspath(path)
         self.checkpoint = os.path.join(self.path, "checkpoint.npz")
         self.log = os.path.join(self.path, "log.csv")
         self.plot = os.path.join(self.path, "loss.png")
+        self.lock_path = os.path.join(self.path, "run.lock")
+        self._lock_file = None
 
-    def check(self, resume):
-        """Refuse to overwrite an earlier run, or to resume one that is not there."""
-        if resume:
-            if not os.path.isfile(self.checkpoint):
-                raise FileNotFoundError(f"--resume: {self.checkpoint} does not exist")
-        elif os.path.exists(self.checkpoint):
-            raise FileExistsError(f"{self.path} already holds a run (checkpoint.npz); pass "
-                                  f"--resume to continue it or choose another --out")
+    def acquire(self, resume, overwrite=False):
+        """Lock the directory and check it suits the run; returns notes to print.
+
+        A fresh run needs a directory without another run's files (``overwrite``
+        deletes them); ``resume`` needs a checkpoint. Temporaries left by killed saves
+        are deleted (the lock guarantees no live run is writing them)."""
+        if resume and overwrite:
+            raise ValueError("--resume continues the run in --out, --overwrite replaces it: "
+                             "pass one of them")
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise NotADirectoryError(f"--out {self.path} is a file, not a directory")
+        if resume and not os.path.isfile(self.checkpoint):
+            raise FileNotFoundError(f"--resume: {self.checkpoint} does not exist")
+        os.makedirs(self.path, exist_ok=True)
+        self._lock()
+        notes = []
+        try:
+            present = [f for f in self.RUN_FILES if os.path.exists(os.path.join(self.path, f))]
+            if resume:
+                if not os.path.isfile(self.checkpoint):
+                    raise FileNotFoundError(f"--resume: {self.checkpoint} does not exist")
+            elif present and not overwrite:
+                raise FileExistsError(
+                    f"{self.path} already holds a run ({', '.join(present)}); pass --resume "
+                    f"to continue it, --overwrite to replace it, or choose another --out")
+            elif present:
+                for f in present:
+                    os.remove(os.path.join(self.path, f))
+                notes.append(f"--overwrite: deleted the earlier run's {', '.join(present)}")
+            removed, size = 0, 0
+            for name in os.listdir(self.path):
+                if _TEMPORARY.match(name):
+                    full = os.path.join(self.path, name)
+                    size += os.path.getsize(full)
+                    os.remove(full)
+                    removed += 1
+            if removed:
+                notes.append(f"deleted {removed} temporary file{'s' * (removed > 1)} "
+                             f"({size / 1e6:.1f} MB) left by an interrupted save")
+        except BaseException:
+            self.release()
+            raise
+        return notes
+
+    def _lock(self):
+        f = open(self.lock_path, "a+")
+        try:
+            _try_lock(f)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise RunDirectoryInUse(f"{self.path} is in use by a live run ({holder}); "
+                                    f"wait for it to end or choose another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n")
+        f.flush()
+        self._lock_file = f
+
+    def release(self):
+        """Give the directory up (the process's end does the same)."""
+        if self._lock_file is not None:
+            self._lock_file.close()      # closing the descriptor drops the lock
+            self._lock_file = None
 
     def read_log(self):
         """The rows of log.csv (numbers as floats, blanks as None)."""
@@ -60,6 +151,36 @@ class RunDirectory:
         with open(self.log, newline="") as f:
             return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
                     for row in csv.DictReader(f)]
+
+    def trim_log(self, step):
+        """Keep log.csv's rows up to ``step`` (the checkpoint's): rows a killed run logged
+        after its last checkpoint, or a half-written last line, would otherwise repeat
+        or garble the resumed run's. Returns how many rows were dropped."""
+        if not os.path.isfile(self.log):
+            return 0
+        with open(self.log, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            rows = list(reader)
+        if header != list(LOG_FIELDS):
+            raise ValueError(f"{self.log} has the columns {header}, not those of a fastlstm "
+                             f"log; move it away to resume")
+        kept = []
+        for row in rows:
+            try:
+                if len(row) == len(LOG_FIELDS) and float(row[0]) <= step:
+                    kept.append(row)
+            except ValueError:
+                pass
+        dropped = len(rows) - len(kept)
+        if dropped:
+            tmp = f"{self.log}.tmp-{os.getpid()}"
+            with open(tmp, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(LOG_FIELDS)
+                writer.writerows(kept)
+            os.replace(tmp, self.log)
+        return dropped
 
     def append_log(self, row):
         new = not os.path.isfile(self.log)
@@ -108,29 +229,62 @@ def _fmt(value):
     return value
 
 
-class _SigintGuard:
-    """Turn the first Ctrl-C into a request to stop after the current step."""
+def _try_lock(f):
+    """Take an exclusive lock on the open file ``f`` without waiting; OSError if taken."""
+    if os.name == "nt":
+        import msvcrt
+        f.seek(0)
+        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+# The signals that end a run with a checkpoint (SIGHUP does not exist on Windows).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+
+
+class _StopGuard:
+    """Turn the first SIGINT, SIGTERM or SIGHUP into a request to stop after the current
+    step (``signum`` records which); a second one ends the process at once, as the
+    signal itself would."""
 
     def __init__(self, write):
-        self.requested = False
+        self.signum = None
         self._write = write
-        self._previous = None
+        self._previous = {}
+
+    @property
+    def requested(self):
+        return self.signum is not None
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        self._write("Ctrl-C: stopping after this step and writing a checkpoint "
-                    "(press again to stop at once)")
+            self._restore()
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)     # the default action: end with this signal
+            return
+        self.signum = signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        again = "press again" if signum == signal.SIGINT else "send it again"
+        self._write(f"{name}: stopping after this step and writing a checkpoint "
+                    f"({again} to stop at once)")
+
+    def _restore(self):
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        self._restore()
 
 
 def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, grad_step,
@@ -151,9 +305,20 @@ def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, grad_st
 
     ``numpy_threads``: BLAS threads for NumPy products in the step that are not fastlstm's
     own (fastlstm's layers, loss and optimizers run on their own threads). One keeps idle
-    BLAS threads from spinning on the cores the kernels' OpenMP threads need. Validates at every epoch end and at the end; returns
-    ``{"step", "interrupted", "last_eval", "tokens"}``.
+    BLAS threads from spinning on the cores the kernels' OpenMP threads need.
+
+    Validates at every epoch end and at the end; returns ``{"step", "interrupted",
+    "signal", "last_eval", "tokens"}``, ``signal`` being the one that stopped the run
+    (SIGINT, SIGTERM or SIGHUP; None when it ran to the end). Raises ``TrainingDiverged``
+    (after saving the last good step) when a loss or gradient is not finite.
     """
+    for name, value, low in (("steps", steps, 1), ("steps_per_epoch", steps_per_epoch, 1),
+                             ("start_step", start_step, 0), ("log_every", log_every, 1),
+                             ("save_every", save_every, 0), ("sample_every", sample_every, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if not (isinstance(clip, (int, float)) and math.isfinite(clip) and clip >= 0):
+        raise ValueError(f"clip must be a finite number >= 0, got {clip!r}")
     from tqdm.auto import tqdm
     from .distributed import Context
     dist = dist or Context()
@@ -211,9 +376,21 @@ def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, grad_st
         checkpoint.save(run.checkpoint, model, optimizer,
                         **metadata(step, step // steps_per_epoch, extra))
 
+    def diverged(loss, norm):
+        what = (f"the training loss became {loss}" if not math.isfinite(loss) else
+                f"the gradient's norm became {norm} (loss {loss:.4g})")
+        save()                 # the weights and optimizer state are still those of `step`
+        if dist.size > 1:
+            dist.sum([0.0])    # no rank ends the job before rank 0's save is complete
+        raise TrainingDiverged(
+            f"{what} at step {step + 1}; that step was not applied. The checkpoint of "
+            f"step {step}, the last with finite numbers, is in {run.checkpoint}. Usual "
+            f"causes: a learning rate too high (--lr, which may change on --resume) or "
+            f"no gradient clipping (--clip).", step)
+
     if root:
         os.makedirs(run.path, exist_ok=True)
-    guard = _SigintGuard(say)
+    guard = _StopGuard(say)
     # Every rank must leave the loop after the same step: a Ctrl-C seen by any of them
     # travels with the gradients, and only the agreed flag ends the loop.
     stop = False
@@ -230,12 +407,11 @@ def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, grad_st
                             params, weight, loss, guard.requested, n_tokens)
                     else:
                         stop = guard.requested
-                    if not math.isfinite(loss):
-                        raise FloatingPointError(
-                            f"the training loss became {loss} at step {step + 1}; lower the "
-                            f"learning rate or the clipping threshold")
-                    if clip:
-                        clip_grad_norm_(params, clip)
+                    # The global gradient norm, clipped to `clip` (0: measured only);
+                    # a non-finite loss or norm must not reach the weights.
+                    norm = clip_grad_norm_(params, clip if clip else math.inf)
+                    if not (math.isfinite(loss) and math.isfinite(norm)):
+                        diverged(loss, norm)
                     optimizer.step()
                     window_time += time.perf_counter() - t0
                     step += 1
@@ -272,9 +448,15 @@ def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, grad_st
             save()
     finally:
         bar.close()
+    stop_signal = None
+    if stop:
+        # Every rank reports the same signal, though only some of them received one.
+        received = dist.sum([float(guard.signum == s) for s in STOP_SIGNALS])
+        stop_signal = next((s for s, n in zip(STOP_SIGNALS, received) if n > 0), None)
     if root:
         run.write_plot(title, baseline)
-    return {"step": step, "interrupted": stop, "last_eval": last_eval, "tokens": tokens}
+    return {"step": step, "interrupted": stop, "signal": stop_signal, "last_eval": last_eval,
+            "tokens": tokens}
 
 
 # --- language models -------------------------------------------------------------------

@@ -245,7 +245,7 @@ def test_errors_name_the_problem(tmp_path, text_file):
         assert proc.returncode != 0
         return proc.stderr
 
-    assert "--steps must be >= 1" in fails("train", "char", "--text", text_file,
+    assert "argument --steps: must be >= 1, got 0" in fails("train", "char", "--text", text_file,
                                            "--steps", 0, "--out", tmp_path / "a")
     assert not (tmp_path / "a").exists()
     bad = tmp_path / "bad.txt"
