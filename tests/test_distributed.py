@@ -1,6 +1,7 @@
 """Data-parallel training over MPI with real processes (``mpiexec -n 2``, this machine):
 ranks stay bitwise identical and equal one process on the whole batch; a failing rank
 ends the job; the CLI trains data-parallel. Skipped without the ``mpi`` extra."""
+import os
 import pathlib
 import shutil
 import signal
@@ -92,7 +93,8 @@ def test_cli_trains_data_parallel_like_one_process_on_twice_the_batch(tmp_path):
     assert "resuming at step 20 of 25" in more and more.count("done: 25 steps") == 1
 
 
-def test_ctrl_c_to_mpiexec_stops_every_rank_after_one_checkpoint(tmp_path):
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_to_mpiexec_stops_every_rank_after_one_checkpoint(tmp_path, signame):
     text = tmp_path / "text.txt"
     text.write_text(TEXT)
     run_dir = tmp_path / "run"
@@ -110,13 +112,13 @@ def test_ctrl_c_to_mpiexec_stops_every_rank_after_one_checkpoint(tmp_path):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "training did not start"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)          # mpiexec forwards it to the ranks
+        proc.send_signal(getattr(signal, signame))   # mpiexec forwards it to the ranks
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, (out, err)
-    assert out.count("stopped at step") == 1
+    assert proc.returncode == 128 + getattr(signal, signame), (out, err)
+    assert out.count("stopped at step") == 1 and f"({signame})" in out
     step = fastlstm.load(run_dir / "checkpoint.npz").metadata["step"]
     assert 4 <= step < 10000000
 
@@ -126,3 +128,54 @@ def test_a_single_process_needs_no_mpi():
     assert (ctx.rank, ctx.size, ctx.is_root) == (0, 1, True)
     assert ctx.shard(7) == slice(0, 7)
     np.testing.assert_array_equal(ctx.sum([1.5, 2]), [1.5, 2])
+
+
+def _rank_pids(marker):
+    """{rank: pid} of the processes whose command line holds ``marker`` (Linux /proc)."""
+    found = {}
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() not in cmdline or b"fastlstm" not in cmdline:
+            continue
+        for item in environ:
+            if item.startswith(b"PMI_RANK="):
+                found[int(item[len(b"PMI_RANK="):])] = int(entry.name)
+    return found
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/environ").exists(), reason="needs /proc")
+def test_sigterm_to_one_rank_stops_every_rank_with_its_exit_status(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT)
+    run_dir = tmp_path / "run-one-rank"
+    proc = subprocess.Popen(
+        [MPIEXEC, "-n", "2", sys.executable, "-m", "fastlstm", "train", "char", "--text",
+         str(text), "--hidden", "8", "--seq", "8", "--batch", "2", "--threads", "1",
+         "--steps", "10000000", "--sample-every", "0", "--log-every", "1",
+         "--save-every", "10000000", "--no-progress", "--out", str(run_dir)],
+        cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "log.csv").exists() or \
+                len((run_dir / "log.csv").read_text().splitlines()) < 5:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.05)
+        ranks = _rank_pids(str(run_dir))
+        assert sorted(ranks) == [0, 1], ranks
+        os.kill(ranks[1], signal.SIGTERM)          # rank 1 alone, as a scheduler might
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, (out, err)
+    assert out.count("stopped at step") == 1 and "(SIGTERM)" in out
+    step = fastlstm.load(run_dir / "checkpoint.npz").metadata["step"]
+    assert 4 <= step < 10000000
