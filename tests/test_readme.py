@@ -24,3 +24,8 @@ def test_readme_training_example_learns(capsys, tmp_path, monkeypatch):
     loss, uniform = (float(v) for v in re.findall(r"([\d.]+)", out)[:2])
     assert loss < 0.8 * uniform, out          # it learned something
     assert (tmp_path / "lstm.npz").exists()
+    import fastlstm
+    ck = fastlstm.load(tmp_path / "lstm.npz")
+    assert list(ck.model) == ["embed", "lstm", "head"]
+    rebuilt = [p for m in ck.model.values() for p in m.parameters()]
+    assert [id(p) for p in ck.optimizer.params] == [id(p) for p in rebuilt]
