@@ -551,7 +551,8 @@ def _train(args, opt, dist=None):
                       f"the checkpoint's step {ck.metadata['step']}", file=stdout)
     s = _settings(args, opt, ck.metadata["settings"] if ck else None)
     _check_settings(s, opt)
-    for key in ("text", "data", "glove"):
+    # (GloVe vectors only initialise a new run: a resumed one does not read them again)
+    for key in ("text", "data") if ck else ("text", "data", "glove"):
         if s.get(key) is not None:
             s[key] = _resolve_data_path(s[key], key, resumed=ck is not None)
     n_ranks = dist.size

@@ -126,8 +126,11 @@ class RunDirectory:
         try:
             _try_lock(f)
         except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
+            try:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+            except OSError:         # Windows: the holder's locked byte cannot be read
+                holder = "another process"
             f.close()
             raise RunDirectoryInUse(f"{self.path} is in use by a live run ({holder}); "
                                     f"wait for it to end or choose another --out") from None
