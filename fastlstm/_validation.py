@@ -199,6 +199,7 @@ def validate_lstm_backward(dhs, cache, dh_n, dc_n):
         raise TypeError(f"cache must be the LSTMCache returned by lstm_forward, "
                         f"got {type(cache).__name__}")
     _check_cache(cache, gates=4)
+    cache.check_inputs("lstm_forward", "lstm_backward")
     T, B, _ = cache.x.shape
     H = cache.W_h.shape[0]
     dtype = cache.dtype
@@ -261,6 +262,7 @@ def validate_rnn_backward(dhs, cache, dh_n, bptt_truncate):
         raise TypeError(f"cache must be the RNNCache returned by rnn_forward, "
                         f"got {type(cache).__name__}")
     _check_cache(cache, gates=1)
+    cache.check_inputs("rnn_forward", "rnn_backward")
     T, B, _ = cache.x.shape
     H = cache.W_h.shape[0]
     dtype = cache.dtype

@@ -4,6 +4,7 @@ parameters' ``.grad``."""
 import numpy as np
 
 from .. import _dense_ops
+from .._containers import InputModifiedError, changed_array, fingerprint
 from .module import Module
 from .parameter import Parameter
 
@@ -30,7 +31,7 @@ class Linear(Module):
         self.W = Parameter(rng.uniform(-k, k, (in_features, out_features)).astype(dtype))
         self.b = Parameter(rng.uniform(-k, k, out_features).astype(dtype)) if bias else None
         self.num_threads = num_threads
-        self._x = None
+        self._saved = None
 
     def forward(self, x):
         """x (..., in_features) -> y (..., out_features), of W's dtype."""
@@ -39,22 +40,31 @@ class Linear(Module):
             raise ValueError(f"Linear expects (..., {self.W.data.shape[0]}) "
                              f"{self.W.data.dtype} input, got {x.shape} {x.dtype}")
         flat_x = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
-        self._x = flat_x
-        y = _dense_ops.matmul(flat_x, self.W.data, num_threads=self.num_threads)
+        W = self.W.data
+        # The backward reads x and W as they are then (both referenced, not copied).
+        self._saved = (flat_x, W)
+        self._saved_fingerprint = fingerprint(self._saved)
+        y = _dense_ops.matmul(flat_x, W, num_threads=self.num_threads)
         if self.b is not None:
             y += self.b.data
         return y.reshape(x.shape[:-1] + y.shape[-1:])
 
     def backward(self, dy):
-        """dy (..., out_features) -> dx (..., in_features); W.grad (+)= x^T dy."""
-        flat_x = self._x
+        """dy (..., out_features) -> dx (..., in_features); W.grad (+)= x^T dy. Raises
+        InputModifiedError if x or W changed in place since ``forward``."""
+        if self._saved is None:
+            raise RuntimeError("Linear.backward called before forward")
+        changed = changed_array(self._saved, self._saved_fingerprint)
+        if changed is not None:
+            raise InputModifiedError(("the input x", "parameter W")[changed],
+                                     "Linear.forward", "Linear.backward")
+        flat_x, W = self._saved
         flat_dy = np.ascontiguousarray(dy.reshape(-1, dy.shape[-1]), dtype=flat_x.dtype)
         _dense_ops.matmul(flat_x, flat_dy, trans_a=True, out=self.W.grad, accumulate=True,
                           num_threads=self.num_threads)
         if self.b is not None:
             self.b.grad += flat_dy.sum(axis=0)
-        dx = _dense_ops.matmul(flat_dy, self.W.data, trans_b=True,
-                               num_threads=self.num_threads)
+        dx = _dense_ops.matmul(flat_dy, W, trans_b=True, num_threads=self.num_threads)
         return dx.reshape(dy.shape[:-1] + dx.shape[-1:])
 
 
@@ -89,7 +99,9 @@ class Embedding(Module):
         n = self.weight.data.shape[0]
         if ids.size and (ids.min() < 0 or ids.max() >= n):
             raise ValueError(f"Embedding ids must lie in [0, {n}), got {ids.min()}..{ids.max()}")
-        self._ids = ids
+        # A copy for the backward (a fraction of the output's size), so the caller may
+        # reuse the ids' buffer before it runs.
+        self._ids = ids.copy()
         return self.weight.data[ids]
 
     def backward(self, dout):

@@ -3,6 +3,7 @@ conversion to and from ``torch.nn.LSTM`` / ``torch.nn.RNN`` (whose weights are o
 transposed, with the two biases summed)."""
 import numpy as np
 
+from .._containers import InputModifiedError, changed_array, fingerprint
 from ..lstm import (lstm_backward, lstm_backward_projected, lstm_forward,
                     lstm_forward_projected, projected_available)
 from ..rnn import rnn_backward, rnn_forward
@@ -50,6 +51,31 @@ class _Stacked(Module):
     def layer_weights(self, layer):
         return (getattr(self, f"W_x_l{layer}"), getattr(self, f"W_h_l{layer}"),
                 getattr(self, f"b_l{layer}"))
+
+    def _changed_since_forward(self):
+        """What the last forward's caches reference that has changed since: a name for
+        the message (a parameter's, or the input's), or None."""
+        for layer, cache in enumerate(self._caches):
+            name = cache.changed_input()
+            if name is None:
+                continue
+            if name in ("W_x", "W_h"):
+                return f"parameter {name}_l{layer}"
+            if name == "x":
+                return ("the input x" if layer == 0 else
+                        f"the input of layer {layer} (the output of layer {layer - 1})")
+            if name == "table" and cache.table is self.W_x_l0.data:
+                return "parameter W_x_l0 (the lookup table)"
+            return f"the lookup {name}"
+        return None
+
+    def _check_inputs(self):
+        """Raise InputModifiedError before any gradient is accumulated if an array the
+        forward pass's caches reference (an input, a weight) changed since forward."""
+        name = self._changed_since_forward()
+        if name is not None:
+            kind = type(self).__name__
+            raise InputModifiedError(name, f"{kind}.forward", f"{kind}.backward")
 
     def _dropout(self, hs, layer):
         if not self.training or self.dropout == 0 or layer == self.num_layers - 1:
@@ -102,6 +128,7 @@ class LSTM(_Stacked):
 
     gates = 4
     _lookup = False     # the last forward ran forward_lookup
+    _lookup_source = None
 
     def __init__(self, input_size, hidden_size, num_layers=1, dropout=0.0,
                  dtype=np.float32, seed=None, init="default", backend="auto",
@@ -140,6 +167,11 @@ class LSTM(_Stacked):
             h0s, c0s = state
         self._caches, self._masks = [], []
         self._lookup = ids is not None
+        # A table other than W_x_l0 itself is computed from it by the caller (``inputs @
+        # W_x_l0``), who uses W_x_l0 again in the backward pass: it must not change between.
+        self._lookup_source = None
+        if self._lookup and table is not self.W_x_l0.data:
+            self._lookup_source = (self.W_x_l0.data, fingerprint((self.W_x_l0.data,)))
         h_n, c_n = [], []
         out = x
         for layer in range(self.num_layers):
@@ -191,9 +223,22 @@ class LSTM(_Stacked):
             np.multiply(z[:, 3 * H:], np.tanh(c), out=out)
         return out, (h_new, c_new)
 
+    def _changed_since_forward(self):
+        name = super()._changed_since_forward()
+        if name is None and self._lookup_source is not None:
+            source, recorded = self._lookup_source
+            if changed_array((source,), recorded) is not None:
+                return "parameter W_x_l0 (the lookup table was computed from it)"
+        return name
+
     def backward(self, dhs, dstate=None):
+        """dhs (T, B, H) or None, dstate ``(dh_n, dc_n)`` each (num_layers, B, H) or None
+        -> ``(dx, (dh0, dc0))``; accumulates into every parameter's ``.grad``. Raises
+        InputModifiedError, before any gradient is accumulated, if the input or a
+        weight changed in place since ``forward``."""
         if self._caches is None:
             raise RuntimeError("LSTM.backward called before forward")
+        self._check_inputs()
         L = self.num_layers
         dh_n, dc_n = dstate if dstate is not None else ([None] * L, [None] * L)
         dh0, dc0 = [None] * L, [None] * L
@@ -280,8 +325,13 @@ class RNN(_Stacked):
         return out, h_new
 
     def backward(self, dhs, dh_n=None):
+        """dhs (T, B, H) or None, dh_n (num_layers, B, H) or None -> ``(dx, dh0)``;
+        accumulates into every parameter's ``.grad``. Raises InputModifiedError, before
+        any gradient is accumulated, if the input or a weight changed in place since
+        ``forward``."""
         if self._caches is None:
             raise RuntimeError("RNN.backward called before forward")
+        self._check_inputs()
         L = self.num_layers
         dh_n = [None] * L if dh_n is None else dh_n
         dh0 = [None] * L
