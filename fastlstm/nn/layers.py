@@ -5,12 +5,10 @@ import numpy as np
 
 from .. import _dense_ops
 from .._containers import InputModifiedError, changed_array, fingerprint
+from .._validation import (check_flag, check_float_dtype, check_int, check_num_threads,
+                           check_probability, check_table, make_rng)
 from .module import Module
 from .parameter import Parameter
-
-
-def _rng(seed):
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
 
 class Linear(Module):
@@ -20,14 +18,23 @@ class Linear(Module):
     initialised uniform(+-1/sqrt(in_features)) as PyTorch. The products run on
     ``num_threads`` of fastlstm's threads (None: every usable core), with BLAS
     single-threaded inside each, like the recurrent kernels.
+
+    in_features, out_features : int >= 1;  bias : bool;  dtype : float32 or float64
+    seed : None, an int >= 0, or a NumPy Generator/SeedSequence/BitGenerator
+    num_threads : None or an int >= 1
     """
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, seed=None,
                  num_threads=None):
-        rng = _rng(seed)
+        in_features = check_int("in_features", in_features)
+        out_features = check_int("out_features", out_features)
+        bias = check_flag("bias", bias)
+        dtype = check_float_dtype("dtype", dtype)
+        num_threads = check_num_threads(num_threads)
+        rng = make_rng(seed)
         k = 1 / np.sqrt(in_features)
         self.config = dict(in_features=in_features, out_features=out_features, bias=bias,
-                           dtype=np.dtype(dtype).name)
+                           dtype=dtype.name)
         self.W = Parameter(rng.uniform(-k, k, (in_features, out_features)).astype(dtype))
         self.b = Parameter(rng.uniform(-k, k, out_features).astype(dtype)) if bias else None
         self.num_threads = num_threads
@@ -73,18 +80,33 @@ class Embedding(Module):
 
     ``weight`` (e.g. GloVe vectors) initialises the table; ``freeze=True`` keeps it out of
     ``parameters()``. The row at ``padding_idx`` starts at zero and gets no gradient.
+
+    num_embeddings, embedding_dim : int >= 1
+    padding_idx : None or an int in [-num_embeddings, num_embeddings) (negative counts
+        from the end)
+    weight : None (standard normal) or a float32/float64 (num_embeddings, embedding_dim)
+        array, copied; its dtype is the layer's, whatever ``dtype`` says
+    freeze : bool;  dtype : float32 or float64
+    seed : None, an int >= 0, or a NumPy Generator/SeedSequence/BitGenerator
     """
 
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, weight=None,
                  freeze=False, dtype=np.float32, seed=None):
+        num_embeddings = check_int("num_embeddings", num_embeddings)
+        embedding_dim = check_int("embedding_dim", embedding_dim)
+        padding_idx = check_int("padding_idx", padding_idx, -num_embeddings,
+                                num_embeddings - 1, " (a row of the table)",
+                                none_allowed=True)
+        freeze = check_flag("freeze", freeze)
+        dtype = check_float_dtype("dtype", dtype)
+        if weight is not None:
+            weight = check_table("weight", weight, (num_embeddings, embedding_dim))
+        rng = make_rng(seed)
         if weight is None:
-            weight = _rng(seed).standard_normal((num_embeddings, embedding_dim)).astype(dtype)
+            weight = rng.standard_normal((num_embeddings, embedding_dim)).astype(dtype)
             if padding_idx is not None:
                 weight[padding_idx] = 0
         weight = np.array(weight, copy=True)
-        if weight.shape != (num_embeddings, embedding_dim):
-            raise ValueError(f"weight must have shape ({num_embeddings}, {embedding_dim}), "
-                             f"got {weight.shape}")
         self.config = dict(num_embeddings=num_embeddings, embedding_dim=embedding_dim,
                            padding_idx=padding_idx, freeze=freeze,
                            dtype=weight.dtype.name)
@@ -127,14 +149,17 @@ def _scatter_add_rows(table, ids, rows):
 
 class Dropout(Module):
     """Zero each entry with probability p in training mode, scaling the rest by 1/(1-p);
-    the identity in eval mode."""
+    the identity in eval mode.
+
+    p : a number in [0, 1)
+    seed : None, an int >= 0, or a NumPy Generator/SeedSequence/BitGenerator
+    """
 
     def __init__(self, p=0.5, seed=None):
-        if not 0 <= p < 1:
-            raise ValueError(f"dropout probability must lie in [0, 1), got {p}")
+        p = check_probability("p (the dropout probability)", p)
+        self._rng = make_rng(seed)
         self.config = dict(p=p)
         self.p = p
-        self._rng = _rng(seed)
         self._mask = None
 
     def forward(self, x):

@@ -7,9 +7,13 @@ from .._containers import InputModifiedError, changed_array, fingerprint
 from ..lstm import (lstm_backward, lstm_backward_projected, lstm_forward,
                     lstm_forward_projected, projected_available)
 from ..rnn import rnn_backward, rnn_forward
-from .layers import _rng
+from .._validation import (BACKENDS, NONLINEARITIES, check_bptt_truncate, check_choice,
+                           check_float_dtype, check_int, check_num_threads,
+                           check_probability, make_rng)
 from .module import Module
 from .parameter import Parameter
+
+INITS = ("default", "xavier")
 
 
 class _Stacked(Module):
@@ -17,17 +21,31 @@ class _Stacked(Module):
 
     gates = 1
 
-    def __init__(self, input_size, hidden_size, num_layers, dropout, dtype, seed, init,
+    @classmethod
+    def _checked(cls, input_size, hidden_size, num_layers, dropout, dtype, seed, init,
                  backend, num_threads):
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        if init not in ("default", "xavier"):
-            raise ValueError(f"init must be 'default' or 'xavier', got {init!r}")
+        """The shared constructor arguments, checked (TypeError, ValueError naming the
+        argument) and normalised, before anything is built."""
+        max_hidden = (2**31 - 1) // cls.gates
+        return dict(
+            input_size=check_int("input_size", input_size),
+            hidden_size=check_int("hidden_size", hidden_size, 1, max_hidden,
+                                  f" ({cls.gates} * hidden_size is a 32-bit BLAS size)"
+                                  if cls.gates > 1 else ""),
+            num_layers=check_int("num_layers", num_layers),
+            dropout=check_probability("dropout", dropout),
+            dtype=check_float_dtype("dtype", dtype),
+            rng=make_rng(seed),
+            init=check_choice("init", init, INITS),
+            backend=check_choice("backend", backend, BACKENDS),
+            num_threads=check_num_threads(num_threads))
+
+    def __init__(self, input_size, hidden_size, num_layers, dropout, dtype, rng, init,
+                 backend, num_threads):
+        """The arguments as ``_checked`` returns them."""
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.dropout, self.backend, self.num_threads = dropout, backend, num_threads
-        self._rng = _rng(seed)
+        self._rng = rng
         G, H = self.gates * hidden_size, hidden_size
         k = 1 / np.sqrt(H)
         for layer in range(num_layers):
@@ -124,6 +142,12 @@ class LSTM(_Stacked):
     ``h_n``, ``c_n`` of shape (num_layers, B, H); ``backward(dhs, dstate=None) ->
     (dx, (dh0, dc0))`` with ``dstate = (dh_n, dc_n)`` or None. Dropout (training mode
     only) applies to each layer's output except the last's.
+
+    input_size : int >= 1;  hidden_size : int >= 1 (4 * hidden_size fits a 32-bit int)
+    num_layers : int >= 1;  dropout : a number in [0, 1);  dtype : float32 or float64
+    seed : None, an int >= 0, or a NumPy Generator/SeedSequence/BitGenerator
+    init : "default" (PyTorch's) or "xavier";  backend : "auto", "cython" or "numpy"
+    num_threads : None (every usable core) or an int >= 1
     """
 
     gates = 4
@@ -133,11 +157,12 @@ class LSTM(_Stacked):
     def __init__(self, input_size, hidden_size, num_layers=1, dropout=0.0,
                  dtype=np.float32, seed=None, init="default", backend="auto",
                  num_threads=None):
-        self.config = dict(input_size=input_size, hidden_size=hidden_size,
-                           num_layers=num_layers, dropout=dropout,
-                           dtype=np.dtype(dtype).name, init=init)
-        super().__init__(input_size, hidden_size, num_layers, dropout, dtype, seed, init,
-                         backend, num_threads)
+        a = self._checked(input_size, hidden_size, num_layers, dropout, dtype, seed, init,
+                          backend, num_threads)
+        self.config = dict(input_size=a["input_size"], hidden_size=a["hidden_size"],
+                           num_layers=a["num_layers"], dropout=a["dropout"],
+                           dtype=a["dtype"].name, init=a["init"])
+        super().__init__(**a)
 
     @classmethod
     def from_torch(cls, module):
@@ -270,21 +295,25 @@ class RNN(_Stacked):
     ``forward(x, h0=None, lengths=None) -> (hs, h_n)`` with h_n (num_layers, B, H);
     ``backward(dhs, dh_n=None) -> (dx, dh0)``; ``bptt_truncate`` (None or k >= 0) is
     applied in every layer's backward.
+
+    nonlinearity : "tanh" or "relu";  bptt_truncate : None (full BPTT) or an int >= 0;
+    the other arguments as for ``LSTM`` (hidden_size up to 2**31 - 1).
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh",
                  dropout=0.0, bptt_truncate=None, dtype=np.float32, seed=None,
                  init="default", backend="auto", num_threads=None):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-        self.config = dict(input_size=input_size, hidden_size=hidden_size,
-                           num_layers=num_layers, nonlinearity=nonlinearity,
-                           dropout=dropout, bptt_truncate=bptt_truncate,
-                           dtype=np.dtype(dtype).name, init=init)
+        nonlinearity = check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+        bptt_truncate = check_bptt_truncate(bptt_truncate)
+        a = self._checked(input_size, hidden_size, num_layers, dropout, dtype, seed, init,
+                          backend, num_threads)
+        self.config = dict(input_size=a["input_size"], hidden_size=a["hidden_size"],
+                           num_layers=a["num_layers"], nonlinearity=nonlinearity,
+                           dropout=a["dropout"], bptt_truncate=bptt_truncate,
+                           dtype=a["dtype"].name, init=a["init"])
         self.nonlinearity = nonlinearity
         self.bptt_truncate = bptt_truncate
-        super().__init__(input_size, hidden_size, num_layers, dropout, dtype, seed, init,
-                         backend, num_threads)
+        super().__init__(**a)
 
     @classmethod
     def from_torch(cls, module):
