@@ -104,6 +104,10 @@ class InputModifiedError(ValueError):
             f"backward pass reads it, so the gradients would be wrong. Change inputs and "
             f"weights (an optimizer step, too) only after the backward pass, or give "
             f"{forward} a copy")
+        self._parts = (name, forward, backward)
+
+    def __reduce__(self):   # (pickled as its parts: the constructor takes three)
+        return type(self), self._parts
 
 
 def _crc(a):

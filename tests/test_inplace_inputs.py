@@ -533,3 +533,12 @@ def test_projected_backward_rejects_another_cache():
     case = Case("lstm", np.float64)
     with pytest.raises(TypeError, match="ProjectedLSTMCache"):
         lstm_backward_projected(case.dhs, case.forward("cython"))
+
+
+def test_the_error_pickles():
+    """(Process pools send exceptions back pickled.)"""
+    import pickle
+    error = pickle.loads(pickle.dumps(InputModifiedError("W_h", "lstm_forward",
+                                                         "lstm_backward")))
+    assert isinstance(error, InputModifiedError) and error.name == "W_h"
+    assert str(error).startswith("W_h was changed in place after lstm_forward")
