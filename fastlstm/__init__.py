@@ -5,13 +5,16 @@ The functional API (time-major, gate order i, f, g, o, see DESIGN.md)::
     hs, (h_n, c_n), cache = fastlstm.lstm_forward(x, W_x, W_h, b)
     grads = fastlstm.lstm_backward(dhs, cache)
 
-``fastlstm.reference`` holds the NumPy twin of every kernel.
+``fastlstm.reference`` holds the NumPy twin of every kernel. The cache references ``x``
+and the weights: changing them before the backward pass raises ``InputModifiedError``
+(a sample of each array is compared; ``set_debug_checks(True)`` compares all of it).
 """
 __version__ = "0.1.0"
 
 from . import _isa  # noqa: F401  (applies FASTLSTM_ISA, or the CPU's best, to every kernel)
 from ._config import config, show_config
-from ._containers import LSTMCache, LSTMGrads, RNNCache, RNNGrads
+from ._containers import (InputModifiedError, LSTMCache, LSTMGrads, RNNCache, RNNGrads,
+                          set_debug_checks)
 from .lstm import lstm_backward, lstm_forward
 from .rnn import rnn_backward, rnn_forward
 from . import nn, optim
@@ -20,4 +23,5 @@ from .gradcheck import gradcheck
 
 __all__ = ["lstm_forward", "lstm_backward", "rnn_forward", "rnn_backward", "LSTMGrads",
            "LSTMCache", "RNNGrads", "RNNCache", "nn", "optim", "gradcheck", "save", "load",
-           "Checkpoint", "CheckpointError", "show_config", "config", "__version__"]
+           "Checkpoint", "CheckpointError", "show_config", "config", "__version__",
+           "InputModifiedError", "set_debug_checks"]

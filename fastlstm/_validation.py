@@ -24,15 +24,112 @@ def check_backend(backend):
 
 
 def check_num_threads(num_threads):
-    """Return ``None`` (all usable cores) or an int >= 1."""
+    """Return ``None`` (all usable cores) or an int >= 1 (at most a C int: the kernels
+    take it as one)."""
     if num_threads is None:
         return None
-    if isinstance(num_threads, (bool, np.bool_)) or not isinstance(num_threads, (int, np.integer)):
-        raise TypeError(f"num_threads must be None or an int >= 1, got {type(num_threads).__name__} "
-                        f"{num_threads!r}")
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be None or an int >= 1, got {num_threads}")
-    return int(num_threads)
+    return check_int("num_threads", num_threads, 1, none_allowed=True)
+
+
+def _is_int(value):
+    """An int or NumPy integer, not a bool."""
+    return (isinstance(value, (int, np.integer))
+            and not isinstance(value, (bool, np.bool_)))
+
+
+def check_int(name, value, minimum=1, maximum=_BLAS_INT_MAX, limit_reason="",
+              none_allowed=False):
+    """``value`` as a Python int in [minimum, maximum]; None too with ``none_allowed``.
+
+    TypeError unless an int (NumPy integers are ints, bools are not), ValueError out of
+    range; the message names ``name``. The default maximum is BLAS's 32-bit int, which
+    every size the kernels see must fit; ``limit_reason`` says why a smaller one applies.
+    """
+    if type(value) is int and minimum <= value <= maximum:
+        return value   # the common case, first: num_threads is checked on every call
+    if none_allowed and value is None:
+        return None
+    expected = f"{'None or ' if none_allowed else ''}an int >= {minimum}"
+    if not _is_int(value):
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be {expected}, got {value}")
+    if value > maximum:
+        raise ValueError(f"{name} must be {expected} and at most {maximum}"
+                         f"{limit_reason or ' (a 32-bit int, as the kernels take it)'}, "
+                         f"got {value}")
+    return int(value)
+
+
+def check_probability(name, value):
+    """A finite real number in [0, 1) (a dropout probability) as a float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number in [0, 1), got {type(value).__name__} "
+                        f"{value!r}")
+    if not 0 <= value < 1:   # (NaN fails this too)
+        raise ValueError(f"{name} must be a number in [0, 1), got {value}")
+    return float(value)
+
+
+def check_choice(name, value, choices):
+    """``value``, one of the strings ``choices``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {', '.join(map(repr, choices))}, got "
+                        f"{type(value).__name__} {value!r}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got "
+                         f"{value!r}")
+    return str(value)
+
+
+def check_flag(name, value):
+    """``value``, True or False (a NumPy bool too), as a bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} "
+                        f"{value!r}")
+    return bool(value)
+
+
+def check_float_dtype(name, dtype):
+    """``dtype`` (np.float32, "float64", np.dtype(...), ...) as np.dtype float32 or
+    float64: TypeError for what is not a dtype at all, ValueError for another dtype."""
+    try:
+        if dtype is None:   # (which NumPy would read as float64)
+            raise TypeError
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be float32 or float64, got {type(dtype).__name__} "
+                        f"{dtype!r}") from None
+    if dt not in _FLOAT_DTYPES or not dt.isnative:
+        raise ValueError(f"{name} must be float32 or float64, got {dt}")
+    return dt
+
+
+def make_rng(seed, name="seed"):
+    """A ``np.random.Generator`` from ``seed``: None (fresh entropy), an int >= 0, a
+    SeedSequence or BitGenerator, or a Generator (used as it is, shared)."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is None or isinstance(seed, (np.random.SeedSequence, np.random.BitGenerator)):
+        return np.random.default_rng(seed)
+    if not _is_int(seed):
+        raise TypeError(f"{name} must be None, an int >= 0 or a NumPy Generator, "
+                        f"SeedSequence or BitGenerator, got {type(seed).__name__} {seed!r}")
+    if seed < 0:
+        raise ValueError(f"{name} must be None, an int >= 0 or a NumPy Generator, "
+                         f"SeedSequence or BitGenerator, got {seed}")
+    return np.random.default_rng(int(seed))
+
+
+def check_table(name, value, shape):
+    """``value`` as a float32/float64 array of ``shape`` (initial weights), not copied."""
+    a = _as_array(name, value)
+    if a.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {a.dtype}")
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+    return a
 
 
 def _describe(a):
@@ -199,6 +296,7 @@ def validate_lstm_backward(dhs, cache, dh_n, dc_n):
         raise TypeError(f"cache must be the LSTMCache returned by lstm_forward, "
                         f"got {type(cache).__name__}")
     _check_cache(cache, gates=4)
+    cache.check_inputs("lstm_forward", "lstm_backward")
     T, B, _ = cache.x.shape
     H = cache.W_h.shape[0]
     dtype = cache.dtype
@@ -261,6 +359,7 @@ def validate_rnn_backward(dhs, cache, dh_n, bptt_truncate):
         raise TypeError(f"cache must be the RNNCache returned by rnn_forward, "
                         f"got {type(cache).__name__}")
     _check_cache(cache, gates=1)
+    cache.check_inputs("rnn_forward", "rnn_backward")
     T, B, _ = cache.x.shape
     H = cache.W_h.shape[0]
     dtype = cache.dtype

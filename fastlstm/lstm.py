@@ -9,7 +9,7 @@ import numpy as np
 
 from . import _backend, _isa, reference
 from ._buffers import aligned_empty as _empty, backward_chunk_steps as _backward_chunk_steps
-from ._containers import LSTMCache, LSTMGrads
+from ._containers import InputsRecord, LSTMCache, LSTMGrads
 from ._threads import blas_threads, resolve_num_threads
 from ._validation import validate_lstm_backward, validate_lstm_forward
 
@@ -177,8 +177,10 @@ def lstm_forward(x, W_x, W_h, b, h0=None, c0=None, *, lengths=None, backend="aut
     -------
     hs : (T, B, H)
     (h_n, c_n) : (B, H) each, every sequence's state after its own last step
-    cache : LSTMCache, for ``lstm_backward``. It references ``x`` and the weights:
-        changing them before the backward pass is an error.
+    cache : LSTMCache, for ``lstm_backward``. It references ``x``, ``W_x`` and ``W_h``
+        (``b``, ``h0`` and ``c0`` are copied): changing them before the backward pass is
+        an error, which ``lstm_backward`` reports (``InputModifiedError``) from a sample
+        of each array, or from all of it under ``fastlstm.set_debug_checks(True)``.
     """
     args = validate_lstm_forward(x, W_x, W_h, b, h0, c0, lengths, backend, num_threads)
     if not _backend.use_compiled(args.backend):
@@ -221,6 +223,11 @@ def lstm_backward(dhs, cache, dh_n=None, dc_n=None):
     -------
     LSTMGrads(dx (T,B,D), dh0 (B,H), dc0 (B,H), dW_x (D,4H), dW_h (H,4H), db (4H,)),
     all of the forward dtype.
+
+    Raises
+    ------
+    InputModifiedError (a ValueError) naming ``x``, ``W_x`` or ``W_h`` if it changed in
+    place since the forward pass.
     """
     dhs, dh_n, dc_n = validate_lstm_backward(dhs, cache, dh_n, dc_n)
     if cache.backend == "numpy":
@@ -251,16 +258,22 @@ def lstm_backward(dhs, cache, dh_n=None, dc_n=None):
     return LSTMGrads(dx, dh, dc, dW_x, dW_h, db_acc.astype(dtype))
 
 
-class ProjectedLSTMCache:
-    """What ``lstm_backward_projected`` needs from ``lstm_forward_projected``."""
+class ProjectedLSTMCache(InputsRecord):
+    """What ``lstm_backward_projected`` needs from ``lstm_forward_projected``; ``table``,
+    ``ids`` and ``W_h`` are referenced, and checked for changes before the backward."""
 
     __slots__ = ("table", "ids", "W_h", "gates", "h_states", "c_states", "lengths",
                  "num_threads")
+    INPUT_NAMES = ("table", "ids", "W_h")
 
     def __init__(self, table, ids, W_h, gates, h_states, c_states, lengths, num_threads):
         self.table, self.ids, self.W_h = table, ids, W_h
         self.gates, self.h_states, self.c_states = gates, h_states, c_states
         self.lengths, self.num_threads = lengths, num_threads
+        self._record_inputs()
+
+    def _inputs(self):
+        return (self.table, self.ids, self.W_h)
 
 
 def projected_available(dtype):
@@ -339,7 +352,13 @@ def lstm_backward_projected(dhs, cache, dh_n=None, dc_n=None):
     Returns ``(d_table (V, 4H), dh0, dc0, dW_h (H, 4H), db (4H,))``: d_table[v] sums the
     gate-input gradients of the steps whose id is v (so dW_x = E^T d_table for an
     embedding table E @ W_x, and d_table itself for one-hot inputs).
+    Raises ``InputModifiedError`` if ``table``, ``ids`` or ``W_h`` changed since the
+    forward pass.
     """
+    if not isinstance(cache, ProjectedLSTMCache):
+        raise TypeError(f"cache must be the ProjectedLSTMCache returned by "
+                        f"lstm_forward_projected, got {type(cache).__name__}")
+    cache.check_inputs("lstm_forward_projected", "lstm_backward_projected")
     T, B, G = cache.gates.shape
     H = G // 4
     dtype = cache.gates.dtype

@@ -3,6 +3,9 @@
 import numpy as np
 
 from . import _dense_ops
+from ._validation import (check_bptt_truncate, check_choice, check_flag, check_float_dtype,
+                          check_int, check_num_threads, check_probability, check_table,
+                          make_rng)
 from .checkpoint import register_model
 from .nn.layers import Embedding, Linear
 from .nn.module import Module
@@ -50,9 +53,29 @@ def _lookup_backward(embed, lstm, d_table, rows, num_threads):
 class _LanguageModel(Module):
     """ids (T, B) -> [embedding or one-hot] -> recurrent stack -> Linear -> logits (T, B, V)."""
 
+    @staticmethod
+    def _checked(vocab_size, embedding_dim, hidden_size, num_layers, cell, dropout, dtype,
+                 seed, num_threads):
+        """The language models' arguments, checked before anything is built (TypeError,
+        ValueError naming the argument) and normalised; ``seed`` becomes ``rng``."""
+        cell = check_choice("cell", cell, ("lstm", "rnn"))
+        gates = 4 if cell == "lstm" else 1
+        return dict(vocab_size=check_int("vocab_size", vocab_size),
+                    embedding_dim=check_int("embedding_dim", embedding_dim, 0,
+                                            none_allowed=True),
+                    hidden_size=check_int("hidden_size", hidden_size, 1, (2**31 - 1) // gates,
+                                          " (4 * hidden_size is a 32-bit BLAS size)"
+                                          if gates == 4 else ""),
+                    num_layers=check_int("num_layers", num_layers),
+                    cell=cell,
+                    dropout=check_probability("dropout", dropout),
+                    dtype=check_float_dtype("dtype", dtype),
+                    rng=make_rng(seed),
+                    num_threads=check_num_threads(num_threads))
+
     def _build(self, vocab_size, embedding_dim, hidden_size, num_layers, cell, dropout,
-               dtype, seed, num_threads):
-        rng = np.random.default_rng(seed)
+               dtype, rng, num_threads):
+        """The layers, from the arguments as ``_checked`` returns them."""
         self.vocab_size = vocab_size
         self.embed = (Embedding(vocab_size, embedding_dim, dtype=dtype, seed=rng)
                       if embedding_dim else None)
@@ -137,15 +160,22 @@ class _LanguageModel(Module):
 
 @register_model
 class CharLM(_LanguageModel):
-    """Character-level LM: one-hot (``embedding_dim=None``) or embedded characters."""
+    """Character-level LM: one-hot (``embedding_dim=None`` or 0) or embedded characters.
+
+    vocab_size, hidden_size, num_layers : int >= 1;  embedding_dim : None, 0 or an int
+    >= 1;  dropout : a number in [0, 1) (between stacked layers);  dtype : float32 or
+    float64;  seed : None, an int >= 0 or a NumPy Generator;  num_threads : None or an
+    int >= 1.
+    """
 
     def __init__(self, vocab_size, hidden_size=128, num_layers=1, embedding_dim=None,
                  dropout=0.0, dtype=np.float32, seed=None, num_threads=None):
-        self.config = dict(vocab_size=vocab_size, hidden_size=hidden_size,
-                           num_layers=num_layers, embedding_dim=embedding_dim,
-                           dropout=dropout, dtype=np.dtype(dtype).name)
-        self._build(vocab_size, embedding_dim, hidden_size, num_layers, "lstm", dropout,
-                    dtype, seed, num_threads)
+        a = self._checked(vocab_size, embedding_dim, hidden_size, num_layers, "lstm",
+                          dropout, dtype, seed, num_threads)
+        self.config = dict(vocab_size=a["vocab_size"], hidden_size=a["hidden_size"],
+                           num_layers=a["num_layers"], embedding_dim=a["embedding_dim"],
+                           dropout=a["dropout"], dtype=a["dtype"].name)
+        self._build(**a)
 
     @classmethod
     def parameter_shapes(cls, vocab_size, hidden_size=128, num_layers=1, embedding_dim=None,
@@ -156,19 +186,25 @@ class CharLM(_LanguageModel):
 
 @register_model
 class WordLM(_LanguageModel):
-    """Word-level LM: Embedding -> LSTM or vanilla RNN (``cell``) -> Linear."""
+    """Word-level LM: Embedding -> LSTM or vanilla RNN (``cell``) -> Linear.
+
+    As ``CharLM``, plus ``cell`` ("lstm" or "rnn") and ``bptt_truncate`` (None, or an int
+    >= 0 with cell="rnn"); ``embedding_dim`` None or 0 feeds one-hot words.
+    """
 
     def __init__(self, vocab_size, embedding_dim=64, hidden_size=128, num_layers=1,
                  cell="lstm", dropout=0.0, dtype=np.float32, seed=None, num_threads=None,
                  bptt_truncate=None):
-        if bptt_truncate is not None and cell != "rnn":
+        a = self._checked(vocab_size, embedding_dim, hidden_size, num_layers, cell,
+                          dropout, dtype, seed, num_threads)
+        bptt_truncate = check_bptt_truncate(bptt_truncate)
+        if bptt_truncate is not None and a["cell"] != "rnn":
             raise ValueError("bptt_truncate applies to cell='rnn' only")
-        self.config = dict(vocab_size=vocab_size, embedding_dim=embedding_dim,
-                           hidden_size=hidden_size, num_layers=num_layers, cell=cell,
-                           dropout=dropout, dtype=np.dtype(dtype).name,
+        self.config = dict(vocab_size=a["vocab_size"], embedding_dim=a["embedding_dim"],
+                           hidden_size=a["hidden_size"], num_layers=a["num_layers"],
+                           cell=a["cell"], dropout=a["dropout"], dtype=a["dtype"].name,
                            bptt_truncate=bptt_truncate)
-        self._build(vocab_size, embedding_dim, hidden_size, num_layers, cell, dropout,
-                    dtype, seed, num_threads)
+        self._build(**a)
         if cell == "rnn":
             self.rnn.bptt_truncate = bptt_truncate
 
@@ -185,18 +221,37 @@ class SentimentClassifier(Module):
 
     ``pooling``: "last" (each sequence's final state), "mean" or "max" over its steps.
     Padded batches pass ``lengths``; padding never changes a prediction.
+
+    vocab_size, embedding_dim, hidden_size, num_layers : int >= 1;  dropout : a number
+    in [0, 1);  freeze_embedding : bool;  dtype : float32 or float64;  seed : None, an
+    int >= 0 or a NumPy Generator;  num_threads : None or an int >= 1;
+    embedding_weight : None or a (vocab_size, embedding_dim) array of ``dtype``.
     """
 
     def __init__(self, vocab_size, embedding_dim=50, hidden_size=64, num_layers=1,
                  pooling="last", dropout=0.0, freeze_embedding=False, dtype=np.float32,
                  seed=None, num_threads=None, embedding_weight=None):
-        if pooling not in ("last", "mean", "max"):
-            raise ValueError(f"pooling must be 'last', 'mean' or 'max', got {pooling!r}")
+        vocab_size = check_int("vocab_size", vocab_size)
+        embedding_dim = check_int("embedding_dim", embedding_dim)
+        hidden_size = check_int("hidden_size", hidden_size, 1, (2**31 - 1) // 4,
+                                " (4 * hidden_size is a 32-bit BLAS size)")
+        num_layers = check_int("num_layers", num_layers)
+        pooling = check_choice("pooling", pooling, ("last", "mean", "max"))
+        dropout = check_probability("dropout", dropout)
+        freeze_embedding = check_flag("freeze_embedding", freeze_embedding)
+        dtype = check_float_dtype("dtype", dtype)
+        num_threads = check_num_threads(num_threads)
+        if embedding_weight is not None:
+            embedding_weight = check_table("embedding_weight", embedding_weight,
+                                           (vocab_size, embedding_dim))
+            if embedding_weight.dtype != dtype:
+                raise TypeError(f"embedding_weight has dtype {embedding_weight.dtype} but "
+                                f"dtype is {dtype}: pass embedding_weight.astype(np.{dtype})")
+        rng = make_rng(seed)
         self.config = dict(vocab_size=vocab_size, embedding_dim=embedding_dim,
                            hidden_size=hidden_size, num_layers=num_layers, pooling=pooling,
                            dropout=dropout, freeze_embedding=freeze_embedding,
-                           dtype=np.dtype(dtype).name)
-        rng = np.random.default_rng(seed)
+                           dtype=dtype.name)
         self.pooling = pooling
         self.embed = Embedding(vocab_size, embedding_dim, weight=embedding_weight,
                                freeze=freeze_embedding, dtype=dtype, seed=rng)

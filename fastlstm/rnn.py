@@ -40,7 +40,9 @@ def rnn_forward(x, W_x, W_h, b, h0=None, *, nonlinearity="tanh", lengths=None,
     Returns
     -------
     hs : (T, B, H), h_n : (B, H) (each sequence's state after its own last step),
-    cache : RNNCache for ``rnn_backward`` (references ``x`` and the weights)
+    cache : RNNCache for ``rnn_backward``; it references ``x``, ``W_x`` and ``W_h``
+        (``b`` and ``h0`` are copied), which must not change before the backward pass
+        (``rnn_backward`` raises ``InputModifiedError`` if they did)
     """
     args = validate_rnn_forward(x, W_x, W_h, b, h0, nonlinearity, lengths, backend,
                                 num_threads)
@@ -82,6 +84,11 @@ def rnn_backward(dhs, cache, dh_n=None, bptt_truncate=None):
     Returns
     -------
     RNNGrads(dx (T,B,D), dh0 (B,H), dW_x (D,H), dW_h (H,H), db (H,))
+
+    Raises
+    ------
+    InputModifiedError (a ValueError) naming ``x``, ``W_x`` or ``W_h`` if it changed in
+    place since the forward pass.
     """
     dhs, dh_n, k = validate_rnn_backward(dhs, cache, dh_n, bptt_truncate)
     if cache.backend == "numpy":

@@ -234,3 +234,153 @@ def test_command_line_runs_the_demo():
                              capture_output=True, text=True, timeout=60, cwd=TESTS_DIR,
                              env=child_env())
     assert version.stdout.strip().startswith(f"fastlstm {fastlstm.__version__} (")
+
+
+# --- constructors: every argument checked before anything is built --------------------
+
+from fastlstm import models, nn  # noqa: E402
+
+# name -> (class, the smallest valid arguments)
+CONSTRUCTORS = {
+    "LSTM": (nn.LSTM, dict(input_size=3, hidden_size=4)),
+    "RNN": (nn.RNN, dict(input_size=3, hidden_size=4)),
+    "Linear": (nn.Linear, dict(in_features=3, out_features=4)),
+    "Embedding": (nn.Embedding, dict(num_embeddings=5, embedding_dim=3)),
+    "Dropout": (nn.Dropout, dict()),
+    "CharLM": (models.CharLM, dict(vocab_size=7, hidden_size=4)),
+    "WordLM": (models.WordLM, dict(vocab_size=7, embedding_dim=3, hidden_size=4)),
+    "SentimentClassifier": (models.SentimentClassifier,
+                            dict(vocab_size=7, embedding_dim=3, hidden_size=4)),
+}
+NAN, INF = float("nan"), float("inf")
+BAD_SIZES = [(0, ValueError), (-1, ValueError), (10**30, ValueError), (2.5, TypeError),
+             (True, TypeError), ("3", TypeError), (NAN, TypeError), (INF, TypeError),
+             (None, TypeError), (np.float64(3.0), TypeError)]
+BAD_OPTIONAL_SIZES = [(-1, ValueError), (10**30, ValueError), (2.5, TypeError),
+                      (True, TypeError), ("3", TypeError), (NAN, TypeError)]
+BAD_THREADS = [(0, ValueError), (-1, ValueError), (10**30, ValueError), (2.5, TypeError),
+               (True, TypeError), ("3", TypeError), (NAN, TypeError)]
+BAD_PROBABILITIES = [(-0.1, ValueError), (1, ValueError), (1.0, ValueError),
+                     (NAN, ValueError), (INF, ValueError), (-INF, ValueError),
+                     (10**30, ValueError), ("0.5", TypeError), (None, TypeError),
+                     (True, TypeError)]
+BAD_DTYPES = [(np.int32, ValueError), (np.float16, ValueError), ("int64", ValueError),
+              (np.dtype(">f4"), ValueError), (None, TypeError), ("abc", TypeError),
+              (3, TypeError), (2.5, TypeError)]
+BAD_SEEDS = [(-1, ValueError), (2.5, TypeError), ("3", TypeError), (True, TypeError),
+             (NAN, TypeError)]
+BAD_CHOICES = [("bogus", ValueError), (1, TypeError), (None, TypeError)]
+BAD_FLAGS = [(1, TypeError), ("yes", TypeError), (None, TypeError)]
+BAD_BPTT = [(-1, ValueError), (2.5, TypeError), (True, TypeError), ("3", TypeError)]
+
+ARGUMENTS = {   # constructor -> [(argument, [(bad value, exception)])]
+    "LSTM": [("input_size", BAD_SIZES), ("hidden_size", BAD_SIZES),
+             ("num_layers", BAD_SIZES), ("dropout", BAD_PROBABILITIES),
+             ("dtype", BAD_DTYPES), ("seed", BAD_SEEDS), ("init", BAD_CHOICES),
+             ("backend", BAD_CHOICES), ("num_threads", BAD_THREADS)],
+    "RNN": [("input_size", BAD_SIZES), ("hidden_size", BAD_SIZES),
+            ("num_layers", BAD_SIZES), ("nonlinearity", BAD_CHOICES),
+            ("dropout", BAD_PROBABILITIES), ("bptt_truncate", BAD_BPTT),
+            ("dtype", BAD_DTYPES), ("seed", BAD_SEEDS), ("init", BAD_CHOICES),
+            ("backend", BAD_CHOICES), ("num_threads", BAD_THREADS)],
+    "Linear": [("in_features", BAD_SIZES), ("out_features", BAD_SIZES),
+               ("bias", BAD_FLAGS), ("dtype", BAD_DTYPES), ("seed", BAD_SEEDS),
+               ("num_threads", BAD_THREADS)],
+    "Embedding": [("num_embeddings", BAD_SIZES), ("embedding_dim", BAD_SIZES),
+                  ("padding_idx", [(5, ValueError), (-6, ValueError), (10**30, ValueError),
+                                   (2.5, TypeError), (True, TypeError), ("1", TypeError)]),
+                  ("weight", [(np.zeros((5, 4)), ValueError), (np.zeros(15), ValueError),
+                              (np.zeros((5, 3), np.int64), TypeError),
+                              (np.zeros((5, 3), np.float16), TypeError)]),
+                  ("freeze", BAD_FLAGS), ("dtype", BAD_DTYPES), ("seed", BAD_SEEDS)],
+    "Dropout": [("p", BAD_PROBABILITIES), ("seed", BAD_SEEDS)],
+    "CharLM": [("vocab_size", BAD_SIZES), ("hidden_size", BAD_SIZES),
+               ("num_layers", BAD_SIZES), ("embedding_dim", BAD_OPTIONAL_SIZES),
+               ("dropout", BAD_PROBABILITIES), ("dtype", BAD_DTYPES), ("seed", BAD_SEEDS),
+               ("num_threads", BAD_THREADS)],
+    "WordLM": [("vocab_size", BAD_SIZES), ("embedding_dim", BAD_OPTIONAL_SIZES),
+               ("hidden_size", BAD_SIZES), ("num_layers", BAD_SIZES),
+               ("cell", BAD_CHOICES), ("dropout", BAD_PROBABILITIES),
+               ("dtype", BAD_DTYPES), ("seed", BAD_SEEDS), ("num_threads", BAD_THREADS),
+               ("bptt_truncate", BAD_BPTT + [(2, ValueError)])],   # 2: needs cell="rnn"
+    "SentimentClassifier": [
+        ("vocab_size", BAD_SIZES), ("embedding_dim", BAD_SIZES), ("hidden_size", BAD_SIZES),
+        ("num_layers", BAD_SIZES), ("pooling", BAD_CHOICES),
+        ("dropout", BAD_PROBABILITIES), ("freeze_embedding", BAD_FLAGS),
+        ("dtype", BAD_DTYPES), ("seed", BAD_SEEDS), ("num_threads", BAD_THREADS),
+        ("embedding_weight", [(np.zeros((7, 4), np.float32), ValueError),
+                              (np.zeros((7, 3), np.int32), TypeError),
+                              (np.zeros((7, 3), np.float64), TypeError)])],   # not float32
+}
+
+
+def constructor_cases():
+    for ctor, arguments in ARGUMENTS.items():
+        for argument, bad in arguments:
+            for value, exc in bad:
+                shown = (f"array{value.shape}{value.dtype}" if isinstance(value, np.ndarray)
+                         else repr(value))
+                yield pytest.param(ctor, argument, value, exc,
+                                   id=f"{ctor}-{argument}={shown[:20]}")
+
+
+def takes_seed(ctor):
+    import inspect
+    return "seed" in inspect.signature(CONSTRUCTORS[ctor][0]).parameters
+
+
+@pytest.mark.parametrize("ctor, argument, value, exc", list(constructor_cases()))
+def test_constructors_reject_bad_arguments(ctor, argument, value, exc):
+    cls, kwargs = CONSTRUCTORS[ctor]
+    kwargs = dict(kwargs, **{argument: value})
+    rng = np.random.default_rng(0)
+    if argument != "seed" and takes_seed(ctor):
+        kwargs["seed"] = rng          # shared: drawing from it would be work begun
+    state = rng.bit_generator.state
+    with pytest.raises(exc) as info:
+        cls(**kwargs)
+    assert str(info.value).startswith(argument), str(info.value)
+    assert rng.bit_generator.state == state, "weights were drawn before the check"
+
+
+def test_every_constructor_argument_is_covered():
+    import inspect
+    for ctor, (cls, _) in CONSTRUCTORS.items():
+        params = set(inspect.signature(cls).parameters) - {"self"}
+        assert params == {argument for argument, _ in ARGUMENTS[ctor]}, ctor
+
+
+@pytest.mark.parametrize("ctor", CONSTRUCTORS)
+def test_constructors_accept_numpy_scalars_and_store_plain_values(ctor):
+    """NumPy ints and floats are accepted; the config (saved as JSON by checkpoints)
+    holds plain Python values."""
+    import json
+    cls, kwargs = CONSTRUCTORS[ctor]
+    kwargs = dict(kwargs)
+    if ctor in ("LSTM", "RNN", "CharLM", "WordLM", "SentimentClassifier"):
+        kwargs.update(dropout=0.25, num_layers=2)
+    if ctor == "Dropout":
+        kwargs.update(p=0.5)
+    as_numpy = {k: np.float32(v) if isinstance(v, float) else np.int64(v)
+                for k, v in kwargs.items()}
+    module = cls(**as_numpy, seed=np.int64(1))
+    json.dumps(module.config)
+    assert module.config == cls(**kwargs, seed=1).config
+
+
+def test_valid_edge_values_are_accepted():
+    assert nn.Dropout(0.0).p == 0.0
+    assert nn.Embedding(5, 3, padding_idx=-5).padding_idx == -5
+    assert models.CharLM(7, 4, embedding_dim=0).embed is None
+    assert models.WordLM(7, embedding_dim=None, hidden_size=4).embed is None
+    assert models.WordLM(7, 3, 4, cell="rnn", bptt_truncate=10**30).rnn.bptt_truncate \
+        == 10**30   # any k >= T - 1 is full BPTT
+    assert nn.LSTM(3, 4, dtype="float64", seed=np.random.default_rng(0)).W_h_l0.dtype \
+        == np.float64
+    nn.RNN(3, 4, seed=np.random.SeedSequence(1))
+    nn.Linear(3, 4, bias=np.bool_(False), num_threads=np.int64(1))
+
+
+def test_issue_example_lstm_with_zero_hidden_units():
+    with pytest.raises(ValueError, match="hidden_size must be an int >= 1, got 0"):
+        nn.LSTM(5, 0)

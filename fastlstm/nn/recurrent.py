@@ -3,12 +3,17 @@ conversion to and from ``torch.nn.LSTM`` / ``torch.nn.RNN`` (whose weights are o
 transposed, with the two biases summed)."""
 import numpy as np
 
+from .._containers import InputModifiedError, changed_array, fingerprint
 from ..lstm import (lstm_backward, lstm_backward_projected, lstm_forward,
                     lstm_forward_projected, projected_available)
 from ..rnn import rnn_backward, rnn_forward
-from .layers import _rng
+from .._validation import (BACKENDS, NONLINEARITIES, check_bptt_truncate, check_choice,
+                           check_float_dtype, check_int, check_num_threads,
+                           check_probability, make_rng)
 from .module import Module
 from .parameter import Parameter
+
+INITS = ("default", "xavier")
 
 
 class _Stacked(Module):
@@ -16,17 +21,31 @@ class _Stacked(Module):
 
     gates = 1
 
-    def __init__(self, input_size, hidden_size, num_layers, dropout, dtype, seed, init,
+    @classmethod
+    def _checked(cls, input_size, hidden_size, num_layers, dropout, dtype, seed, init,
                  backend, num_threads):
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        if init not in ("default", "xavier"):
-            raise ValueError(f"init must be 'default' or 'xavier', got {init!r}")
+        """The shared constructor arguments, checked (TypeError, ValueError naming the
+        argument) and normalised, before anything is built."""
+        max_hidden = (2**31 - 1) // cls.gates
+        return dict(
+            input_size=check_int("input_size", input_size),
+            hidden_size=check_int("hidden_size", hidden_size, 1, max_hidden,
+                                  f" ({cls.gates} * hidden_size is a 32-bit BLAS size)"
+                                  if cls.gates > 1 else ""),
+            num_layers=check_int("num_layers", num_layers),
+            dropout=check_probability("dropout", dropout),
+            dtype=check_float_dtype("dtype", dtype),
+            rng=make_rng(seed),
+            init=check_choice("init", init, INITS),
+            backend=check_choice("backend", backend, BACKENDS),
+            num_threads=check_num_threads(num_threads))
+
+    def __init__(self, input_size, hidden_size, num_layers, dropout, dtype, rng, init,
+                 backend, num_threads):
+        """The arguments as ``_checked`` returns them."""
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.dropout, self.backend, self.num_threads = dropout, backend, num_threads
-        self._rng = _rng(seed)
+        self._rng = rng
         G, H = self.gates * hidden_size, hidden_size
         k = 1 / np.sqrt(H)
         for layer in range(num_layers):
@@ -60,6 +79,31 @@ class _Stacked(Module):
     def layer_weights(self, layer):
         return (getattr(self, f"W_x_l{layer}"), getattr(self, f"W_h_l{layer}"),
                 getattr(self, f"b_l{layer}"))
+
+    def _changed_since_forward(self):
+        """What the last forward's caches reference that has changed since: a name for
+        the message (a parameter's, or the input's), or None."""
+        for layer, cache in enumerate(self._caches):
+            name = cache.changed_input()
+            if name is None:
+                continue
+            if name in ("W_x", "W_h"):
+                return f"parameter {name}_l{layer}"
+            if name == "x":
+                return ("the input x" if layer == 0 else
+                        f"the input of layer {layer} (the output of layer {layer - 1})")
+            if name == "table" and cache.table is self.W_x_l0.data:
+                return "parameter W_x_l0 (the lookup table)"
+            return f"the lookup {name}"
+        return None
+
+    def _check_inputs(self):
+        """Raise InputModifiedError before any gradient is accumulated if an array the
+        forward pass's caches reference (an input, a weight) changed since forward."""
+        name = self._changed_since_forward()
+        if name is not None:
+            kind = type(self).__name__
+            raise InputModifiedError(name, f"{kind}.forward", f"{kind}.backward")
 
     def _dropout(self, hs, layer):
         if not self.training or self.dropout == 0 or layer == self.num_layers - 1:
@@ -108,19 +152,27 @@ class LSTM(_Stacked):
     ``h_n``, ``c_n`` of shape (num_layers, B, H); ``backward(dhs, dstate=None) ->
     (dx, (dh0, dc0))`` with ``dstate = (dh_n, dc_n)`` or None. Dropout (training mode
     only) applies to each layer's output except the last's.
+
+    input_size : int >= 1;  hidden_size : int >= 1 (4 * hidden_size fits a 32-bit int)
+    num_layers : int >= 1;  dropout : a number in [0, 1);  dtype : float32 or float64
+    seed : None, an int >= 0, or a NumPy Generator/SeedSequence/BitGenerator
+    init : "default" (PyTorch's) or "xavier";  backend : "auto", "cython" or "numpy"
+    num_threads : None (every usable core) or an int >= 1
     """
 
     gates = 4
     _lookup = False     # the last forward ran forward_lookup
+    _lookup_source = None
 
     def __init__(self, input_size, hidden_size, num_layers=1, dropout=0.0,
                  dtype=np.float32, seed=None, init="default", backend="auto",
                  num_threads=None):
-        self.config = dict(input_size=input_size, hidden_size=hidden_size,
-                           num_layers=num_layers, dropout=dropout,
-                           dtype=np.dtype(dtype).name, init=init)
-        super().__init__(input_size, hidden_size, num_layers, dropout, dtype, seed, init,
-                         backend, num_threads)
+        a = self._checked(input_size, hidden_size, num_layers, dropout, dtype, seed, init,
+                          backend, num_threads)
+        self.config = dict(input_size=a["input_size"], hidden_size=a["hidden_size"],
+                           num_layers=a["num_layers"], dropout=a["dropout"],
+                           dtype=a["dtype"].name, init=a["init"])
+        super().__init__(**a)
 
     @classmethod
     def from_torch(cls, module):
@@ -150,6 +202,11 @@ class LSTM(_Stacked):
             h0s, c0s = state
         self._caches, self._masks = [], []
         self._lookup = ids is not None
+        # A table other than W_x_l0 itself is computed from it by the caller (``inputs @
+        # W_x_l0``), who uses W_x_l0 again in the backward pass: it must not change between.
+        self._lookup_source = None
+        if self._lookup and table is not self.W_x_l0.data:
+            self._lookup_source = (self.W_x_l0.data, fingerprint((self.W_x_l0.data,)))
         h_n, c_n = [], []
         out = x
         for layer in range(self.num_layers):
@@ -201,9 +258,22 @@ class LSTM(_Stacked):
             np.multiply(z[:, 3 * H:], np.tanh(c), out=out)
         return out, (h_new, c_new)
 
+    def _changed_since_forward(self):
+        name = super()._changed_since_forward()
+        if name is None and self._lookup_source is not None:
+            source, recorded = self._lookup_source
+            if changed_array((source,), recorded) is not None:
+                return "parameter W_x_l0 (the lookup table was computed from it)"
+        return name
+
     def backward(self, dhs, dstate=None):
+        """dhs (T, B, H) or None, dstate ``(dh_n, dc_n)`` each (num_layers, B, H) or None
+        -> ``(dx, (dh0, dc0))``; accumulates into every parameter's ``.grad``. Raises
+        InputModifiedError, before any gradient is accumulated, if the input or a
+        weight changed in place since ``forward``."""
         if self._caches is None:
             raise RuntimeError("LSTM.backward called before forward")
+        self._check_inputs()
         L = self.num_layers
         dh_n, dc_n = dstate if dstate is not None else ([None] * L, [None] * L)
         dh0, dc0 = [None] * L, [None] * L
@@ -235,21 +305,25 @@ class RNN(_Stacked):
     ``forward(x, h0=None, lengths=None) -> (hs, h_n)`` with h_n (num_layers, B, H);
     ``backward(dhs, dh_n=None) -> (dx, dh0)``; ``bptt_truncate`` (None or k >= 0) is
     applied in every layer's backward.
+
+    nonlinearity : "tanh" or "relu";  bptt_truncate : None (full BPTT) or an int >= 0;
+    the other arguments as for ``LSTM`` (hidden_size up to 2**31 - 1).
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh",
                  dropout=0.0, bptt_truncate=None, dtype=np.float32, seed=None,
                  init="default", backend="auto", num_threads=None):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-        self.config = dict(input_size=input_size, hidden_size=hidden_size,
-                           num_layers=num_layers, nonlinearity=nonlinearity,
-                           dropout=dropout, bptt_truncate=bptt_truncate,
-                           dtype=np.dtype(dtype).name, init=init)
+        nonlinearity = check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+        bptt_truncate = check_bptt_truncate(bptt_truncate)
+        a = self._checked(input_size, hidden_size, num_layers, dropout, dtype, seed, init,
+                          backend, num_threads)
+        self.config = dict(input_size=a["input_size"], hidden_size=a["hidden_size"],
+                           num_layers=a["num_layers"], nonlinearity=nonlinearity,
+                           dropout=a["dropout"], bptt_truncate=bptt_truncate,
+                           dtype=a["dtype"].name, init=a["init"])
         self.nonlinearity = nonlinearity
         self.bptt_truncate = bptt_truncate
-        super().__init__(input_size, hidden_size, num_layers, dropout, dtype, seed, init,
-                         backend, num_threads)
+        super().__init__(**a)
 
     @classmethod
     def from_torch(cls, module):
@@ -290,8 +364,13 @@ class RNN(_Stacked):
         return out, h_new
 
     def backward(self, dhs, dh_n=None):
+        """dhs (T, B, H) or None, dh_n (num_layers, B, H) or None -> ``(dx, dh0)``;
+        accumulates into every parameter's ``.grad``. Raises InputModifiedError, before
+        any gradient is accumulated, if the input or a weight changed in place since
+        ``forward``."""
         if self._caches is None:
             raise RuntimeError("RNN.backward called before forward")
+        self._check_inputs()
         L = self.num_layers
         dh_n = [None] * L if dh_n is None else dh_n
         dh0 = [None] * L
