@@ -18,7 +18,8 @@ from ._threads import blas_threads, usable_cores
 from .nn.functional import cross_entropy
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="fastlstm demo", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="fastlstm demo",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=integer(1), default=300)
     ap.add_argument("--hidden", type=integer(1), default=128)
     ap.add_argument("--seq", type=integer(1), default=32)
