@@ -2,7 +2,9 @@
 
 ``fit`` runs any model whose one training step is a function of a batch; the language
 models and the sentiment classifier differ only in their batches, their step and their
-evaluation (``lm_*`` and ``classifier_*`` below). A run directory receives
+evaluation (``lm_*`` and ``classifier_*`` below), which a ``Task`` gathers for ``fit``.
+A ``RunConfig`` holds the rest: length, clipping, logging, saving. A run directory
+receives
 
     checkpoint.npz   model, optimizer and where the run stands (``fastlstm.load`` reads it)
     log.csv          one row every ``log_every`` steps and at each validation
@@ -615,6 +617,8 @@ def classifier_epoch_batches(sequences, labels, batch_size, seed, pad_id=0, dist
 
 
 def classifier_grad_step(model):
+    """grad_step for ``fit``: one padded batch of reviews, its gradients weighted by this
+    rank's share of the global batch."""
     def grad_step(batch):
         ids, lengths, y, n_global = batch
         model.zero_grad()
