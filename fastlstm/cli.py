@@ -322,6 +322,7 @@ def _train_distributed(args, opt, dist):
 
 
 def _train(args, opt, dist=None):
+    """``fastlstm train TASK`` on this process (one rank of ``dist``); the exit status."""
     from . import tasks, training
     from .distributed import Context
 
