@@ -27,12 +27,15 @@ from typing import Any, Dict, NamedTuple, Optional
 import numpy as np
 
 from . import optim
+from ._registry import MODELS, model_classes, register_model
 from .nn import layers, recurrent
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
-MODELS = {cls.__name__: cls for cls in (recurrent.LSTM, recurrent.RNN, layers.Linear,
-                                        layers.Embedding, layers.Dropout)}
+for _cls in (recurrent.LSTM, recurrent.RNN, layers.Linear, layers.Embedding,
+             layers.Dropout):
+    register_model(_cls)
+del _cls
 OPTIMIZERS = {cls.__name__: cls for cls in (optim.SGD, optim.Adagrad, optim.Adam,
                                             optim.AdamW)}
 
@@ -48,16 +51,6 @@ class Checkpoint(NamedTuple):
     model: Any
     optimizer: Optional[Any]
     metadata: Dict[str, Any]
-
-
-def register_model(cls):
-    """Make ``load`` able to rebuild ``cls`` (it needs a ``config`` dict of its
-    constructor arguments). Returns ``cls``, so it works as a class decorator.
-
-    A class with a ``parameter_shapes(**config)`` method yielding (name, shape) pairs has
-    its checkpoints checked against the config before anything is allocated."""
-    MODELS[cls.__name__] = cls
-    return cls
 
 
 # --- save -------------------------------------------------------------------------------
@@ -228,7 +221,7 @@ def load(path):
 
     Raises ``CheckpointError`` naming the file and the field for a file that is not a
     checkpoint, is truncated, or whose config does not match its arrays."""
-    from . import models  # noqa: F401 - registers CharLM, WordLM, SentimentClassifier
+    model_classes()
     path = os.fspath(path)
     try:
         with np.load(path, allow_pickle=False) as data:

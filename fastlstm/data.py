@@ -1,6 +1,6 @@
-"""Data for the language models and classifiers (issue 7, first part): vocabularies, a
-plain regex word tokenizer, LM batching into (T, B) streams with a validation split, and
-length-bucketed batches for classification. Knows no layer."""
+"""Data for the language models and classifiers: vocabularies, a plain regex word
+tokenizer, LM batching into (T, B) streams with a validation split, and length-bucketed
+batches for classification. Knows no layer."""
 import json
 import math
 import re

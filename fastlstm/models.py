@@ -6,7 +6,7 @@ from . import _dense_ops
 from ._validation import (check_bptt_truncate, check_choice, check_flag, check_float_dtype,
                           check_int, check_num_threads, check_probability, check_table,
                           make_rng)
-from .checkpoint import register_model
+from ._registry import register_model
 from .nn.layers import Embedding, Linear
 from .nn.module import Module
 from .nn.recurrent import LSTM, RNN

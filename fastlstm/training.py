@@ -2,7 +2,9 @@
 
 ``fit`` runs any model whose one training step is a function of a batch; the language
 models and the sentiment classifier differ only in their batches, their step and their
-evaluation (``lm_*`` and ``classifier_*`` below). A run directory receives
+evaluation (``lm_*`` and ``classifier_*`` below), which a ``Task`` gathers for ``fit``.
+A ``RunConfig`` holds the rest: length, clipping, logging, saving. A run directory
+receives
 
     checkpoint.npz   model, optimizer and where the run stands (``fastlstm.load`` reads it)
     log.csv          one row every ``log_every`` steps and at each validation
@@ -26,6 +28,8 @@ import socket
 import sys
 import threading
 import time
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -35,8 +39,9 @@ from .data import bucketed_batches, lm_batches
 from .nn.functional import binary_cross_entropy_with_logits, cross_entropy
 from .nn.utils import clip_grad_norm_
 
-__all__ = ["fit", "RunDirectory", "RunDirectoryInUse", "TrainingDiverged", "STOP_SIGNALS", "lm_steps_per_epoch", "lm_epoch_batches", "lm_grad_step",
-           "lm_evaluate", "unigram_loss", "classifier_epoch_batches",
+__all__ = ["fit", "RunConfig", "Task", "RunDirectory", "RunDirectoryInUse",
+           "TrainingDiverged", "STOP_SIGNALS", "lm_steps_per_epoch", "lm_epoch_batches",
+           "lm_grad_step", "lm_evaluate", "unigram_loss", "classifier_epoch_batches",
            "classifier_grad_step", "classifier_evaluate"]
 
 LOG_FIELDS = ("step", "epoch", "tokens", "train_loss", "valid_loss", "valid_perplexity",
@@ -290,38 +295,84 @@ class _StopGuard:
         self._restore()
 
 
-def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, grad_step,
-        evaluate, metadata, clip=5.0, start_step=0, tokens_seen=0, seconds_before=0.0,
-        log_every=50, save_every=500, sample_every=0, sample=None, scheduler=None,
-        progress=True, title="", baseline=None, out=None, numpy_threads=1, dist=None):
-    """Train ``model`` until ``steps`` steps have run in total (counting ``start_step``
-    steps done before a resume; ``tokens_seen`` and ``seconds_before`` likewise).
+@dataclass
+class RunConfig:
+    """How a run goes: its length, clipping, logging, saving, sampling and display.
+
+    ``steps`` counts every step of the run, ``start_step`` those done before a resume
+    (``tokens_seen`` and ``seconds_before`` likewise); ``clip`` bounds the gradients'
+    global norm (0: no clipping); a log row every ``log_every`` steps, a checkpoint every
+    ``save_every`` (0: at the end only), a sample every ``sample_every`` (0: never).
+    ``progress`` draws a bar when stderr is a terminal; ``title`` and ``baseline`` (a
+    loss drawn as a line) go to loss.png. ``numpy_threads``: BLAS threads for NumPy
+    products in the step that are not fastlstm's own (fastlstm's layers, loss and
+    optimizers run on their own threads); one keeps idle BLAS threads from spinning on
+    the cores the kernels' OpenMP threads need.
+    """
+    steps: int
+    steps_per_epoch: int
+    clip: float = 5.0
+    log_every: int = 50
+    save_every: int = 500
+    sample_every: int = 0
+    progress: bool = True
+    title: str = ""
+    baseline: Optional[float] = None
+    numpy_threads: int = 1
+    start_step: int = 0
+    tokens_seen: int = 0
+    seconds_before: float = 0.0
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self):
+        """ValueError naming the first setting out of range."""
+        for name, low in (("steps", 1), ("steps_per_epoch", 1), ("start_step", 0),
+                          ("log_every", 1), ("save_every", 0), ("sample_every", 0)):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                    or value < low):
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        clip = self.clip
+        if not (isinstance(clip, (int, float)) and math.isfinite(clip) and clip >= 0):
+            raise ValueError(f"clip must be a finite number >= 0, got {clip!r}")
+
+
+@dataclass
+class Task:
+    """What ``fit`` calls: the functions that make one model's training.
 
     epoch_batches(epoch, skip) yields this process's batches of one epoch, the first
     ``skip`` left out (resuming mid-epoch); grad_step(batch) -> (loss, tokens, weight)
     zeroes the gradients and accumulates this batch's, ``weight`` being this process's
-    share of the global batch; then ``fit`` averages the gradients over the processes
-    (``dist``, a ``fastlstm.distributed.Context``, when there are several), clips their
-    global norm to ``clip`` (0: no clipping) and steps the optimizer. evaluate() -> dict
-    with "valid_loss" and "valid_perplexity" or "valid_accuracy"; metadata(step, epoch,
-    extra) -> the checkpoint's metadata. Only rank 0 logs, samples and saves.
+    share of the global batch; evaluate() -> dict with "valid_loss" and
+    "valid_perplexity" or "valid_accuracy"; metadata(step, epoch, extra) -> the
+    checkpoint's metadata; sample() -> text to show (None: nothing to show).
+    """
+    epoch_batches: Callable
+    grad_step: Callable
+    evaluate: Callable
+    metadata: Callable
+    sample: Optional[Callable] = None
 
-    ``numpy_threads``: BLAS threads for NumPy products in the step that are not fastlstm's
-    own (fastlstm's layers, loss and optimizers run on their own threads). One keeps idle
-    BLAS threads from spinning on the cores the kernels' OpenMP threads need.
+
+def fit(model, optimizer, task, config, *, run, scheduler=None, dist=None, out=None):
+    """Train ``model`` with ``task``'s functions (a ``Task``) until ``config.steps``
+    steps (a ``RunConfig``) have run in total; ``run`` is the ``RunDirectory`` written.
+
+    After each ``task.grad_step``, ``fit`` averages the gradients over the processes
+    (``dist``, a ``fastlstm.distributed.Context``, when there are several), clips their
+    global norm to ``config.clip`` and steps the optimizer. Only rank 0 logs, samples
+    and saves (its messages to ``out``, default stdout); ``scheduler.step`` receives
+    each validation loss.
 
     Validates at every epoch end and at the end; returns ``{"step", "interrupted",
     "signal", "last_eval", "tokens"}``, ``signal`` being the one that stopped the run
     (SIGINT, SIGTERM or SIGHUP; None when it ran to the end). Raises ``TrainingDiverged``
     (after saving the last good step) when a loss or gradient is not finite.
     """
-    for name, value, low in (("steps", steps, 1), ("steps_per_epoch", steps_per_epoch, 1),
-                             ("start_step", start_step, 0), ("log_every", log_every, 1),
-                             ("save_every", save_every, 0), ("sample_every", sample_every, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    if not (isinstance(clip, (int, float)) and math.isfinite(clip) and clip >= 0):
-        raise ValueError(f"clip must be a finite number >= 0, got {clip!r}")
+    config.check()
     from tqdm.auto import tqdm
     from .distributed import Context
     dist = dist or Context()
@@ -329,8 +380,8 @@ def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, grad_st
     out = out or sys.stdout
     params = model.parameters()
     # A progress bar in a terminal; in a log file or a pipe, a line every log_every steps.
-    progress = progress and root and sys.stderr.isatty()
-    bar = tqdm(total=steps, initial=start_step, unit="step",
+    progress = config.progress and root and sys.stderr.isatty()
+    bar = tqdm(total=config.steps, initial=config.start_step, unit="step",
                disable=not progress, file=sys.stderr, smoothing=0.1,
                bar_format="{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps "
                           "[{elapsed}<{remaining}]")
@@ -343,19 +394,19 @@ def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, grad_st
         else:
             print(text, file=out, flush=True)
 
-    step, tokens = start_step, tokens_seen
+    step, tokens = config.start_step, config.tokens_seen
     last_eval, last_eval_step = None, None
     window_loss, window_steps, window_tokens, window_time = 0.0, 0, 0, 0.0
     run_start = time.perf_counter()
 
     def seconds():
-        return seconds_before + time.perf_counter() - run_start
+        return config.seconds_before + time.perf_counter() - run_start
 
     def validate():
         nonlocal last_eval, last_eval_step
         model.eval()
         try:
-            last_eval = evaluate()
+            last_eval = task.evaluate()
         finally:
             model.train()
         last_eval_step = step
@@ -363,12 +414,13 @@ def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, grad_st
             scheduler.step(last_eval["valid_loss"])
         if not root:
             return
-        run.append_log(dict(step=step, epoch=step / steps_per_epoch, tokens=tokens,
-                            lr=optimizer.lr, seconds=seconds(), **last_eval))
+        run.append_log(dict(step=step, epoch=step / config.steps_per_epoch,
+                            tokens=tokens, lr=optimizer.lr, seconds=seconds(), **last_eval))
         shown = ", ".join(f"{k[6:]} {v:.4g}" for k, v in last_eval.items())
-        say(f"step {step}  epoch {step / steps_per_epoch:.2f}  validation: {shown}"
-            + (f"  (unigram baseline loss {baseline:.4g})" if baseline is not None else ""))
-        run.write_plot(title, baseline)
+        say(f"step {step}  epoch {step / config.steps_per_epoch:.2f}  validation: {shown}"
+            + (f"  (unigram baseline loss {config.baseline:.4g})"
+               if config.baseline is not None else ""))
+        run.write_plot(config.title, config.baseline)
 
     def save():
         if not root:
@@ -377,7 +429,7 @@ def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, grad_st
         if scheduler is not None:
             extra["scheduler"] = {"best": scheduler.best, "bad_epochs": scheduler.bad_epochs}
         checkpoint.save(run.checkpoint, model, optimizer,
-                        **metadata(step, step // steps_per_epoch, extra))
+                        **task.metadata(step, step // config.steps_per_epoch, extra))
 
     def diverged(loss, norm):
         what = (f"the training loss became {loss}" if not math.isfinite(loss) else
@@ -399,20 +451,20 @@ def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, grad_st
     stop = False
     model.train()
     try:
-        with guard, blas_threads(numpy_threads):
-            while step < steps and not stop:
-                epoch, skip = divmod(step, steps_per_epoch)
-                for batch in epoch_batches(epoch, skip):
+        with guard, blas_threads(config.numpy_threads):
+            while step < config.steps and not stop:
+                epoch, skip = divmod(step, config.steps_per_epoch)
+                for batch in task.epoch_batches(epoch, skip):
                     t0 = time.perf_counter()
-                    loss, n_tokens, weight = grad_step(batch)
+                    loss, n_tokens, weight = task.grad_step(batch)
                     if dist.size > 1:
                         loss, stop, n_tokens = dist.average_gradients(
                             params, weight, loss, guard.requested, n_tokens)
                     else:
                         stop = guard.requested
-                    # The global gradient norm, clipped to `clip` (0: measured only);
+                    # The global gradient norm, clipped to config.clip (0: measured only);
                     # a non-finite loss or norm must not reach the weights.
-                    norm = clip_grad_norm_(params, clip if clip else math.inf)
+                    norm = clip_grad_norm_(params, config.clip if config.clip else math.inf)
                     if not (math.isfinite(loss) and math.isfinite(norm)):
                         diverged(loss, norm)
                     optimizer.step()
@@ -423,28 +475,30 @@ def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, grad_st
                     window_steps += 1
                     window_tokens += n_tokens
                     bar.update(1)
-                    if root and (step % log_every == 0 or step == steps):
+                    if root and (step % config.log_every == 0 or step == config.steps):
                         # tokens/s of the training steps alone (not validation or saving)
                         rate = window_tokens / max(window_time, 1e-9)
-                        row = dict(step=step, epoch=step / steps_per_epoch, tokens=tokens,
-                                   train_loss=window_loss / window_steps, lr=optimizer.lr,
-                                   seconds=seconds(), tokens_per_s=rate)
+                        row = dict(step=step, epoch=step / config.steps_per_epoch,
+                                   tokens=tokens, train_loss=window_loss / window_steps,
+                                   lr=optimizer.lr, seconds=seconds(), tokens_per_s=rate)
                         run.append_log(row)
                         bar.set_description_str(f"loss {row['train_loss']:.3f}, "
                                                 f"{rate:,.0f} tokens/s ", refresh=False)
                         if not progress:
-                            say(f"step {step}/{steps}  loss {row['train_loss']:.4f}  "
-                                f"{rate:,.0f} tokens/s")
+                            say(f"step {step}/{config.steps}  "
+                                f"loss {row['train_loss']:.4f}  {rate:,.0f} tokens/s")
                         window_loss, window_steps, window_tokens = 0.0, 0, 0
                         window_time = 0.0
-                    if root and sample is not None and sample_every and (
-                            step % sample_every == 0):
-                        say(f"--- sample at step {step} ---\n{sample()}\n---")
-                    if save_every and step % save_every == 0 and step < steps:
+                    if root and task.sample is not None and config.sample_every and (
+                            step % config.sample_every == 0):
+                        say(f"--- sample at step {step} ---\n{task.sample()}\n---")
+                    if (config.save_every and step % config.save_every == 0
+                            and step < config.steps):
                         save()
-                    if step >= steps or stop:
+                    if step >= config.steps or stop:
                         break
-                if step % steps_per_epoch == 0 and step > start_step and not stop:
+                if (step % config.steps_per_epoch == 0 and step > config.start_step
+                        and not stop):
                     validate()
             if not stop and last_eval_step != step:
                 validate()
@@ -457,7 +511,7 @@ def fit(model, optimizer, *, run, steps, steps_per_epoch, epoch_batches, grad_st
         received = dist.sum([float(guard.signum == s) for s in STOP_SIGNALS])
         stop_signal = next((s for s, n in zip(STOP_SIGNALS, received) if n > 0), None)
     if root:
-        run.write_plot(title, baseline)
+        run.write_plot(config.title, config.baseline)
     return {"step": step, "interrupted": stop, "signal": stop_signal, "last_eval": last_eval,
             "tokens": tokens}
 
@@ -563,6 +617,8 @@ def classifier_epoch_batches(sequences, labels, batch_size, seed, pad_id=0, dist
 
 
 def classifier_grad_step(model):
+    """grad_step for ``fit``: one padded batch of reviews, its gradients weighted by this
+    rank's share of the global batch."""
     def grad_step(batch):
         ids, lengths, y, n_global = batch
         model.zero_grad()

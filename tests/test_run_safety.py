@@ -311,10 +311,12 @@ def test_fit_never_applies_a_non_finite_step(tmp_path):
             yield k
 
     with pytest.raises(training.TrainingDiverged, match="gradient's norm became inf") as e:
-        training.fit(model, opt, run=run, steps=10, steps_per_epoch=10,
-                     epoch_batches=epoch_batches, grad_step=grad_step,
-                     evaluate=lambda: {"valid_loss": 1.0}, metadata=metadata, clip=0,
-                     progress=False, out=open(os.devnull, "w"))
+        training.fit(model, opt,
+                     training.Task(epoch_batches=epoch_batches, grad_step=grad_step,
+                                   evaluate=lambda: {"valid_loss": 1.0}, metadata=metadata),
+                     training.RunConfig(steps=10, steps_per_epoch=10, clip=0,
+                                        progress=False),
+                     run=run, out=open(os.devnull, "w"))
     assert e.value.step == 3 and calls == [0, 1, 2, 3]
     ck = fastlstm.load(run.checkpoint)
     assert ck.metadata == {"step": 3}

@@ -1,5 +1,5 @@
-"""Losses, gradient clipping, optimizers and schedulers (issue 6, first part): against
-finite differences and, step for step, against PyTorch when it is installed."""
+"""Losses, gradient clipping, optimizers and schedulers: against finite differences
+and, step for step, against PyTorch when it is installed."""
 import numpy as np
 import pytest
 
