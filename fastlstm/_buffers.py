@@ -34,7 +34,7 @@ def python_aligned_empty(shape, dtype):
 
 
 try:   # the same in C, ~0.3 us a call instead of ~2.5 (several buffers per kernel call)
-    from ._lstm import aligned_empty
+    from ._runtime import aligned_empty
 except ImportError:   # no compiled extensions
     aligned_empty = python_aligned_empty
 

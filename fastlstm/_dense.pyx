@@ -16,7 +16,8 @@ from cython.parallel cimport parallel, threadid
 from libc.stdint cimport int64_t
 
 from ._blas cimport gemm
-from ._kernel_common cimport _split, _split_aligned, fl_isa, fl_isa_best, fl_isa_set, fl_num_threads
+from ._kernel_common cimport _split, _split_aligned, fl_num_threads
+from ._runtime cimport fl_isa_bind, isa_level_for
 
 cdef extern from "fastlstm_dense.h" nogil:
     double fl_softmax_xent_rows_f32(int n_rows, int V, const float *z, const int64_t *targets,
@@ -33,10 +34,11 @@ cdef extern from "fastlstm_dense.h" nogil:
                      double b2, double weight_decay, double step_size, double sqrt_bc2,
                      double eps)
 
-include "_isa_levels.pxi"
+fl_isa_bind(isa_level_for(__name__))   # every kernel here runs at the process's one level
 
 
-DEF MAX_THREADS = 256
+cdef enum:
+    MAX_THREADS = 256   # the per-thread partial sums of the loss sit in a stack array
 
 
 cdef void _matmul_part(Py_ssize_t tid, Py_ssize_t n_threads, bint trans_a, bint trans_b,

@@ -48,10 +48,10 @@ class _BlasPool:
 
 
 def _fast_calls(getter, setter):
-    """get()/set(n) through the compiled extension's C call helpers when it is built
+    """get()/set(n) through fastlstm._runtime's C call helpers when it is built
     (~0.05 us a call), else the ctypes functions themselves (~0.1-0.3 us)."""
     try:
-        from ._lstm import call_int_getter, call_int_setter
+        from ._runtime import call_int_getter, call_int_setter
     except ImportError:
         return getter, setter
     get_address = ctypes.cast(getter, ctypes.c_void_p).value
