@@ -4,9 +4,8 @@ softmax cross-entropy and the optimizer updates.
 
 They run in the same OpenMP thread pool as the recurrent kernels, with BLAS called
 single-threaded from each OpenMP thread. Mixing the two pools costs far more than it
-saves: on 2 cores, NumPy's 2-thread OpenBLAS products between 2-thread recurrent kernels
-made a char-LM training step 4x slower than keeping every product single-threaded,
-because each pool's idle threads spin on the cores the other one needs.
+saves: with NumPy's multi-threaded OpenBLAS products between multi-threaded recurrent
+kernels, each pool's idle threads spin on the cores the other one needs.
 
 Callers (``fastlstm._dense``) validate shapes, dtypes and contiguity; ``n_threads`` is
 taken as given.

@@ -23,7 +23,7 @@ UNIT_SPLIT_IDLE_MIN_H = 64    # and for narrower ones when a batch split would i
 UNIT_SPLIT_BACKWARD_MAX_ROWS_AVX2 = 32
 # The backward's step product dh = d_gates W_h^T (and dx = d_gates W_x^T) on fastlstm's
 # NT kernel, or on BLAS: at the AVX2 level OpenBLAS's sgemm is the faster of the two once
-# a thread's product has more than this many rows (measured on Zen 1); the AVX-512 NT
+# a thread's product has more than this many rows (on Zen 1); the AVX-512 NT
 # kernel, tuned on Zen 4, runs at every size.
 NT_MAX_ROWS_AVX2 = 32
 
@@ -48,7 +48,7 @@ class StallGuard:
 
     The unit split meets at a barrier every step, so it needs all its threads running.
     When other busy processes share the cores, a descheduled thread holds the others at
-    the barrier for a scheduler time slice (0.2 ms calls took 100 ms). A call far slower
+    the barrier for a scheduler time slice, many times the call itself. A call far slower
     than the fastest call of its shape is taken as such a stall: the unit split then runs
     on one thread for ``backoff_s`` seconds, doubled (up to a minute) while stalls recur
     and reset once a multi-threaded call runs at full speed again. A lone slow call is
@@ -97,7 +97,7 @@ stall_guard = StallGuard()
 
 
 def plan_for(B, H, num_threads, backward=False):
-    """The Plan of an LSTM call; a unit split runs on one thread while the guard backs off."""
+    """The Plan of an LSTM call (a unit split on one thread while the guard backs off)."""
     unit_rows = UNIT_SPLIT_MAX_ROWS
     if backward and _isa.current() == "avx2":
         unit_rows = max(unit_rows, UNIT_SPLIT_BACKWARD_MAX_ROWS_AVX2 + 1)

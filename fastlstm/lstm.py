@@ -8,7 +8,8 @@ import numpy as np
 from . import _backend, reference
 from ._buffers import aligned_empty as _empty, backward_chunk_steps as _backward_chunk_steps
 from ._containers import InputsRecord, LSTMCache, LSTMGrads
-from ._schedule import own_backward_gemm, plan_for as _plan_for, timed_kernel as _timed_kernel
+from ._schedule import (own_backward_gemm, plan_for as _plan_for,
+                        timed_kernel as _timed_kernel)
 from ._threads import blas_threads
 from ._validation import validate_lstm_backward, validate_lstm_forward
 
