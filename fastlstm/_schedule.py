@@ -142,9 +142,9 @@ class Plan:
 
     def packed_weights(self, T, H, dtype):
         """A buffer for the packed recurrent weights, or None to let BLAS do the steps."""
-        if not own_step_gemm(dtype, T * self.rows_per_thread):
-            return None
         if self.rows_per_thread == 1:   # one row a step: the GEMV reads W_h in place
+            return None
+        if not own_step_gemm(dtype, T * self.rows_per_thread):
             return None
         return aligned_empty((_backend.lstm_kernels.packed_size(H, self.split_units),),
                              np.float32)
