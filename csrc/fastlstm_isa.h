@@ -4,9 +4,10 @@
  * baseline of the target), 1 AVX2+FMA, 2 AVX-512 (F, VL, BW, DQ). Every kernel that has
  * an ISA-specific version (the packed GEMM, the NT kernel, the GEMV and dot kernels, the
  * LSTM/RNN cell math, the dense ops and optimizer updates) dispatches on fl_isa(), so one
- * setting decides all of them. Each extension module holds its own copy of the setting
- * (a static in this header); fastlstm/_isa.py sets them all to the same level at import,
- * from FASTLSTM_ISA or the CPU's best, and whenever a test or benchmark changes it.
+ * setting decides all of them. The setting is one int for the whole process, held by
+ * fastlstm._runtime: each extension module is its own shared object with its own copy of
+ * this header's statics, so each points fl_isa_slot at that int when it loads
+ * (fl_isa_bind), and fastlstm/_isa.py changes every kernel by changing the int.
  *
  * ISA-specific code exists only for x86-64 with GCC or Clang; elsewhere (ARM, MSVC) the
  * build has the generic level only.
@@ -42,21 +43,14 @@ static int fl_isa_best(void) {
     return FL_ISA_GENERIC;
 }
 
-static int fl_isa_level = -1;   /* in use; -1 until first asked or set */
+/* Until its module binds it, an extension reads the generic level: always safe. */
+static const int fl_isa_unbound = FL_ISA_GENERIC;
+static const int *fl_isa_slot = &fl_isa_unbound;
 
-static inline int fl_isa(void) {
-    if (fl_isa_level < 0)
-        fl_isa_level = fl_isa_best();
-    return fl_isa_level;
-}
+static inline int fl_isa(void) { return *fl_isa_slot; }
 
-/* Run at level `level`, or at the best the CPU has when that is lower; returns the level
- * now in use. Not thread-safe: set it while no kernel runs. */
-static int fl_isa_set(int level) {
-    int best = fl_isa_best();
-    fl_isa_level = level < 0 ? 0 : (level < best ? level : best);
-    return fl_isa_level;
-}
+/* Read the level from `level` (fastlstm._runtime's) from now on. */
+static void fl_isa_bind(const int *level) { fl_isa_slot = level; }
 
 /* Multi-versioned functions: NAME##_body is an always-inline function with the code;
  * FL_ISA_VERSIONS compiles it once per level (the vectoriser then uses that level's

@@ -21,11 +21,12 @@ def _explain(exc):
 
 
 try:
+    from . import _runtime as runtime
     from . import _lstm as lstm_kernels
     from . import _rnn as rnn_kernels
     IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - exercised only in broken installs
-    lstm_kernels = rnn_kernels = None
+    runtime = lstm_kernels = rnn_kernels = None
     IMPORT_ERROR = ImportError(_explain(exc))
     IMPORT_ERROR.__cause__ = exc
 

@@ -6,10 +6,9 @@ import numpy as np
 
 # Backward runs its weight/input GEMMs over chunks of (step, sequence) rows: up to 256,
 # enough for GEMM efficiency while a chunk of gate gradients of a mid-sized layer (256
-# rows x 4H = 1024 floats: 1 MiB) still sits in L2 for those GEMMs (512 rows measured
-# 2-4% slower at T100 B64 H256); at least 64, so small problems are not cut into
-# slivers; and otherwise an eighth of the sequence, so the gate-gradient buffer stays a
-# small fraction of the cache.
+# rows x 4H = 1024 floats: 1 MiB) still sits in L2 for those GEMMs (larger chunks ran
+# slower); at least 64, so small problems are not cut into slivers; and otherwise an
+# eighth of the sequence, so the gate-gradient buffer stays a small fraction of the cache.
 BACKWARD_CHUNK_ROWS = 256
 BACKWARD_CHUNK_MIN_ROWS = 64
 
@@ -24,7 +23,7 @@ def python_aligned_empty(shape, dtype):
     parallel streams (gates, states, gradients) would alias in the L1 by their low 12
     address bits."""
     dtype = np.dtype(dtype)
-    nbytes = math.prod(shape) * dtype.itemsize   # (np.prod costs microseconds)
+    nbytes = math.prod(shape) * dtype.itemsize   # (np.prod's array set-up costs more)
     if nbytes < 1 << 16:   # small buffers live in cache anyway: keep the call cheap
         return np.empty(shape, dtype)
     stagger = 64 * (next(_stagger) * 7 % 64)
@@ -33,8 +32,8 @@ def python_aligned_empty(shape, dtype):
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
-try:   # the same in C, ~0.3 us a call instead of ~2.5 (several buffers per kernel call)
-    from ._lstm import aligned_empty
+try:   # the same in C, several times cheaper (several buffers per kernel call)
+    from ._runtime import aligned_empty
 except ImportError:   # no compiled extensions
     aligned_empty = python_aligned_empty
 

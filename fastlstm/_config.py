@@ -54,8 +54,9 @@ def config():
         "scipy": scipy.__version__,
         "compiled": kernels is not None,
         "compiled_error": None if kernels is not None else str(_backend.IMPORT_ERROR),
-        "openmp": bool(kernels is not None and kernels.OPENMP_ENABLED),
-        "openmp_max_threads": kernels.openmp_max_threads() if kernels is not None else 0,
+        "openmp": bool(kernels is not None and _backend.runtime.OPENMP_ENABLED),
+        "openmp_max_threads": (_backend.runtime.openmp_max_threads() if kernels is not None
+                               else 0),
         "isa": _isa.current(),
         "isa_best": _isa.best(),
         "isa_env": os.environ.get(_isa.ENV_VAR) or None,

@@ -4,9 +4,8 @@ softmax cross-entropy and the optimizer updates.
 
 They run in the same OpenMP thread pool as the recurrent kernels, with BLAS called
 single-threaded from each OpenMP thread. Mixing the two pools costs far more than it
-saves: on 2 cores, NumPy's 2-thread OpenBLAS products between 2-thread recurrent kernels
-made a char-LM training step 4x slower than keeping every product single-threaded,
-because each pool's idle threads spin on the cores the other one needs.
+saves: with NumPy's multi-threaded OpenBLAS products between multi-threaded recurrent
+kernels, each pool's idle threads spin on the cores the other one needs.
 
 Callers (``fastlstm._dense``) validate shapes, dtypes and contiguity; ``n_threads`` is
 taken as given.
@@ -16,7 +15,8 @@ from cython.parallel cimport parallel, threadid
 from libc.stdint cimport int64_t
 
 from ._blas cimport gemm
-from ._kernel_common cimport _split, _split_aligned, fl_isa, fl_isa_best, fl_isa_set, fl_num_threads
+from ._kernel_common cimport _split, _split_aligned, fl_num_threads
+from ._runtime cimport fl_isa_bind, isa_level_for
 
 cdef extern from "fastlstm_dense.h" nogil:
     double fl_softmax_xent_rows_f32(int n_rows, int V, const float *z, const int64_t *targets,
@@ -33,10 +33,11 @@ cdef extern from "fastlstm_dense.h" nogil:
                      double b2, double weight_decay, double step_size, double sqrt_bc2,
                      double eps)
 
-include "_isa_levels.pxi"
+fl_isa_bind(isa_level_for(__name__))   # every kernel here runs at the process's one level
 
 
-DEF MAX_THREADS = 256
+cdef enum:
+    MAX_THREADS = 256   # the per-thread partial sums of the loss sit in a stack array
 
 
 cdef void _matmul_part(Py_ssize_t tid, Py_ssize_t n_threads, bint trans_a, bint trans_b,

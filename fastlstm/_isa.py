@@ -11,32 +11,20 @@ Levels (csrc/fastlstm_isa.h):
 At import the level is ``FASTLSTM_ISA`` when set, else the best the CPU has. A value
 that is not one of the names, or one the CPU (or this build) cannot run, is a
 ``ValueError`` naming the variable: a forced level never silently becomes another.
-Each extension module keeps its own copy of the setting; ``set_isa`` changes all of
-them together, so the GEMMs, GEMVs, cell math, dense ops and optimizers always agree.
+The level is one setting held by fastlstm._runtime, which every kernel reads, so the
+GEMMs, GEMVs, cell math, dense ops and optimizers always agree.
 """
 import contextlib
 import os
+
+from ._backend import runtime as _runtime
 
 ENV_VAR = "FASTLSTM_ISA"
 LEVELS = {"generic": 0, "avx2": 1, "avx512": 2}
 NAMES = {level: name for name, level in LEVELS.items()}
 
-
-def _load_extensions():
-    modules = []
-    for name in ("_lstm", "_rnn", "_dense"):
-        try:
-            modules.append(__import__(f"fastlstm.{name}", fromlist=["_"]))
-        except ImportError:   # reported by fastlstm._backend / show_config
-            pass
-    return modules
-
-
-_EXTENSIONS = _load_extensions()
-
-
-# The CPU and the build do not change while the process runs: asked once.
-_BEST = NAMES[min(m.best_isa_level() for m in _EXTENSIONS)] if _EXTENSIONS else "generic"
+# (None without the compiled kernels: reported by fastlstm._backend / show_config)
+_BEST = NAMES[_runtime.best_isa_level()] if _runtime is not None else "generic"
 
 
 def best():
@@ -50,11 +38,6 @@ _current = "generic"   # what set_isa last set (read on every kernel call: kept 
 def current():
     """The level the kernels run at now (a name)."""
     return _current
-
-
-def _extension_levels():
-    """The level each extension reports (all equal, unless set behind set_isa's back)."""
-    return {m.__name__: NAMES[m.isa_level()] for m in _EXTENSIONS}
 
 
 def _parse(value, what):
@@ -77,8 +60,8 @@ def set_isa(name):
     global _current
     name = _parse(name, "isa")
     previous = _current
-    for module in _EXTENSIONS:
-        module.set_isa_level(LEVELS[name])
+    if _runtime is not None:
+        _runtime.set_isa_level(LEVELS[name])
     _current = name
     return previous
 
@@ -95,7 +78,7 @@ def isa(name):
 
 def _apply_environment():
     value = os.environ.get(ENV_VAR, "").strip()
-    if not _EXTENSIONS:
+    if _runtime is None:
         # No compiled kernels (a broken or source-only install): the NumPy reference runs
         # and there is no level to force. A known name is accepted so the same setting
         # works everywhere; a misspelt one is still an error.

@@ -7,8 +7,6 @@ cimport numpy as cnp
 from ._blas cimport gemm
 
 cdef extern from "fastlstm_kernels.h" nogil:
-    int fl_openmp_enabled()
-    int fl_max_threads()
     int fl_num_threads()
     void fl_barrier()
     ctypedef struct fl_step_barrier:
@@ -47,11 +45,6 @@ cdef extern from "fastlstm_kernels.h" nogil:
                                 double *dst, const int *lengths, int t)
     void fl_add_column_sums_f32(int n_rows, int n_cols, const float *m, int ld, double *acc)
     void fl_add_column_sums_f64(int n_rows, int n_cols, const double *m, int ld, double *acc)
-
-cdef extern from "fastlstm_isa.h" nogil:
-    int fl_isa()
-    int fl_isa_best()
-    int fl_isa_set(int level)
 
 cdef extern from "fastlstm_gemm.h" nogil:
     int FL_NR

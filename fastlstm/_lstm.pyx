@@ -26,25 +26,19 @@ from libc.string cimport memcpy
 
 cimport numpy as cnp
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from cpython.object cimport PyObject, PyTypeObject
-from cpython.ref cimport Py_INCREF
-import numpy as np
 
 from ._blas cimport gemm
 from ._kernel_common cimport *
+from ._runtime cimport fl_isa_bind, isa_level_for
 
 cnp.import_array()
-
-OPENMP_ENABLED = bool(fl_openmp_enabled())
+fl_isa_bind(isa_level_for(__name__))   # every kernel here runs at the process's one level
 
 
 def packed_gemm_available():
     """True when float32 recursions run on fastlstm's own GEMM kernels (the AVX2+FMA or
     AVX-512 level); BLAS does the products otherwise."""
     return bool(fl_gemm_packed_available())
-
-
-include "_isa_levels.pxi"
 
 
 # Hidden units are shared out between threads in whole panels of this many.
@@ -73,73 +67,6 @@ def packed_size(int H, bint split_units):
 
 
 # --- helpers for the Python wrappers' per-call costs ----------------------------------
-
-cdef Py_ssize_t _stagger_count = 0
-
-cdef extern from "numpy/arrayobject.h":
-    # (NumPy's .pxd leaves these out.) Both steal a reference to descr.
-    # (descr is a PyArray_Descr *, declared void * so C converts it without a cast)
-    object _array_empty "PyArray_Empty" (int nd, cnp.npy_intp *dims, void *descr,
-                                         int fortran)
-    object _array_from_descr "PyArray_NewFromDescr" (
-        PyTypeObject *subtype, void *descr, int nd, cnp.npy_intp *dims,
-        cnp.npy_intp *strides, void *data, int flags, PyObject *obj)
-    PyTypeObject PyArray_Type
-
-
-def aligned_empty(shape, dtype):
-    """``np.empty(shape, dtype)`` starting on a 64-byte line, at a different line of the
-    4 KiB page for each buffer of 64 KiB or more (the same as
-    fastlstm._buffers.python_aligned_empty, which costs ~2.5 us a call instead of ~0.3)."""
-    global _stagger_count
-    cdef cnp.dtype descr = np.dtype(dtype)
-    cdef int nd = len(shape), i
-    cdef cnp.npy_intp dims[32]
-    cdef cnp.npy_intp n_items = 1, nbytes, raw_bytes
-    cdef size_t start
-    if nd > 32:
-        raise ValueError(f"aligned_empty: at most 32 dimensions, got {nd}")
-    for i in range(nd):
-        dims[i] = shape[i]
-        if dims[i] < 0:
-            raise ValueError(f"aligned_empty: negative dimension in {shape}")
-        n_items *= dims[i]
-    nbytes = n_items * descr.itemsize
-    if nbytes < 1 << 16:   # small buffers live in cache anyway
-        Py_INCREF(descr)   # PyArray_Empty steals it
-        return _array_empty(nd, dims, <void *>descr, 0)
-    cdef cnp.npy_intp stagger = 64 * (_stagger_count * 7 % 64)
-    _stagger_count += 1
-    raw_bytes = nbytes + stagger + 64
-    raw = cnp.PyArray_EMPTY(1, &raw_bytes, cnp.NPY_UINT8, 0)
-    cdef char *data = <char *>cnp.PyArray_DATA(raw)
-    start = (64 - <size_t>data % 64) % 64 + <size_t>stagger
-    Py_INCREF(descr)   # PyArray_NewFromDescr steals it
-    arr = _array_from_descr(&PyArray_Type, <void *>descr, nd, dims, NULL, data + start,
-                            cnp.NPY_ARRAY_CARRAY, NULL)
-    cnp.set_array_base(arr, raw)   # arr keeps raw alive
-    return arr
-
-
-ctypedef int (*_int_getter)() noexcept nogil
-ctypedef void (*_int_setter)(int) noexcept nogil
-
-
-def call_int_getter(size_t address):
-    """Call the C function ``int f(void)`` at ``address`` (a BLAS's get_num_threads):
-    a few times cheaper than through ctypes, and it runs around every kernel call."""
-    return (<_int_getter>address)()
-
-
-def call_int_setter(size_t address, int value):
-    """Call the C function ``void f(int)`` at ``address`` (a BLAS's set_num_threads)."""
-    (<_int_setter>address)(value)
-
-
-def openmp_max_threads():
-    """What ``omp_get_max_threads()`` says (1 without OpenMP)."""
-    return fl_max_threads()
-
 
 cdef inline bint _sampled(object obj):
     return cnp.PyArray_Check(obj) and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>obj)

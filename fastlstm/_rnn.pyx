@@ -23,11 +23,10 @@ cimport numpy as cnp
 
 from ._blas cimport gemm
 from ._kernel_common cimport *
+from ._runtime cimport fl_isa_bind, isa_level_for
 
 cnp.import_array()
-
-
-include "_isa_levels.pxi"
+fl_isa_bind(isa_level_for(__name__))   # every kernel here runs at the process's one level
 
 
 def packed_size(int H):

@@ -3,7 +3,7 @@
 The compiled kernels split work between their own OpenMP threads and call BLAS from
 each of them, so the BLAS thread pool must run single-threaded meanwhile. The pools are
 found once (threadpoolctl) and switched around each call. For OpenBLAS the switch calls
-its C functions directly: a few hundred nanoseconds, and no interference with
+its C functions directly: cheaper than threadpoolctl's path, and no interference with
 threadpoolctl's bookkeeping of which Python thread controls the pool.
 """
 import ctypes
@@ -48,10 +48,10 @@ class _BlasPool:
 
 
 def _fast_calls(getter, setter):
-    """get()/set(n) through the compiled extension's C call helpers when it is built
-    (~0.05 us a call), else the ctypes functions themselves (~0.1-0.3 us)."""
+    """get()/set(n) through fastlstm._runtime's C call helpers when it is built (a
+    few times cheaper than ctypes), else the ctypes functions themselves."""
     try:
-        from ._lstm import call_int_getter, call_int_setter
+        from ._runtime import call_int_getter, call_int_setter
     except ImportError:
         return getter, setter
     get_address = ctypes.cast(getter, ctypes.c_void_p).value
@@ -98,7 +98,7 @@ class blas_threads:
     The BLAS setting is process-wide, so overlapping bodies in several Python threads
     share one saved state: the first to enter saves it, the last to leave restores it
     (each restoring its own snapshot would leave the pool pinned at ``n`` when the
-    bodies interleave). It wraps every kernel call, so it is kept cheap (~1 us): a
+    bodies interleave). It wraps every kernel call, so it is kept cheap: a
     plain class rather than a generator context manager, and its shared state lives in
     an instance, since assigning class attributes would empty the type's attribute cache
     on every call.

@@ -90,7 +90,7 @@ def _version_line():
     from . import _backend
     if not _backend.compiled_available():
         return f"fastlstm {__version__} (NumPy reference only: {_backend.IMPORT_ERROR})"
-    openmp = "OpenMP" if _backend.lstm_kernels.OPENMP_ENABLED else "no OpenMP, 1 thread"
+    openmp = "OpenMP" if _backend.runtime.OPENMP_ENABLED else "no OpenMP, 1 thread"
     return f"fastlstm {__version__} (compiled kernels, {openmp})"
 
 

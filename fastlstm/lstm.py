@@ -3,155 +3,17 @@
 Both backends share one cache layout (``LSTMCache``), so ``lstm_backward`` runs with
 the backend that made the cache.
 """
-import time
-
 import numpy as np
 
-from . import _backend, _isa, reference
+from . import _backend, reference
 from ._buffers import aligned_empty as _empty, backward_chunk_steps as _backward_chunk_steps
 from ._containers import InputsRecord, LSTMCache, LSTMGrads
-from ._threads import blas_threads, resolve_num_threads
+from ._schedule import (own_backward_gemm, plan_for as _plan_for,
+                        timed_kernel as _timed_kernel)
+from ._threads import blas_threads
 from ._validation import validate_lstm_backward, validate_lstm_forward
 
 __all__ = ["lstm_forward", "lstm_backward", "LSTMGrads", "LSTMCache"]
-
-# Thread partitioning and the recurrent GEMM (module attributes so tests and benchmarks
-# can force each path).
-PACKED_GEMM_ENABLED = True
-PACKED_GEMM_MIN_STEP_ROWS = 32
-UNIT_SPLIT_MAX_ROWS = 16      # hidden-unit split below this many rows per thread ...
-UNIT_SPLIT_MIN_H = 128        # ... for layers at least this wide,
-UNIT_SPLIT_IDLE_MIN_H = 64    # and for narrower ones when a batch split would idle threads
-# At the AVX2 level the backward shares out the units up to this many rows per thread:
-# each thread's step product then streams its share of W_h instead of all of it, which
-# pays on AVX2 CPUs' smaller L2 caches.
-UNIT_SPLIT_BACKWARD_MAX_ROWS_AVX2 = 32
-# The backward's step product dh = d_gates W_h^T (and dx = d_gates W_x^T) on fastlstm's
-# NT kernel, or on BLAS: at the AVX2 level OpenBLAS's sgemm is the faster of the two once
-# a thread's product has more than this many rows (measured on Zen 1); the AVX-512 NT
-# kernel, tuned on Zen 4, runs at every size.
-NT_MAX_ROWS_AVX2 = 32
-
-
-def own_backward_gemm(dtype, rows_per_thread):
-    """True to run the backward's float32 step products on fastlstm's own kernels."""
-    return (dtype == np.float32 and _backend.lstm_kernels.packed_gemm_available()
-            and PACKED_GEMM_ENABLED
-            and (_isa.current() != "avx2" or rows_per_thread <= NT_MAX_ROWS_AVX2))
-
-
-class _StallGuard:
-    """Falls back to one thread when the hidden-unit split stalls.
-
-    The unit split meets at a barrier every step, so it needs all its threads running.
-    When other busy processes share the cores, a descheduled thread holds the others at
-    the barrier for a scheduler time slice (0.2 ms calls took 100 ms). A call far slower
-    than the fastest call of its shape is taken as such a stall: the unit split then runs
-    on one thread for ``backoff_s`` seconds, doubled (up to a minute) while stalls recur
-    and reset once a multi-threaded call runs at full speed again. A lone slow call is
-    not taken as such a stall: a back-off starts when a second one comes within
-    ``STALL_WINDOW_S`` of the last (a busy machine stalls call after call, while on a
-    virtual machine a single call now and then is held up for milliseconds, and backing
-    off for it would run the next thousands of calls on one thread).
-    """
-
-    STALL_FACTOR = 8          # slower than the best call of the shape by this much ...
-    MIN_STALL_S = 2e-3        # ... and by at least this long (a time slice is ~3 ms)
-    FIRST_BACKOFF_S = 0.5
-    MAX_BACKOFF_S = 60.0
-    STALL_WINDOW_S = 2.0
-
-    def __init__(self):
-        self.best = {}
-        self.until = 0.0
-        self.backoff_s = self.FIRST_BACKOFF_S
-        self.stalls = 0
-        self.last_stall = None
-
-    def backing_off(self, now=None):
-        return (time.monotonic() if now is None else now) < self.until
-
-    def record(self, key, seconds, now=None):
-        """Note the duration of one multi-threaded unit-split call of shape ``key``."""
-        best = self.best.get(key)
-        if best is None or seconds < best:
-            if len(self.best) > 4096:
-                self.best.clear()
-            self.best[key] = seconds
-        if best is not None and seconds > self.MIN_STALL_S and \
-                seconds > self.STALL_FACTOR * best:
-            self.stalls += 1
-            now = time.monotonic() if now is None else now
-            if self.last_stall is not None and now - self.last_stall <= self.STALL_WINDOW_S:
-                self.until = now + self.backoff_s
-                self.backoff_s = min(2 * self.backoff_s, self.MAX_BACKOFF_S)
-            self.last_stall = now
-        elif best is not None and seconds < 2 * best:
-            self.backoff_s = self.FIRST_BACKOFF_S
-
-
-_stall_guard = _StallGuard()
-
-
-def _plan_for(B, H, num_threads, backward=False):
-    unit_rows = UNIT_SPLIT_MAX_ROWS
-    if backward and _isa.current() == "avx2":
-        unit_rows = max(unit_rows, UNIT_SPLIT_BACKWARD_MAX_ROWS_AVX2 + 1)
-    plan = _Plan(B, H, num_threads, unit_rows)
-    if plan.split_units and plan.n_threads > 1 and _stall_guard.backing_off():
-        plan = _Plan(B, H, 1, unit_rows)
-    return plan
-
-
-def _timed_kernel(plan, key, kernel, *args):
-    """Run ``kernel(*args)``; time multi-threaded unit-split calls for the stall guard."""
-    if not (plan.split_units and plan.n_threads > 1):
-        return kernel(*args)
-    start = time.perf_counter()
-    result = kernel(*args)
-    _stall_guard.record(key + (plan.n_threads,), time.perf_counter() - start)
-    return result
-
-
-class _Plan:
-    """How the compiled kernels share one call out between threads."""
-
-    __slots__ = ("n_threads", "split_units", "rows_per_thread")
-
-    def __init__(self, B, H, num_threads, unit_split_max_rows=None):
-        n = resolve_num_threads(num_threads)
-        kernels = _backend.lstm_kernels
-        if unit_split_max_rows is None:
-            unit_split_max_rows = UNIT_SPLIT_MAX_ROWS
-        # Small batches with wide layers: give each thread all rows and a share of the
-        # hidden units (one barrier per step) instead of a thin slice of the batch; and
-        # with fewer sequences than threads (B = 1), share the units so no thread idles.
-        self.split_units = n > 1 and (
-            (-(-B // n) < unit_split_max_rows and H >= UNIT_SPLIT_MIN_H)
-            or (B < n and H >= UNIT_SPLIT_IDLE_MIN_H))
-        if self.split_units:
-            self.n_threads = min(n, -(-H // kernels.UNIT_BLOCK))
-            self.rows_per_thread = B
-        else:
-            self.n_threads = max(1, min(n, B))
-            self.rows_per_thread = -(-B // self.n_threads)
-
-    def packed_weights(self, T, H, dtype):
-        """A buffer for the packed recurrent weights, or None to let BLAS do the steps.
-
-        Packing costs about as much as a few rows of the product, so it pays once the
-        recursion runs enough (step, row) products per thread; float32 only.
-        """
-        kernels = _backend.lstm_kernels
-        if (dtype != np.float32 or not kernels.packed_gemm_available()
-                or not PACKED_GEMM_ENABLED):
-            return None
-        if T * self.rows_per_thread < PACKED_GEMM_MIN_STEP_ROWS:
-            return None
-        if self.rows_per_thread == 1:   # one row a step: the GEMV reads W_h in place
-            return None
-        return _empty((kernels.packed_size(H, self.split_units),), np.float32)
-
 
 def lstm_forward(x, W_x, W_h, b, h0=None, c0=None, *, lengths=None, backend="auto",
                  num_threads=None):

@@ -8,19 +8,11 @@ import numpy as np
 from . import _backend, reference
 from ._buffers import aligned_empty, backward_chunk_steps
 from ._containers import RNNCache, RNNGrads
+from ._schedule import own_backward_gemm, own_step_gemm
 from ._threads import blas_threads, resolve_num_threads
 from ._validation import validate_rnn_backward, validate_rnn_forward
-from . import lstm as _lstm_module
 
 __all__ = ["rnn_forward", "rnn_backward", "RNNGrads", "RNNCache"]
-
-
-def _use_own_gemm(dtype, T_rows):
-    """fastlstm's float32 kernels for the per-step products (see fastlstm.lstm)."""
-    return (dtype == np.float32 and _backend.rnn_kernels is not None
-            and _backend.lstm_kernels.packed_gemm_available()
-            and _lstm_module.PACKED_GEMM_ENABLED
-            and T_rows >= _lstm_module.PACKED_GEMM_MIN_STEP_ROWS)
 
 
 def rnn_forward(x, W_x, W_h, b, h0=None, *, nonlinearity="tanh", lengths=None,
@@ -59,7 +51,7 @@ def rnn_forward(x, W_x, W_h, b, h0=None, *, nonlinearity="tanh", lengths=None,
     h_states[0] = 0 if args.h0 is None else args.h0
     hs = aligned_empty((T, B, H), dtype)
     packed = None
-    if _use_own_gemm(dtype, T * -(-B // n_threads)):
+    if own_step_gemm(dtype, T * -(-B // n_threads)):
         packed = aligned_empty((_backend.rnn_kernels.packed_size(H),), np.float32)
     with blas_threads(1):
         _backend.rnn_kernels.rnn_forward_kernel(x, W_x, W_h, args.b, h_states, hs,
@@ -116,8 +108,7 @@ def rnn_backward(dhs, cache, dh_n=None, bptt_truncate=None):
     dW_x = aligned_empty((D, H), dtype)
     dW_h = aligned_empty((H, H), dtype)
     db_acc = np.zeros(H, np.float64)
-    small_m_gemm = (_backend.rnn_kernels is not None
-                    and _lstm_module.own_backward_gemm(dtype, -(-B // n_threads)))
+    small_m_gemm = own_backward_gemm(dtype, -(-B // n_threads))
     with blas_threads(1):
         _backend.rnn_kernels.rnn_backward_kernel(
             x, W_x, W_h, cache.h_states, dhs, dh_n if truncated else None, cache.lengths,

@@ -104,8 +104,9 @@ SDIST=$(ls "$WORK"/sdist/fastlstm-*.tar.gz)
 # What the wheel build needs from the sdist: the C headers and the Cython sources.
 listing=$(tar tzf "$SDIST")
 for member in csrc/fastlstm_kernels.h csrc/fastlstm_gemm.h csrc/fastlstm_dense.h csrc/fastlstm_isa.h \
+              fastlstm/_runtime.pyx fastlstm/_runtime.pxd \
               fastlstm/_lstm.pyx fastlstm/_rnn.pyx fastlstm/_dense.pyx \
-              fastlstm/_blas.pxd fastlstm/_kernel_common.pxd fastlstm/_isa_levels.pxi \
+              fastlstm/_blas.pxd fastlstm/_kernel_common.pxd \
               setup.py pyproject.toml; do
     grep -qx "fastlstm-[^/]*/$member" <<<"$listing" \
         || { echo "check_wheel: $member is missing from $(basename "$SDIST")" >&2; exit 1; }

@@ -12,7 +12,7 @@ SHAPES = [(), (0,), (3,), (0, 5), (25, 1, 400), (100, 400), (7, 1000, 13)]
 
 IMPLS = {"python": _buffers.python_aligned_empty}
 if fastlstm.config()["compiled"]:
-    from fastlstm._lstm import aligned_empty as compiled_aligned_empty
+    from fastlstm._runtime import aligned_empty as compiled_aligned_empty
     IMPLS["compiled"] = compiled_aligned_empty
 
 

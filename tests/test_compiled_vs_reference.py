@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 import fastlstm
-import fastlstm.lstm as lstm_module
-from fastlstm import reference
+from fastlstm import _schedule, reference
 from conftest import isa_limited, make_lstm_inputs, mixed_lengths, rel_err, TOLERANCE
 
 pytestmark = pytest.mark.skipif(not fastlstm.config()["compiled"],
@@ -68,7 +67,7 @@ def path(request, monkeypatch):
     isa = settings.pop("isa", None)
     copy_min_steps = settings.pop("copy_min_steps", None)
     for name, value in settings.items():
-        monkeypatch.setattr(lstm_module, name, value)
+        monkeypatch.setattr(_schedule, name, value)
     kernels = fastlstm._backend.lstm_kernels
     if copy_min_steps is not None:
         previous = kernels.set_one_sequence_copy_min_steps(copy_min_steps)

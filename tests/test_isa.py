@@ -14,7 +14,7 @@ from conftest import TESTS_DIR, child_env
 pytestmark = pytest.mark.skipif(not _backend.compiled_available(),
                                 reason="the compiled kernels are not built")
 
-EXTENSIONS = ["_lstm", "_rnn", "_dense"]
+EXTENSIONS = ["fastlstm._lstm", "fastlstm._rnn", "fastlstm._dense"]
 
 
 def run_python(code, **env):
@@ -23,9 +23,9 @@ def run_python(code, **env):
 
 
 def levels_code():
-    return ("import fastlstm, json; from fastlstm import _lstm, _rnn, _dense; "
-            "print(json.dumps([fastlstm.config()['isa'], _lstm.isa_level(), "
-            "_rnn.isa_level(), _dense.isa_level(), _lstm.packed_gemm_available()]))")
+    return ("import fastlstm, json; from fastlstm import _lstm, _rnn, _dense, _runtime; "
+            "print(json.dumps([fastlstm.config()['isa'], _runtime.isa_level(), "
+            "sorted(_runtime.isa_readers()), _lstm.packed_gemm_available()]))")
 
 
 @pytest.mark.parametrize("name", ["generic", "avx2", "avx512"])
@@ -35,9 +35,10 @@ def test_environment_variable_sets_every_extension(name):
     proc = run_python(levels_code(), FASTLSTM_ISA=name.upper())
     assert proc.returncode == 0, proc.stderr
     import json
-    isa, *levels, packed = json.loads(proc.stdout)
+    isa, level, readers, packed = json.loads(proc.stdout)
     assert isa == name
-    assert levels == [_isa.LEVELS[name]] * 3
+    assert level == _isa.LEVELS[name]
+    assert readers == sorted(EXTENSIONS)    # every extension's kernels read that level
     assert packed == (name != "generic")
 
 
@@ -66,14 +67,15 @@ def test_level_above_the_cpu_is_an_error_naming_the_variable():
 
 
 def test_set_isa_changes_all_extensions_together_and_restores():
-    from fastlstm import _dense, _lstm, _rnn
+    from fastlstm import _dense, _lstm, _rnn, _runtime
+    assert sorted(_runtime.isa_readers()) == sorted(m.__name__ for m in (_lstm, _rnn, _dense))
     before = _isa.current()
     with _isa.isa("generic"):
-        assert [m.isa_level() for m in (_lstm, _rnn, _dense)] == [0, 0, 0]
-        assert set(_isa._extension_levels().values()) == {"generic"}
+        assert _runtime.isa_level() == 0
         assert not _lstm.packed_gemm_available()
         assert fastlstm.config()["isa"] == "generic"
     assert _isa.current() == before
+    assert _runtime.isa_level() == _isa.LEVELS[before]
     with pytest.raises(ValueError, match="isa"):
         _isa.set_isa("fastest")
     assert _isa.current() == before

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 import fastlstm
-import fastlstm.lstm as lstm_module
-from fastlstm import reference
+from fastlstm import _schedule, reference
 from conftest import isa_limited, mixed_lengths, rel_err, TOLERANCE
 
 pytestmark = pytest.mark.skipif(not fastlstm.config()["compiled"],
@@ -29,10 +28,10 @@ def make(T, B, D, H, dtype, seed):
 @pytest.fixture(params=["auto", "blas", "own-gemm", "avx2-kernels", "generic"])
 def path(request, monkeypatch):
     if request.param == "blas":
-        monkeypatch.setattr(lstm_module, "PACKED_GEMM_ENABLED", False)
+        monkeypatch.setattr(_schedule, "PACKED_GEMM_ENABLED", False)
     elif request.param in ("own-gemm", "avx2-kernels"):
-        monkeypatch.setattr(lstm_module, "PACKED_GEMM_MIN_STEP_ROWS", 1)
-        monkeypatch.setattr(lstm_module, "NT_MAX_ROWS_AVX2", 10**9)
+        monkeypatch.setattr(_schedule, "PACKED_GEMM_MIN_STEP_ROWS", 1)
+        monkeypatch.setattr(_schedule, "NT_MAX_ROWS_AVX2", 10**9)
     isa = {"avx2-kernels": "avx2", "generic": "generic"}.get(request.param)
     if isa is None:
         yield request.param

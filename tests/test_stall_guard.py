@@ -3,12 +3,12 @@ with other busy processes)."""
 import numpy as np
 
 import fastlstm
-from fastlstm import lstm as lstm_module
-from fastlstm.lstm import _StallGuard, _plan_for
+from fastlstm import _schedule
+from fastlstm._schedule import StallGuard, plan_for
 
 
 def test_recurring_stalls_start_a_backoff_that_doubles_and_resets():
-    g = _StallGuard()
+    g = StallGuard()
     key = ("forward", 25, 1, 65, 100, "f", 2)
     g.record(key, 2e-4, now=0.0)
     g.record(key, 5e-4, now=0.1)                 # slower, but not a stall
@@ -32,9 +32,9 @@ def test_recurring_stalls_start_a_backoff_that_doubles_and_resets():
 
 
 def test_backing_off_runs_the_unit_split_on_one_thread_with_the_same_results(monkeypatch):
-    guard = _StallGuard()
-    monkeypatch.setattr(lstm_module, "_stall_guard", guard)
-    assert _plan_for(1, 128, 2).split_units
+    guard = StallGuard()
+    monkeypatch.setattr(_schedule, "stall_guard", guard)
+    assert plan_for(1, 128, 2).split_units
     rng = np.random.default_rng(0)
     T, B, D, H = 6, 1, 5, 128
     x = rng.standard_normal((T, B, D))
@@ -42,10 +42,10 @@ def test_backing_off_runs_the_unit_split_on_one_thread_with_the_same_results(mon
     b = np.zeros(4 * H)
     hs2, _, cache = fastlstm.lstm_forward(x, W_x, W_h, b, num_threads=2)
     g2 = fastlstm.lstm_backward(np.ones_like(hs2), cache)
-    assert _plan_for(1, H, 2).n_threads == 2
+    assert plan_for(1, H, 2).n_threads == 2
     guard.until = float("inf")                   # as after a stall
-    assert _plan_for(1, H, 2).n_threads == 1
-    assert _plan_for(64, H, 2).n_threads == 2    # batch splits have no barriers
+    assert plan_for(1, H, 2).n_threads == 1
+    assert plan_for(64, H, 2).n_threads == 2    # batch splits have no barriers
     hs1, _, cache = fastlstm.lstm_forward(x, W_x, W_h, b, num_threads=2)
     g1 = fastlstm.lstm_backward(np.ones_like(hs1), cache)
     np.testing.assert_allclose(hs1, hs2, rtol=1e-12, atol=1e-14)
@@ -54,8 +54,8 @@ def test_backing_off_runs_the_unit_split_on_one_thread_with_the_same_results(mon
 
 
 def test_unit_split_calls_are_recorded(monkeypatch):
-    guard = _StallGuard()
-    monkeypatch.setattr(lstm_module, "_stall_guard", guard)
+    guard = StallGuard()
+    monkeypatch.setattr(_schedule, "stall_guard", guard)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 1, 4)).astype(np.float32)
     W_x = rng.standard_normal((4, 512)).astype(np.float32)
