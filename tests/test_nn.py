@@ -1,4 +1,4 @@
-"""Layers, gradcheck and checkpoints (issue 6): every layer and loss passes gradcheck;
+"""Layers, gradcheck and checkpoints: every layer and loss passes gradcheck;
 stacked LSTM/RNN equal torch's; checkpoints round-trip bitwise and reject bad files."""
 import os
 
