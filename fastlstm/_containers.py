@@ -251,6 +251,63 @@ class LSTMCache(_KernelCache):
         return f"LSTMCache({self._describe()})"
 
 
+class LSTMLookupGrads(NamedTuple):
+    """Gradients of an LSTM call whose inputs were looked up (``lstm_forward_lookup``);
+    every array has the dtype of the table.
+
+    d_table (V, 4H)  gradient w.r.t. the table: row v sums the gate-input gradients of
+                     the steps whose id is v (for a table ``E @ W_x``, dW_x = E^T d_table
+                     and dE = d_table W_x^T; for one-hot inputs, table = W_x, it is dW_x)
+    dh0     (B, H)   gradient w.r.t. the initial hidden state
+    dc0     (B, H)   gradient w.r.t. the initial cell state
+    dW_h    (H, 4H)  gradient w.r.t. the recurrent weights
+    db      (4H,)    gradient w.r.t. the bias
+    """
+
+    d_table: np.ndarray
+    dh0: np.ndarray
+    dc0: np.ndarray
+    dW_h: np.ndarray
+    db: np.ndarray
+
+
+class LSTMLookupCache(InputsRecord):
+    """What ``lstm_backward_lookup`` needs from ``lstm_forward_lookup``; treat it as
+    opaque.
+
+      table     (V, 4H)       the looked-up rows (referenced, not copied)
+      ids       (T*B,) intc   step t of sequence b read row ids[t*B + b] (referenced
+                              when the caller's ids were intc and contiguous, else a copy)
+      W_h                     the recurrent weights (referenced, not copied)
+      gates, h_states, c_states, lengths   as in ``LSTMCache``
+    The compiled kernels alone run lookups, so there is no ``backend`` field.
+    """
+
+    __slots__ = ("table", "ids", "W_h", "gates", "h_states", "c_states", "lengths",
+                 "num_threads")
+    INPUT_NAMES = ("table", "ids", "W_h")
+
+    def __init__(self, table, ids, W_h, gates, h_states, c_states, lengths,
+                 num_threads: Optional[int]):
+        self.table, self.ids, self.W_h = table, ids, W_h
+        self.gates, self.h_states, self.c_states = gates, h_states, c_states
+        self.lengths, self.num_threads = lengths, num_threads
+        self._record_inputs()
+
+    def _inputs(self):
+        return (self.table, self.ids, self.W_h)
+
+    @property
+    def dtype(self):
+        return self.table.dtype
+
+    def __repr__(self):
+        T, B, G = self.gates.shape
+        return (f"LSTMLookupCache(T={T}, B={B}, V={self.table.shape[0]}, H={G // 4}, "
+                f"dtype={self.table.dtype}, "
+                f"lengths={'yes' if self.lengths is not None else 'no'})")
+
+
 class RNNGrads(NamedTuple):
     """Gradients of a vanilla-RNN call; every array has the dtype of the forward inputs.
 
