@@ -1,7 +1,9 @@
 """The public LSTM functions: validate, pick a backend, run.
 
 Both backends share one cache layout (``LSTMCache``), so ``lstm_backward`` runs with
-the backend that made the cache.
+the backend that made the cache. ``lstm_forward_lookup`` / ``lstm_backward_lookup`` run
+the same recursion on inputs given as ids into a table of projected inputs (compiled
+kernels only; cache ``LSTMLookupCache``).
 """
 import time
 
@@ -311,9 +313,9 @@ def lstm_forward_lookup(ids, table, W_h, b, h0=None, c0=None, *, lengths=None,
     packed = plan.packed_weights(T, H, dtype)
     with blas_threads(1):
         _timed_kernel(plan, ("forward-lookup", T, B, H, dtype.char),
-                      _backend.lstm_kernels.lstm_forward_kernel, np.empty((0, 0, 0), dtype),
-                      table, args.W_h, args.b, gates, h_states, c_states, hs, args.lengths,
-                      packed, plan.split_units, plan.n_threads, args.ids)
+                      _backend.lstm_kernels.lstm_forward_lookup_kernel, args.ids, table,
+                      args.W_h, args.b, gates, h_states, c_states, hs, args.lengths, packed,
+                      plan.split_units, plan.n_threads)
     cache = LSTMLookupCache(table, args.ids, args.W_h, gates, h_states, c_states,
                             args.lengths, args.num_threads)
     return hs, (h_states[T].copy(), c_states[T].copy()), cache
@@ -349,9 +351,8 @@ def lstm_backward_lookup(dhs, cache, dh_n=None, dc_n=None):
     small_m_gemm = own_backward_gemm(dtype, plan.rows_per_thread)
     with blas_threads(1):
         _timed_kernel(plan, ("backward-lookup", T, B, H, dtype.char),
-                      _backend.lstm_kernels.lstm_backward_kernel, np.empty((0, 0, 0), dtype),
+                      _backend.lstm_kernels.lstm_backward_lookup_kernel, cache.ids,
                       cache.table, cache.W_h, cache.gates, cache.h_states, cache.c_states,
-                      dhs, cache.lengths, dh, dc, dh_scratch, d_gates,
-                      np.empty((0, 0, 0), dtype), d_table, dW_h, db_acc, small_m_gemm,
-                      plan.split_units, plan.n_threads, cache.ids)
+                      dhs, cache.lengths, dh, dc, dh_scratch, d_gates, d_table, dW_h, db_acc,
+                      small_m_gemm, plan.split_units, plan.n_threads)
     return LSTMLookupGrads(d_table, dh, dc, dW_h, db_acc.astype(dtype))
