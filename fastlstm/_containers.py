@@ -8,11 +8,10 @@ them between the forward pass and its backward pass would make the gradients wro
 Every cache therefore records a fingerprint of those arrays when it is made, and the
 backward pass compares it before it runs (``InputModifiedError`` if it differs):
 
-- by default, the bytes of 16 elements of each array, one in each sixteenth of it
-  (about 0.4 us for a forward-backward pair, 0.25% of the smallest benchmarked LSTM
-  call, T25 B1 H100): it catches edits of a whole array (``x *= 3``, an optimizer step,
-  new data copied in) unless all 16 sampled elements keep their bits, as zeros scaled
-  do; it can miss edits of a few elements;
+- by default, the bytes of 16 elements of each array, one in each sixteenth of it (a
+  small fraction of even the smallest LSTM call): it catches edits of a whole array
+  (``x *= 3``, an optimizer step, new data copied in) unless all 16 sampled elements
+  keep their bits, as zeros scaled do; it can miss edits of a few elements;
 - with ``set_debug_checks(True)`` (or ``FASTLSTM_DEBUG_CHECKS=1`` in the environment),
   a CRC-32 of all their bytes: it reads every element in the forward and again in the
   backward, and catches every change within 32 consecutive bits (one float32 element)
@@ -52,7 +51,7 @@ def python_sampled_bytes(arrays, positions):
     return b"".join(parts)
 
 
-try:   # ~0.06 us an array in C, ~2 in NumPy: it runs twice in every forward-backward pair
+try:   # in C, many times faster than in NumPy: it runs twice in every forward-backward pair
     from ._lstm import sampled_bytes
 except ImportError:   # no compiled extensions
     sampled_bytes = python_sampled_bytes

@@ -185,8 +185,8 @@ cdef inline void _chunk_lookup_gradients(Py_ssize_t tid, Py_ssize_t n_threads,
 
 # --- the kernel entry points' arguments ----------------------------------------------
 # The entry points take ndarrays and use their data pointers: a typed memoryview costs
-# about 0.25 us to acquire, and an LSTM forward/backward pair passes some 25 arrays, which
-# at B = 1 was a tenth of the work. The callers (fastlstm.lstm / fastlstm.rnn) allocate
+# several times more to acquire, and an LSTM forward/backward pair passes some 25 arrays,
+# which matters at B = 1. The callers (fastlstm.lstm / fastlstm.rnn) allocate
 # and validate every array; these checks keep a wrong type, dimensionality, layout or
 # read-only output a TypeError instead of a crash.
 

@@ -78,12 +78,7 @@ class _LanguageModel(Module):
         (ids must lie in [0, V)), no cache, no dropout. ``state`` is what ``forward`` or
         ``decode_step`` returned.
         """
-        if self.embed is None:
-            # A one-hot input's projection x @ W_x is a row of W_x.
-            W_x0 = self.rnn.layer_weights(0)[0].data
-            top, state = self.rnn.step(None, state, first_projection=W_x0[ids])
-        else:
-            top, state = self.rnn.step(self.embed.weight.data[ids], state)
+        top, state = self.rnn.step(ids, state, embedding=self.embed)
         logits = top @ self.head.W.data
         if self.head.b is not None:
             logits += self.head.b.data

@@ -144,6 +144,15 @@ class _Stacked(Module):
             self._eye = np.eye(self.input_size, dtype=self.W_x_l0.data.dtype)
         return self._eye[ids]
 
+    def _step_projection(self, x, embedding):
+        """Layer 0's ``x @ W_x`` for one decoding step (x floats, or ids)."""
+        W_x0 = self.W_x_l0.data
+        if x.dtype.kind in "iu":
+            if embedding is None:   # a one-hot input's projection is a row of W_x_l0
+                return W_x0[x]
+            x = embedding.weight.data[x]
+        return x @ W_x0
+
     def _changed_since_forward(self):
         """What the last forward's caches reference that has changed since: a name for
         the message (a parameter's, or the input's), or None."""
@@ -301,22 +310,21 @@ class LSTM(_Stacked):
             self._masks.append(mask)
         return out, (np.stack(h_n), np.stack(c_n))
 
-    def step(self, x, state, first_projection=None):
+    def step(self, x, state, embedding=None):
         """One time step for decoding, in NumPy, without input checks or a cache.
 
-        x (B, input_size) (ignored when ``first_projection``, layer 0's ``x @ W_x`` of
-        shape (B, 4H), is given: a one-hot input's projection is a row lookup);
-        state ``(h, c)``, each (num_layers, B, H). Returns ``(h_top (B, H), (h, c))``.
-        Inference only: no dropout, nothing kept for a backward pass.
+        x: an ndarray (B, input_size) of floats, or (B,) integer ids (one-hot, or rows of
+        ``embedding``) in range; state ``(h, c)``, each (num_layers, B, H). Returns
+        ``(h_top (B, H), (h, c))``. Inference only: no dropout, nothing kept for a
+        backward pass.
         """
         h_prev, c_prev = state
         H = self.hidden_size
         h_new, c_new = np.empty_like(h_prev), np.empty_like(c_prev)
-        out = x
+        out = None
         for layer in range(self.num_layers):
             W_x, W_h, b = self.layer_weights(layer)
-            z = (first_projection if layer == 0 and first_projection is not None
-                 else out @ W_x.data)
+            z = self._step_projection(x, embedding) if layer == 0 else out @ W_x.data
             z = z + h_prev[layer] @ W_h.data
             z += b.data
             g = np.tanh(z[:, 2 * H:3 * H])
@@ -438,17 +446,16 @@ class RNN(_Stacked):
             self._masks.append(mask)
         return out, np.stack(h_n)
 
-    def step(self, x, h, first_projection=None):
+    def step(self, x, h, embedding=None):
         """One time step for decoding, in NumPy, without input checks or a cache:
-        x (B, input_size) (or layer 0's ``x @ W_x`` as ``first_projection``), h
-        (num_layers, B, H). Returns ``(h_top (B, H), h_new)``."""
+        x an ndarray (B, input_size) of floats or (B,) integer ids (as for ``LSTM.step``),
+        h (num_layers, B, H). Returns ``(h_top (B, H), h_new)``."""
         act = np.tanh if self.nonlinearity == "tanh" else (lambda z: np.maximum(z, 0))
         h_new = np.empty_like(h)
-        out = x
+        out = None
         for layer in range(self.num_layers):
             W_x, W_h, b = self.layer_weights(layer)
-            z = (first_projection if layer == 0 and first_projection is not None
-                 else out @ W_x.data)
+            z = self._step_projection(x, embedding) if layer == 0 else out @ W_x.data
             z = z + h[layer] @ W_h.data
             z += b.data
             out = h_new[layer] = act(z)
