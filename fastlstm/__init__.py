@@ -13,15 +13,16 @@ __version__ = "0.1.0"
 
 from . import _isa  # noqa: F401  (applies FASTLSTM_ISA, or the CPU's best, to every kernel)
 from ._config import config, show_config
-from ._containers import (InputModifiedError, LSTMCache, LSTMGrads, RNNCache, RNNGrads,
-                          set_debug_checks)
-from .lstm import lstm_backward, lstm_forward
+from ._containers import (InputModifiedError, LSTMCache, LSTMGrads, LSTMLookupCache,
+                          LSTMLookupGrads, RNNCache, RNNGrads, set_debug_checks)
+from .lstm import lstm_backward, lstm_backward_lookup, lstm_forward, lstm_forward_lookup
 from .rnn import rnn_backward, rnn_forward
 from . import nn, optim
 from .checkpoint import Checkpoint, CheckpointError, load, save
 from .gradcheck import gradcheck
 
-__all__ = ["lstm_forward", "lstm_backward", "rnn_forward", "rnn_backward", "LSTMGrads",
-           "LSTMCache", "RNNGrads", "RNNCache", "nn", "optim", "gradcheck", "save", "load",
+__all__ = ["lstm_forward", "lstm_backward", "lstm_forward_lookup", "lstm_backward_lookup",
+           "rnn_forward", "rnn_backward", "LSTMGrads", "LSTMCache", "LSTMLookupGrads",
+           "LSTMLookupCache", "RNNGrads", "RNNCache", "nn", "optim", "gradcheck", "save", "load",
            "Checkpoint", "CheckpointError", "show_config", "config", "__version__",
            "InputModifiedError", "set_debug_checks"]

@@ -8,11 +8,10 @@ them between the forward pass and its backward pass would make the gradients wro
 Every cache therefore records a fingerprint of those arrays when it is made, and the
 backward pass compares it before it runs (``InputModifiedError`` if it differs):
 
-- by default, the bytes of 16 elements of each array, one in each sixteenth of it
-  (about 0.4 us for a forward-backward pair, 0.25% of the smallest benchmarked LSTM
-  call, T25 B1 H100): it catches edits of a whole array (``x *= 3``, an optimizer step,
-  new data copied in) unless all 16 sampled elements keep their bits, as zeros scaled
-  do; it can miss edits of a few elements;
+- by default, the bytes of 16 elements of each array, one in each sixteenth of it (a
+  small fraction of even the smallest LSTM call): it catches edits of a whole array
+  (``x *= 3``, an optimizer step, new data copied in) unless all 16 sampled elements
+  keep their bits, as zeros scaled do; it can miss edits of a few elements;
 - with ``set_debug_checks(True)`` (or ``FASTLSTM_DEBUG_CHECKS=1`` in the environment),
   a CRC-32 of all their bytes: it reads every element in the forward and again in the
   backward, and catches every change within 32 consecutive bits (one float32 element)
@@ -52,7 +51,7 @@ def python_sampled_bytes(arrays, positions):
     return b"".join(parts)
 
 
-try:   # ~0.06 us an array in C, ~2 in NumPy: it runs twice in every forward-backward pair
+try:   # in C, many times faster than in NumPy: it runs twice in every forward-backward pair
     from ._lstm import sampled_bytes
 except ImportError:   # no compiled extensions
     sampled_bytes = python_sampled_bytes
@@ -249,6 +248,63 @@ class LSTMCache(_KernelCache):
 
     def __repr__(self):
         return f"LSTMCache({self._describe()})"
+
+
+class LSTMLookupGrads(NamedTuple):
+    """Gradients of an LSTM call whose inputs were looked up (``lstm_forward_lookup``);
+    every array has the dtype of the table.
+
+    d_table (V, 4H)  gradient w.r.t. the table: row v sums the gate-input gradients of
+                     the steps whose id is v (for a table ``E @ W_x``, dW_x = E^T d_table
+                     and dE = d_table W_x^T; for one-hot inputs, table = W_x, it is dW_x)
+    dh0     (B, H)   gradient w.r.t. the initial hidden state
+    dc0     (B, H)   gradient w.r.t. the initial cell state
+    dW_h    (H, 4H)  gradient w.r.t. the recurrent weights
+    db      (4H,)    gradient w.r.t. the bias
+    """
+
+    d_table: np.ndarray
+    dh0: np.ndarray
+    dc0: np.ndarray
+    dW_h: np.ndarray
+    db: np.ndarray
+
+
+class LSTMLookupCache(InputsRecord):
+    """What ``lstm_backward_lookup`` needs from ``lstm_forward_lookup``; treat it as
+    opaque.
+
+      table     (V, 4H)       the looked-up rows (referenced, not copied)
+      ids       (T*B,) intc   step t of sequence b read row ids[t*B + b] (referenced
+                              when the caller's ids were intc and contiguous, else a copy)
+      W_h                     the recurrent weights (referenced, not copied)
+      gates, h_states, c_states, lengths   as in ``LSTMCache``
+    The compiled kernels alone run lookups, so there is no ``backend`` field.
+    """
+
+    __slots__ = ("table", "ids", "W_h", "gates", "h_states", "c_states", "lengths",
+                 "num_threads")
+    INPUT_NAMES = ("table", "ids", "W_h")
+
+    def __init__(self, table, ids, W_h, gates, h_states, c_states, lengths,
+                 num_threads: Optional[int]):
+        self.table, self.ids, self.W_h = table, ids, W_h
+        self.gates, self.h_states, self.c_states = gates, h_states, c_states
+        self.lengths, self.num_threads = lengths, num_threads
+        self._record_inputs()
+
+    def _inputs(self):
+        return (self.table, self.ids, self.W_h)
+
+    @property
+    def dtype(self):
+        return self.table.dtype
+
+    def __repr__(self):
+        T, B, G = self.gates.shape
+        return (f"LSTMLookupCache(T={T}, B={B}, V={self.table.shape[0]}, H={G // 4}, "
+                f"dtype={self.table.dtype}, "
+                f"lengths={'yes' if self.lengths is not None else 'no'})")
 
 
 class RNNGrads(NamedTuple):

@@ -105,11 +105,22 @@ cdef inline void _add_column_sums(int n_rows, int n_cols, const floating *m, int
 
 # fastlstm's NT kernel (dot products along k) pays when the dot products are long; for
 # short ones its per-output reductions dominate and BLAS is faster.
-DEF NT_MIN_K = 256
+cdef enum:
+    NT_MIN_K = 256
 
 
 cdef inline bint _nt_pays(int K) noexcept nogil:
     return K >= NT_MIN_K
+
+
+cdef inline void _recurrent_gradients(Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t rows, int N,
+                                      int H, const floating *d_pre,
+                                      const floating *h_prev, floating *dW_h,
+                                      double *db_acc, floating weight_beta) noexcept nogil:
+    """Columns [c0, c1) of dW_h (+)= h_prev^T d_pre and of db += d_pre's column sums."""
+    gemm(True, False, H, <int>(c1 - c0), <int>rows, <floating>1.0, h_prev, H, d_pre + c0, N,
+         weight_beta, dW_h + c0, N)
+    _add_column_sums(<int>rows, <int>(c1 - c0), d_pre + c0, N, db_acc + c0)
 
 
 cdef inline void _chunk_gradients(Py_ssize_t tid, Py_ssize_t n_threads, Py_ssize_t rows,
@@ -117,31 +128,12 @@ cdef inline void _chunk_gradients(Py_ssize_t tid, Py_ssize_t n_threads, Py_ssize
                                   const floating *x, const floating *h_prev,
                                   const floating *W_x, floating *dx, floating *dW_x,
                                   floating *dW_h, double *db_acc, floating weight_beta,
-                                  float *a_scratch, int scratch_rows,
-                                  const int *ids) noexcept nogil:
+                                  float *a_scratch, int scratch_rows) noexcept nogil:
     """The weight and input gradients of ``rows`` (step, sequence) rows at once:
     dx = d_pre W_x^T, dW_x (+)= x^T d_pre, dW_h (+)= h_prev^T d_pre, db += column sums.
     d_pre (rows x N) holds the gradients of the pre-activations (N = 4H for the LSTM, H
-    for the RNN); dx is shared out by rows, the weight gradients by columns. With ``ids``
-    (projected inputs, see _lstm.pyx) dW_x is the projection table's gradient instead."""
-    cdef Py_ssize_t r, r0, r1, c0, c1, m, c
-    cdef floating *table_row
-    cdef const floating *d_row
-    if ids != NULL:
-        # Projected inputs (rows of a table picked by ids): no dx; the table's gradient
-        # gathers d_pre's rows by id (dW_x is that gradient, zeroed by the caller). Each
-        # thread owns a band of columns, so repeated ids never race.
-        _split_aligned(N, 16, tid, n_threads, &c0, &c1)
-        if c1 > c0:
-            for r in range(rows):
-                table_row = dW_x + <Py_ssize_t>ids[r] * N
-                d_row = d_pre + r * N
-                for c in range(c0, c1):
-                    table_row[c] += d_row[c]
-            gemm(True, False, H, <int>(c1 - c0), <int>rows, <floating>1.0, h_prev, H,
-                 d_pre + c0, N, weight_beta, dW_h + c0, N)
-            _add_column_sums(<int>rows, <int>(c1 - c0), d_pre + c0, N, db_acc + c0)
-        return
+    for the RNN); dx is shared out by rows, the weight gradients by columns."""
+    cdef Py_ssize_t r, r0, r1, c0, c1, m
     _split(rows, tid, n_threads, &r0, &r1)
     # dx = d_pre W_x^T: W_x (D x N) read in place by the NT kernel rather than repacked
     # by BLAS for every chunk.
@@ -159,15 +151,35 @@ cdef inline void _chunk_gradients(Py_ssize_t tid, Py_ssize_t n_threads, Py_ssize
     if c1 > c0:
         gemm(True, False, D, <int>(c1 - c0), <int>rows, <floating>1.0, x, D, d_pre + c0, N,
              weight_beta, dW_x + c0, N)
-        gemm(True, False, H, <int>(c1 - c0), <int>rows, <floating>1.0, h_prev, H,
-             d_pre + c0, N, weight_beta, dW_h + c0, N)
-        _add_column_sums(<int>rows, <int>(c1 - c0), d_pre + c0, N, db_acc + c0)
+        _recurrent_gradients(c0, c1, rows, N, H, d_pre, h_prev, dW_h, db_acc, weight_beta)
+
+
+cdef inline void _chunk_lookup_gradients(Py_ssize_t tid, Py_ssize_t n_threads,
+                                         Py_ssize_t rows, int N, int H,
+                                         const floating *d_pre, const int *ids,
+                                         const floating *h_prev, floating *d_table,
+                                         floating *dW_h, double *db_acc,
+                                         floating weight_beta) noexcept nogil:
+    """_chunk_gradients for inputs looked up by ``ids`` (rows of a table, see _lstm.pyx):
+    no dx, and the table's gradient (zeroed by the caller) gathers d_pre's rows by id.
+    Each thread owns a band of columns, so repeated ids never race."""
+    cdef Py_ssize_t r, c0, c1, c
+    cdef floating *table_row
+    cdef const floating *d_row
+    _split_aligned(N, 16, tid, n_threads, &c0, &c1)
+    if c1 > c0:
+        for r in range(rows):
+            table_row = d_table + <Py_ssize_t>ids[r] * N
+            d_row = d_pre + r * N
+            for c in range(c0, c1):
+                table_row[c] += d_row[c]
+        _recurrent_gradients(c0, c1, rows, N, H, d_pre, h_prev, dW_h, db_acc, weight_beta)
 
 
 # --- the kernel entry points' arguments ----------------------------------------------
 # The entry points take ndarrays and use their data pointers: a typed memoryview costs
-# about 0.25 us to acquire, and an LSTM forward/backward pair passes some 25 arrays, which
-# at B = 1 was a tenth of the work. The callers (fastlstm.lstm / fastlstm.rnn) allocate
+# several times more to acquire, and an LSTM forward/backward pair passes some 25 arrays,
+# which matters at B = 1. The callers (fastlstm.lstm / fastlstm.rnn) allocate
 # and validate every array; these checks keep a wrong type, dimensionality, layout or
 # read-only output a TypeError instead of a crash.
 
@@ -247,17 +259,21 @@ cdef inline int _check_index_range(const int *values, Py_ssize_t n, int low, int
     return 0
 
 
-cdef inline int _check_sequence_args(object lengths, const int *lengths_ptr, object ids,
-                                     const int *ids_ptr, int T, int B, int n_ids,
+cdef inline int _check_sequence_args(object lengths, const int *lengths_ptr, int T, int B,
                                      int n_threads) except -1:
     """The arguments every recursion kernel shares: ``lengths`` (B,) in [0, T] or None;
-    ``ids`` (T*B,) in [0, n_ids) or None (projected input only); ``n_threads`` >= 1."""
+    ``n_threads`` >= 1."""
     _check_dims(lengths, "lengths", B)
     if lengths_ptr != NULL:
         _check_index_range(lengths_ptr, B, 0, T, "lengths")
-    if ids is not None:
-        _check_dims(ids, "ids", <cnp.npy_intp>T * B)
-        _check_index_range(ids_ptr, <Py_ssize_t>T * B, 0, n_ids - 1, "ids")
     if n_threads < 1:
         raise ValueError(f"n_threads must be at least 1, got {n_threads}")
+    return 0
+
+
+cdef inline int _check_ids(object ids, const int *ids_ptr, int T, int B,
+                           int n_rows) except -1:
+    """A lookup's ``ids``: (T*B,) rows of a table of ``n_rows``."""
+    _check_dims(ids, "ids", <cnp.npy_intp>T * B)
+    _check_index_range(ids_ptr, <Py_ssize_t>T * B, 0, n_rows - 1, "ids")
     return 0

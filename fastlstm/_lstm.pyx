@@ -18,7 +18,13 @@ pool to one thread), so the cores are never oversubscribed. float32 recursions u
 fastlstm's own small-M GEMM kernels (csrc/fastlstm_gemm.h) where the CPU has AVX2 or
 AVX-512.
 
-The arguments are checked and allocated by ``fastlstm.lstm``; these functions trust them.
+A lookup (``lstm_forward_lookup_kernel`` / ``lstm_backward_lookup_kernel``) takes ids and
+a table of projected inputs in place of x and W_x: each step's projection is the table
+row of its id, and the backward gathers the gate gradients by id into the table's
+gradient instead of computing dx and dW_x.
+
+``fastlstm.lstm`` allocates and validates every argument; the entry points check them
+again (types, shapes, index ranges), so that no call from Python can crash.
 """
 from cython cimport floating
 from cython.parallel cimport parallel, threadid
@@ -44,7 +50,8 @@ def packed_gemm_available():
 # Hidden units are shared out between threads in whole panels of this many.
 UNIT_BLOCK = FL_NR
 # ... or, where the weights are read in place, in whole cache lines of float32 units.
-DEF UNIT_ALIGN = 16
+cdef enum:
+    UNIT_ALIGN = 16
 # One sequence split over threads: each thread copies its share of W_h (see
 # _forward_one_sequence_split) for sequences of at least this many steps.
 cdef int _copy_min_steps = 16
@@ -175,24 +182,63 @@ cdef inline void _backward_step_gemm(int M, int N, int K, const floating *d_gate
     gemm(False, True, M, N, K, <floating>1.0, d_gates, ldd, W_h, ldw, <floating>0.0, dh, ldh)
 
 
-cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_units, int T,
-                          int B, int D, int H, const floating *x, const floating *W_x,
-                          const floating *W_h, const floating *b, floating *gates,
-                          floating *h_states, floating *c_states, floating *hs,
-                          const int *lengths, float *packed, float *a_scratch,
-                          const floating *table, const int *ids,
-                          fl_step_barrier *step_barrier, float *w_local) noexcept nogil:
+# --- one call's arrays --------------------------------------------------------------
+# An entry point checks its arrays and gathers them, with the sizes, in one struct; the
+# pointers are untyped there, and each fused function below casts them once, to the
+# specialisation its ``dtype_tag`` (a zero of the call's float type, given by the entry
+# point after one dtype test) selects. Arrays are C-contiguous, of the call's float
+# dtype unless said otherwise.
+
+cdef struct _Forward:
+    int T                   # steps
+    int B                   # sequences
+    int D                   # inputs per step (0 for a lookup)
+    int H                   # hidden units; G = 4H gate columns
+    bint split_units        # the recursion shared out by hidden units, not batch rows
+    int n_threads
+    const void *x           # (T, B, D) inputs, or NULL for a lookup
+    const void *W_x         # (D, G) input weights, or NULL for a lookup
+    const int *ids          # (T*B,) intc: step t of sequence b reads table row
+                            # ids[t*B + b]; NULL unless a lookup
+    const void *table       # (V, G) projected inputs, for a lookup; else NULL
+    const void *W_h         # (H, G)
+    const void *b           # (G,)
+    void *gates             # (T, B, G) out: the activated gates i, f, g, o
+    void *h_states          # (T+1, B, H) in: [0] = h0; out: [t+1] = state after step t
+    void *c_states          # (T+1, B, H) the same for the cell state
+    void *hs                # (T, B, H) out: outputs, 0 past a sequence's length
+    const int *lengths      # (B,) intc, or NULL: every sequence runs T steps
+    float *packed           # packed_size(H, split_units) floats for the packed float32
+                            # recursion, or NULL: products on BLAS
+    fl_step_barrier *step_barrier   # the unit split's per-step barrier
+
+
+cdef void _forward_worker(const _Forward *a, Py_ssize_t tid, Py_ssize_t n_threads,
+                          float *a_scratch, float *w_local,
+                          floating dtype_tag) noexcept nogil:
+    cdef int T = a.T, B = a.B, D = a.D, H = a.H
+    cdef bint split_units = a.split_units
+    cdef const floating *W_h = <const floating *>a.W_h
+    cdef const floating *b = <const floating *>a.b
+    cdef floating *gates = <floating *>a.gates
+    cdef floating *h_states = <floating *>a.h_states
+    cdef floating *c_states = <floating *>a.c_states
+    cdef floating *hs = <floating *>a.hs
+    cdef const floating *table = <const floating *>a.table
+    cdef const int *ids = a.ids
+    cdef const int *lengths = a.lengths
+    cdef float *packed = a.packed
     cdef Py_ssize_t G = 4 * H, BH = <Py_ssize_t>B * H, BG = <Py_ssize_t>B * G
     cdef Py_ssize_t r, r0, r1, b0, b1, u0 = 0, u1 = 0, p0, p1, t, at, nb, nu = 0, gate, j
     cdef Py_ssize_t block = 0
     cdef float *packed_gate = NULL
     cdef const floating *table_row
 
-    # 1. Input projection of every step, gates = x W_x + b (or, projected, the table row
+    # 1. Input projection of every step, gates = x W_x + b (for a lookup, the table row
     #    of each step's id + b), a block of rows per thread; meanwhile this thread's share
     #    of W_h is packed (float32 kernels only).
     _split(<Py_ssize_t>T * B, tid, n_threads, &r0, &r1)
-    if table != NULL:
+    if ids != NULL:
         for r in range(r0, r1):
             table_row = table + <Py_ssize_t>ids[r] * G
             for j in range(G):
@@ -200,8 +246,9 @@ cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_units
     else:
         for r in range(r0, r1):
             memcpy(gates + r * G, b, G * sizeof(floating))
-        gemm(False, False, <int>(r1 - r0), <int>G, D, <floating>1.0, x + r0 * D, D, W_x,
-             <int>G, <floating>1.0, gates + r0 * G, <int>G)
+        gemm(False, False, <int>(r1 - r0), <int>G, D, <floating>1.0,
+             <const floating *>a.x + r0 * D, D, <const floating *>a.W_x, <int>G,
+             <floating>1.0, gates + r0 * G, <int>G)
     if split_units:
         # packed panels are FL_NR units wide; in place, whole cache lines of units
         _split_aligned(H, FL_NR if packed != NULL else UNIT_ALIGN, tid, n_threads, &u0, &u1)
@@ -223,7 +270,7 @@ cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_units
     if floating is float:
         if split_units and w_local != NULL and B == 1 and nu > 0:
             _forward_one_sequence_split(T, H, <int>u0, <int>nu, W_h, gates, h_states,
-                                        c_states, hs, lengths, w_local, step_barrier,
+                                        c_states, hs, lengths, w_local, a.step_barrier,
                                         <int>n_threads)
             return
     if split_units:
@@ -241,7 +288,7 @@ cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_units
                 _cell_forward(B, H, <int>u0, <int>nu, gates + t * BG, c_states + t * BH,
                               c_states + (t + 1) * BH, h_states + t * BH,
                               h_states + (t + 1) * BH, hs + t * BH, lengths, <int>t)
-            fl_step_barrier_wait(step_barrier, <int>n_threads)   # h_t is whole before use
+            fl_step_barrier_wait(a.step_barrier, <int>n_threads)   # h_t is whole before use
         return
 
     _split(B, tid, n_threads, &b0, &b1)
@@ -266,8 +313,8 @@ cdef void _forward_one_sequence_split(int T, int H, int u0, int nu, const float 
     this thread's columns of W_h (units [u0, u0 + nu) of each gate) are first copied side
     by side into w_local (H x 4nu, then 4nu floats for the step's product), so each step
     is one GEMV over contiguous rows instead of four over nu-float slices of 4H-float
-    rows, whose cache lines the two threads' slices share at their edges (the copy, one
-    pass over the thread's share, made a T100 forward on 2 threads 18% faster)."""
+    rows, whose cache lines the two threads' slices share at their edges (the copy is
+    one pass over the thread's share, repaid over the steps)."""
     cdef int G = 4 * H, N = 4 * nu, gate, j, k, t
     cdef float *y = w_local + <Py_ssize_t>H * N
     for k in range(H):
@@ -288,113 +335,179 @@ cdef void _forward_one_sequence_split(int T, int H, int u0, int nu, const float 
         fl_step_barrier_wait(step_barrier, n_threads)   # h_t is whole before use
 
 
+cdef int _forward_arrays(_Forward *a, W_h, b, gates, h_states, c_states, hs, lengths,
+                         packed, bint split_units, int n_threads) except -1:
+    """The arrays both forward entry points take: data pointers and sizes into ``a``
+    (not yet checked against each other); returns the call's float type number."""
+    cdef int typenum = _float_typenum(gates, "gates")
+    a.T = <int>_dim(gates, 0)
+    a.B = <int>_dim(gates, 1)
+    a.H = <int>_dim(W_h, 0)
+    a.split_units = split_units
+    a.n_threads = n_threads
+    a.lengths = <const int *>_data_or_null(lengths, cnp.NPY_INT, 1, False, "lengths")
+    a.W_h = _data(W_h, typenum, 2, False, "W_h")
+    a.b = _data(b, typenum, 1, False, "b")
+    a.gates = _data(gates, typenum, 3, True, "gates")
+    a.h_states = _data(h_states, typenum, 3, True, "h_states")
+    a.c_states = _data(c_states, typenum, 3, True, "c_states")
+    a.hs = _data(hs, typenum, 3, True, "hs")
+    a.packed = <float *>_data_or_null(packed, cnp.NPY_FLOAT, 1, True, "packed")
+    return typenum
+
+
+cdef int _check_forward_dims(const _Forward *a, W_h, b, h_states, c_states, hs, lengths,
+                             packed) except -1:
+    cdef int T = a.T, B = a.B, H = a.H
+    _check_dims(W_h, "W_h", H, 4 * H)   # (H comes from W_h: its own shape first)
+    _check_dims(b, "b", 4 * H)
+    _check_dims(h_states, "h_states", T + 1, B, H)
+    _check_dims(c_states, "c_states", T + 1, B, H)
+    _check_dims(hs, "hs", T, B, H)
+    _check_sequence_args(lengths, a.lengths, T, B, a.n_threads)
+    if a.packed != NULL and _dim(packed, 0) < <cnp.npy_intp>packed_size(H, a.split_units):
+        raise ValueError(f"kernel argument packed has {_dim(packed, 0)} floats, fewer than "
+                         f"packed_size(H, split_units) = {packed_size(H, a.split_units)}")
+    return 0
+
+
 def lstm_forward_kernel(x, W_x, W_h, b, gates, h_states, c_states, hs, lengths, packed,
-                        bint split_units, int n_threads, ids=None):
+                        bint split_units, int n_threads):
     """Fill gates (T,B,4H), h_states and c_states (T+1,B,H; index 0 preset to h0, c0)
     and hs (T,B,H). All arrays C-contiguous, of one float dtype; lengths (B,) intc or None.
 
     ``packed`` (float32 only: packed_size(H, split_units) floats, or None) turns on the
     packed recurrent GEMM. ``split_units`` picks the recursion's partitioning (see the
     module docstring); ``n_threads`` is taken as given (the caller caps it).
-
-    Projected inputs: with ``ids`` (T*B,) intc, W_x is a table (V, 4H) and step t of
-    sequence b takes ``W_x[ids[t*B + b]]`` in place of ``x[t, b] @ W_x`` (x is then an
-    empty (0, 0, 0) array of the dtype): an embedding or one-hot layer folded into the
-    projection.
     """
-    cdef int typenum = _float_typenum(gates, "gates")
-    cdef bint projected = ids is not None
-    cdef int T = <int>_dim(gates, 0), B = <int>_dim(gates, 1)
-    cdef int H = <int>_dim(W_h, 0)
-    cdef int D = 0 if projected else <int>_dim(x, 2)
-    cdef char *x_ptr = NULL if projected else _data(x, typenum, 3, False, "x")
-    cdef char *W_x_ptr = _data(W_x, typenum, 2, False, "W_x")
-    cdef char *table_ptr = W_x_ptr if projected else NULL
-    cdef const int *ids_ptr = <int *>_data_or_null(ids, cnp.NPY_INT, 1, False, "ids")
-    cdef const int *lengths_ptr = <int *>_data_or_null(lengths, cnp.NPY_INT, 1, False,
-                                                       "lengths")
-    cdef char *W_h_ptr = _data(W_h, typenum, 2, False, "W_h")
-    cdef char *b_ptr = _data(b, typenum, 1, False, "b")
-    cdef char *gates_ptr = _data(gates, typenum, 3, True, "gates")
-    cdef char *h_ptr = _data(h_states, typenum, 3, True, "h_states")
-    cdef char *c_ptr = _data(c_states, typenum, 3, True, "c_states")
-    cdef char *hs_ptr = _data(hs, typenum, 3, True, "hs")
-    cdef float *packed_ptr = <float *>_data_or_null(packed, cnp.NPY_FLOAT, 1, True, "packed")
-    cdef int G = 4 * H
-    if not projected:
-        _check_dims(x, "x", T, B, D)
-    _check_dims(W_h, "W_h", H, G)   # (H comes from W_h: its own shape first)
-    _check_dims(W_x, "W_x", _dim(W_x, 0) if projected else D, G)
-    _check_dims(b, "b", G)
-    _check_dims(h_states, "h_states", T + 1, B, H)
-    _check_dims(c_states, "c_states", T + 1, B, H)
-    _check_dims(hs, "hs", T, B, H)
-    _check_sequence_args(lengths, lengths_ptr, ids, ids_ptr, T, B, <int>_dim(W_x, 0),
-                         n_threads)
-    if packed_ptr != NULL and _dim(packed, 0) < <cnp.npy_intp>packed_size(H, split_units):
-        raise ValueError(f"kernel argument packed has {_dim(packed, 0)} floats, fewer than "
-                         f"packed_size(H, split_units) = {packed_size(H, split_units)}")
-    if not fl_gemm_packed_available():
-        packed_ptr = NULL
+    cdef _Forward a
+    cdef int typenum = _forward_arrays(&a, W_h, b, gates, h_states, c_states, hs, lengths,
+                                       packed, split_units, n_threads)
+    a.D = <int>_dim(x, 2)
+    a.x = _data(x, typenum, 3, False, "x")
+    a.W_x = _data(W_x, typenum, 2, False, "W_x")
+    a.ids = NULL
+    a.table = NULL
+    _check_dims(x, "x", a.T, a.B, a.D)
+    _check_forward_dims(&a, W_h, b, h_states, c_states, hs, lengths, packed)
+    _check_dims(W_x, "W_x", a.D, 4 * a.H)
+    _forward_run(&a, typenum)
+
+
+def lstm_forward_lookup_kernel(ids, table, W_h, b, gates, h_states, c_states, hs, lengths,
+                               packed, bint split_units, int n_threads):
+    """lstm_forward_kernel with each step's input projection looked up: step t of
+    sequence b takes row ``ids[t*B + b]`` of ``table`` (V, 4H) where the other takes
+    ``x[t, b] @ W_x``. ``ids`` (T*B,) intc in [0, V); the rest as there."""
+    cdef _Forward a
+    cdef int typenum = _forward_arrays(&a, W_h, b, gates, h_states, c_states, hs, lengths,
+                                       packed, split_units, n_threads)
+    a.D = 0
+    a.x = NULL
+    a.W_x = NULL
+    a.ids = <const int *>_data(ids, cnp.NPY_INT, 1, False, "ids")
+    a.table = _data(table, typenum, 2, False, "table")
+    _check_forward_dims(&a, W_h, b, h_states, c_states, hs, lengths, packed)
+    _check_dims(table, "table", _dim(table, 0), 4 * a.H)
+    _check_ids(ids, a.ids, a.T, a.B, <int>_dim(table, 0))
+    _forward_run(&a, typenum)
+
+
+cdef void _forward_run(_Forward *a, int typenum) noexcept:
+    cdef fl_step_barrier step_barrier
+    fl_step_barrier_init(&step_barrier)
+    a.step_barrier = &step_barrier
+    if typenum != cnp.NPY_FLOAT or not fl_gemm_packed_available():
+        a.packed = NULL
     if typenum == cnp.NPY_FLOAT:
-        _forward_run(split_units, n_threads, T, B, D, H, <float *>x_ptr, <float *>W_x_ptr,
-                     <float *>W_h_ptr, <float *>b_ptr, <float *>gates_ptr, <float *>h_ptr,
-                     <float *>c_ptr, <float *>hs_ptr, lengths_ptr, packed_ptr,
-                     <float *>table_ptr, ids_ptr)
+        _forward_parallel(a, <float>0)
     else:
-        _forward_run(split_units, n_threads, T, B, D, H, <double *>x_ptr, <double *>W_x_ptr,
-                     <double *>W_h_ptr, <double *>b_ptr, <double *>gates_ptr,
-                     <double *>h_ptr, <double *>c_ptr, <double *>hs_ptr, lengths_ptr,
-                     NULL, <double *>table_ptr, ids_ptr)
+        _forward_parallel(a, <double>0)
 
 
-cdef void _forward_run(bint split_units, int n_threads, int T, int B, int D, int H,
-                       const floating *x, const floating *W_x, const floating *W_h,
-                       const floating *b, floating *gates, floating *h_states,
-                       floating *c_states, floating *hs, const int *lengths,
-                       float *packed, const floating *table, const int *ids) noexcept:
+cdef void _forward_parallel(const _Forward *a, floating dtype_tag) noexcept:
     cdef float *a_scratch = NULL
     cdef float *w_local = NULL
-    cdef fl_step_barrier step_barrier
+    cdef int H = a.H
     # the copy pays once it is reused over enough steps; for a few it only adds a pass
-    # (T1 H512: 65 -> 130 us)
-    cdef bint one_sequence = (floating is float and split_units and B == 1
-                              and fl_gemm_packed_available() and T >= _copy_min_steps)
+    cdef bint one_sequence = (floating is float and a.split_units and a.B == 1
+                              and fl_gemm_packed_available() and a.T >= _copy_min_steps)
     cdef int nu_max, unit_align
-    fl_step_barrier_init(&step_barrier)
-    with nogil, parallel(num_threads=n_threads):
+    with nogil, parallel(num_threads=a.n_threads):
         a_scratch = NULL
         w_local = NULL
-        if packed != NULL:
-            a_scratch = <float *>fl_aligned_alloc(_scratch_floats(B, split_units, 1, H)
+        if a.packed != NULL:
+            a_scratch = <float *>fl_aligned_alloc(_scratch_floats(a.B, a.split_units, 1, H)
                                                   * sizeof(float))
         if one_sequence:
             # the most units _forward_worker's split can give one thread
-            unit_align = FL_NR if packed != NULL else UNIT_ALIGN
+            unit_align = FL_NR if a.packed != NULL else UNIT_ALIGN
             nu_max = <int>min(H, ((H + unit_align - 1) // unit_align + fl_num_threads() - 1)
                               // fl_num_threads() * unit_align)
             w_local = <float *>fl_aligned_alloc(<size_t>(H + 1) * 4 * nu_max * sizeof(float))
         try:
-            _forward_worker(threadid(), fl_num_threads(), split_units, T, B, D, H, x, W_x,
-                            W_h, b, gates, h_states, c_states, hs, lengths, packed,
-                            a_scratch, table, ids, &step_barrier, w_local)
+            _forward_worker(a, threadid(), fl_num_threads(), a_scratch, w_local, dtype_tag)
         finally:
             fl_aligned_free(a_scratch)
             fl_aligned_free(w_local)
 
 
-cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_units, int T,
-                           int B, int D, int H, int chunk_T, const floating *x,
-                           const floating *W_x, const floating *W_h, const floating *gates,
-                           const floating *h_states, const floating *c_states,
-                           const floating *dhs, const int *lengths, floating *dh,
-                           floating *dc, floating *dh_scratch, floating *d_gates,
-                           floating *dx, floating *dW_x, floating *dW_h,
-                           double *db_acc, float *a_scratch,
-                           int scratch_rows, const int *ids,
-                           fl_step_barrier *step_barrier) noexcept nogil:
-    cdef Py_ssize_t G = 4 * H, BH = <Py_ssize_t>B * H, BG = <Py_ssize_t>B * G
-    cdef Py_ssize_t b0 = 0, b1 = B, u0 = 0, u1 = H, nb, nu, t, at, dt, rows
+cdef struct _Backward:
+    int T                   # steps
+    int B                   # sequences
+    int D                   # inputs per step (0 for a lookup)
+    int H                   # hidden units; G = 4H gate columns
+    int chunk_T             # steps per chunk of d_gates
+    bint split_units        # the recursion shared out by hidden units, not batch rows
+    bint use_kernel         # float32 step products on fastlstm's own kernels
+    int n_threads
+    const void *x           # (T, B, D) inputs, or NULL for a lookup
+    const void *W_x         # (D, G) input weights, or NULL for a lookup
+    const int *ids          # (T*B,) intc table rows of the steps, for a lookup; else NULL
+    const void *W_h         # (H, G)
+    const void *gates       # (T, B, G) the forward's activated gates
+    const void *h_states    # (T+1, B, H) the forward's states
+    const void *c_states    # (T+1, B, H)
+    const void *dhs         # (T, B, H) output gradients, or NULL (zeros)
+    const int *lengths      # (B,) intc, or NULL
+    void *dh                # (B, H) in: dh_n; out: dh0
+    void *dc                # (B, H) in: dc_n; out: dc0
+    void *dh_scratch        # (B, H) scratch, used with lengths
+    void *d_gates           # (chunk_T, B, G) scratch: one chunk's gate gradients
+    void *dx                # (T, B, D) out, or NULL for a lookup
+    void *dW_x              # (D, G) out, or NULL for a lookup
+    void *d_table           # (V, G) for a lookup, zero on entry; out: the table's
+                            # gradient (the sum of each id's gate gradients); else NULL
+    void *dW_h              # (H, G) out
+    double *db_acc          # (G,) float64, zero on entry; out: db
+    int scratch_rows        # rows of dx's product per a_scratch block
+    fl_step_barrier *step_barrier   # the unit split's per-step barrier
+
+
+cdef void _backward_worker(const _Backward *a, Py_ssize_t tid, Py_ssize_t n_threads,
+                           float *a_scratch, floating dtype_tag) noexcept nogil:
+    cdef int T = a.T, B = a.B, D = a.D, H = a.H, chunk_T = a.chunk_T
+    cdef bint split_units = a.split_units
+    cdef const floating *x = <const floating *>a.x
+    cdef const floating *W_x = <const floating *>a.W_x
+    cdef const floating *W_h = <const floating *>a.W_h
+    cdef const floating *gates = <const floating *>a.gates
+    cdef const floating *h_states = <const floating *>a.h_states
+    cdef const floating *c_states = <const floating *>a.c_states
+    cdef const floating *dhs = <const floating *>a.dhs
+    cdef const int *lengths = a.lengths
+    cdef const int *ids = a.ids
+    cdef floating *dh = <floating *>a.dh
+    cdef floating *dc = <floating *>a.dc
+    cdef floating *dh_scratch = <floating *>a.dh_scratch
+    cdef floating *d_gates = <floating *>a.d_gates
+    cdef floating *dx = <floating *>a.dx
+    cdef floating *dW_x = <floating *>a.dW_x
+    cdef floating *d_table = <floating *>a.d_table
+    cdef floating *dW_h = <floating *>a.dW_h
+    cdef double *db_acc = a.db_acc
+    cdef Py_ssize_t G = 4 * H, BH = <Py_ssize_t>B * H
+    cdef Py_ssize_t b0 = 0, b1 = B, u0 = 0, u1 = H, nb, nu, t, at, dt, rows, first
     cdef int t_start, t_stop = T
     cdef floating weight_beta = 0.0    # the first chunk writes dW_x, dW_h; later ones add
     cdef const int *slice_lengths
@@ -420,7 +533,7 @@ cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_unit
                                dhs + at * H if dhs != NULL else NULL, dh + b0 * H,
                                dc + b0 * H, d_gates + dt * G, slice_lengths, <int>t)
             if split_units:
-                fl_step_barrier_wait(step_barrier, <int>n_threads)   # d_gates_t is whole
+                fl_step_barrier_wait(a.step_barrier, <int>n_threads)   # d_gates_t is whole
             if nb == 0 or nu == 0:
                 continue
             # dh_{t-1}[rows, units] = d_gates_t[rows, :] W_h[units, :]^T; frozen steps
@@ -435,66 +548,53 @@ cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, bint split_unit
         fl_barrier()
 
         rows = (t_stop - t_start) * <Py_ssize_t>B
-        _chunk_gradients(tid, n_threads, rows, <int>G, D, H, d_gates,
-                         x + t_start * <Py_ssize_t>B * D if x != NULL else NULL,
-                         h_states + t_start * BH, W_x,
-                         dx + t_start * <Py_ssize_t>B * D if dx != NULL else NULL, dW_x,
-                         dW_h, db_acc, weight_beta, a_scratch, scratch_rows,
-                         ids + t_start * <Py_ssize_t>B if ids != NULL else NULL)
+        first = t_start * <Py_ssize_t>B   # the chunk's first (step, sequence) row
+        if ids != NULL:
+            _chunk_lookup_gradients(tid, n_threads, rows, <int>G, H, d_gates, ids + first,
+                                    h_states + t_start * BH, d_table, dW_h, db_acc,
+                                    weight_beta)
+        else:
+            _chunk_gradients(tid, n_threads, rows, <int>G, D, H, d_gates, x + first * D,
+                             h_states + t_start * BH, W_x, dx + first * D, dW_x, dW_h,
+                             db_acc, weight_beta, a_scratch, a.scratch_rows)
         weight_beta = 1.0
         t_stop = t_start
         fl_barrier()   # d_gates is reused by the next chunk
 
 
-def lstm_backward_kernel(x, W_x, W_h, gates, h_states, c_states, dhs, lengths, dh, dc,
-                         dh_scratch, d_gates, dx, dW_x, dW_h, db_acc, bint small_m_gemm,
-                         bint split_units, int n_threads, ids=None):
-    """Backpropagate through lstm_forward_kernel.
-
-    dh, dc (B,H) hold dh_n, dc_n on entry and dh0, dc0 on return. d_gates is scratch of
-    (chunk_T, B, 4H); dh_scratch (B,H) is used when lengths is given. dx, dW_x, dW_h are
-    overwritten; db_acc (4H,) float64 must be zero and receives db. dhs may be None
-    (zeros). ``small_m_gemm`` (float32, where packed_gemm_available()) runs the
-    recursion's product on fastlstm's own kernel; ``split_units`` and ``n_threads`` as
-    for the forward.
-
-    Projected inputs (``ids`` given; x and dx empty (0, 0, 0) arrays, W_x the table):
-    dW_x is the table's gradient (V, 4H), zeroed by the caller, and receives the sum of
-    each id's gate gradients.
-    """
+cdef int _backward_arrays(_Backward *a, W_h, gates, h_states, c_states, dhs, lengths, dh,
+                          dc, dh_scratch, d_gates, dW_h, db_acc, bint small_m_gemm,
+                          bint split_units, int n_threads) except -1:
+    """The arrays both backward entry points take: data pointers and sizes into ``a``
+    (not yet checked against each other); returns the call's float type number."""
     cdef int typenum = _float_typenum(gates, "gates")
-    cdef bint projected = ids is not None
-    cdef int T = <int>_dim(gates, 0), B = <int>_dim(gates, 1)
-    cdef int H = <int>_dim(W_h, 0)
-    cdef int D = 4 * H if projected else <int>_dim(x, 2)
-    cdef int chunk_T = <int>_dim(d_gates, 0)
-    cdef char *x_ptr = NULL if projected else _data(x, typenum, 3, False, "x")
-    cdef char *dx_ptr = NULL if projected else _data(dx, typenum, 3, True, "dx")
-    cdef const int *ids_ptr = <int *>_data_or_null(ids, cnp.NPY_INT, 1, False, "ids")
-    cdef const int *lengths_ptr = <int *>_data_or_null(lengths, cnp.NPY_INT, 1, False,
-                                                       "lengths")
-    cdef char *dhs_ptr = _data_or_null(dhs, typenum, 3, False, "dhs")
-    cdef char *W_x_ptr = _data(W_x, typenum, 2, False, "W_x")
-    cdef char *W_h_ptr = _data(W_h, typenum, 2, False, "W_h")
-    cdef char *gates_ptr = _data(gates, typenum, 3, False, "gates")
-    cdef char *h_ptr = _data(h_states, typenum, 3, False, "h_states")
-    cdef char *c_ptr = _data(c_states, typenum, 3, False, "c_states")
-    cdef char *dh_ptr = _data(dh, typenum, 2, True, "dh")
-    cdef char *dc_ptr = _data(dc, typenum, 2, True, "dc")
-    cdef char *dh_scratch_ptr = _data(dh_scratch, typenum, 2, True, "dh_scratch")
-    cdef char *d_gates_ptr = _data(d_gates, typenum, 3, True, "d_gates")
-    cdef char *dW_x_ptr = _data(dW_x, typenum, 2, True, "dW_x")
-    cdef char *dW_h_ptr = _data(dW_h, typenum, 2, True, "dW_h")
-    cdef double *db_ptr = <double *>_data(db_acc, cnp.NPY_DOUBLE, 1, True, "db_acc")
-    cdef bint use_kernel = (small_m_gemm and typenum == cnp.NPY_FLOAT
-                            and fl_gemm_packed_available())
-    cdef int G = 4 * H
-    if not projected:
-        _check_dims(x, "x", T, B, D)
-        _check_dims(dx, "dx", T, B, D)
+    a.T = <int>_dim(gates, 0)
+    a.B = <int>_dim(gates, 1)
+    a.H = <int>_dim(W_h, 0)
+    a.chunk_T = <int>_dim(d_gates, 0)
+    a.split_units = split_units
+    a.use_kernel = (small_m_gemm and typenum == cnp.NPY_FLOAT
+                    and fl_gemm_packed_available())
+    a.n_threads = n_threads
+    a.lengths = <const int *>_data_or_null(lengths, cnp.NPY_INT, 1, False, "lengths")
+    a.dhs = _data_or_null(dhs, typenum, 3, False, "dhs")
+    a.W_h = _data(W_h, typenum, 2, False, "W_h")
+    a.gates = _data(gates, typenum, 3, False, "gates")
+    a.h_states = _data(h_states, typenum, 3, False, "h_states")
+    a.c_states = _data(c_states, typenum, 3, False, "c_states")
+    a.dh = _data(dh, typenum, 2, True, "dh")
+    a.dc = _data(dc, typenum, 2, True, "dc")
+    a.dh_scratch = _data(dh_scratch, typenum, 2, True, "dh_scratch")
+    a.d_gates = _data(d_gates, typenum, 3, True, "d_gates")
+    a.dW_h = _data(dW_h, typenum, 2, True, "dW_h")
+    a.db_acc = <double *>_data(db_acc, cnp.NPY_DOUBLE, 1, True, "db_acc")
+    return typenum
+
+
+cdef int _check_backward_dims(const _Backward *a, W_h, h_states, c_states, dhs, lengths,
+                              dh, dc, dh_scratch, d_gates, dW_h, db_acc) except -1:
+    cdef int T = a.T, B = a.B, H = a.H, G = 4 * a.H
     _check_dims(W_h, "W_h", H, G)
-    _check_dims(W_x, "W_x", _dim(W_x, 0) if projected else D, G)
-    _check_dims(dW_x, "dW_x", _dim(W_x, 0), G)
     _check_dims(dW_h, "dW_h", H, G)
     _check_dims(db_acc, "db_acc", G)
     _check_dims(h_states, "h_states", T + 1, B, H)
@@ -503,48 +603,93 @@ def lstm_backward_kernel(x, W_x, W_h, gates, h_states, c_states, dhs, lengths, d
     _check_dims(dh, "dh", B, H)
     _check_dims(dc, "dc", B, H)
     _check_dims(dh_scratch, "dh_scratch", B, H)
-    if chunk_T < 1 or chunk_T > max(T, 1):
-        raise ValueError(f"kernel argument d_gates must hold 1 to T={T} steps, got {chunk_T}")
-    _check_dims(d_gates, "d_gates", chunk_T, B, G)
-    _check_sequence_args(lengths, lengths_ptr, ids, ids_ptr, T, B, <int>_dim(W_x, 0),
-                         n_threads)
-    if typenum == cnp.NPY_FLOAT:
-        _backward_run(use_kernel, split_units, n_threads, T, B, D, H, chunk_T,
-                      <float *>x_ptr, <float *>W_x_ptr, <float *>W_h_ptr,
-                      <float *>gates_ptr, <float *>h_ptr, <float *>c_ptr, <float *>dhs_ptr,
-                      lengths_ptr, <float *>dh_ptr, <float *>dc_ptr,
-                      <float *>dh_scratch_ptr, <float *>d_gates_ptr, <float *>dx_ptr,
-                      <float *>dW_x_ptr, <float *>dW_h_ptr, db_ptr, ids_ptr)
-    else:
-        _backward_run(False, split_units, n_threads, T, B, D, H, chunk_T,
-                      <double *>x_ptr, <double *>W_x_ptr, <double *>W_h_ptr,
-                      <double *>gates_ptr, <double *>h_ptr, <double *>c_ptr,
-                      <double *>dhs_ptr, lengths_ptr, <double *>dh_ptr, <double *>dc_ptr,
-                      <double *>dh_scratch_ptr, <double *>d_gates_ptr, <double *>dx_ptr,
-                      <double *>dW_x_ptr, <double *>dW_h_ptr, db_ptr, ids_ptr)
+    if a.chunk_T < 1 or a.chunk_T > max(T, 1):
+        raise ValueError(f"kernel argument d_gates must hold 1 to T={T} steps, "
+                         f"got {a.chunk_T}")
+    _check_dims(d_gates, "d_gates", a.chunk_T, B, G)
+    _check_sequence_args(lengths, a.lengths, T, B, a.n_threads)
+    return 0
 
 
-cdef void _backward_run(bint use_kernel, bint split_units, int n_threads, int T, int B,
-                        int D, int H, int chunk_T, const floating *x, const floating *W_x,
-                        const floating *W_h, const floating *gates,
-                        const floating *h_states, const floating *c_states,
-                        const floating *dhs, const int *lengths, floating *dh,
-                        floating *dc, floating *dh_scratch, floating *d_gates,
-                        floating *dx, floating *dW_x, floating *dW_h, double *db_acc,
-                        const int *ids) noexcept:
-    cdef float *a_scratch = NULL
-    cdef int dx_block_rows = 64   # dx's product runs in blocks of (at least) this many rows
+def lstm_backward_kernel(x, W_x, W_h, gates, h_states, c_states, dhs, lengths, dh, dc,
+                         dh_scratch, d_gates, dx, dW_x, dW_h, db_acc, bint small_m_gemm,
+                         bint split_units, int n_threads):
+    """Backpropagate through lstm_forward_kernel.
+
+    dh, dc (B,H) hold dh_n, dc_n on entry and dh0, dc0 on return. d_gates is scratch of
+    (chunk_T, B, 4H); dh_scratch (B,H) is used when lengths is given. dx, dW_x, dW_h are
+    overwritten; db_acc (4H,) float64 must be zero and receives db. dhs may be None
+    (zeros). ``small_m_gemm`` (float32, where packed_gemm_available()) runs the
+    recursion's product on fastlstm's own kernel; ``split_units`` and ``n_threads`` as
+    for the forward.
+    """
+    cdef _Backward a
+    cdef int typenum = _backward_arrays(&a, W_h, gates, h_states, c_states, dhs, lengths,
+                                        dh, dc, dh_scratch, d_gates, dW_h, db_acc,
+                                        small_m_gemm, split_units, n_threads)
+    a.D = <int>_dim(x, 2)
+    a.x = _data(x, typenum, 3, False, "x")
+    a.dx = _data(dx, typenum, 3, True, "dx")
+    a.W_x = _data(W_x, typenum, 2, False, "W_x")
+    a.dW_x = _data(dW_x, typenum, 2, True, "dW_x")
+    a.ids = NULL
+    a.d_table = NULL
+    _check_dims(x, "x", a.T, a.B, a.D)
+    _check_dims(dx, "dx", a.T, a.B, a.D)
+    _check_dims(W_x, "W_x", a.D, 4 * a.H)
+    _check_dims(dW_x, "dW_x", a.D, 4 * a.H)
+    _check_backward_dims(&a, W_h, h_states, c_states, dhs, lengths, dh, dc, dh_scratch,
+                         d_gates, dW_h, db_acc)
+    _backward_run(&a, typenum)
+
+
+def lstm_backward_lookup_kernel(ids, table, W_h, gates, h_states, c_states, dhs, lengths,
+                                dh, dc, dh_scratch, d_gates, d_table, dW_h, db_acc,
+                                bint small_m_gemm, bint split_units, int n_threads):
+    """Backpropagate through lstm_forward_lookup_kernel: as lstm_backward_kernel, with
+    no dx, and ``d_table`` (V, 4H), zeroed by the caller, in place of dW_x: it receives
+    the sum of each id's gate gradients. ``table`` itself is only checked (its number of
+    rows bounds the ids); the backward does not read it."""
+    cdef _Backward a
+    cdef int typenum = _backward_arrays(&a, W_h, gates, h_states, c_states, dhs, lengths,
+                                        dh, dc, dh_scratch, d_gates, dW_h, db_acc,
+                                        small_m_gemm, split_units, n_threads)
+    a.D = 0
+    a.x = NULL
+    a.dx = NULL
+    a.W_x = NULL
+    a.dW_x = NULL
+    a.ids = <const int *>_data(ids, cnp.NPY_INT, 1, False, "ids")
+    _data(table, typenum, 2, False, "table")
+    a.d_table = _data(d_table, typenum, 2, True, "d_table")
+    _check_dims(table, "table", _dim(table, 0), 4 * a.H)
+    _check_dims(d_table, "d_table", _dim(table, 0), 4 * a.H)
+    _check_backward_dims(&a, W_h, h_states, c_states, dhs, lengths, dh, dc, dh_scratch,
+                         d_gates, dW_h, db_acc)
+    _check_ids(ids, a.ids, a.T, a.B, <int>_dim(table, 0))
+    _backward_run(&a, typenum)
+
+
+cdef void _backward_run(_Backward *a, int typenum) noexcept:
     cdef fl_step_barrier step_barrier
     fl_step_barrier_init(&step_barrier)
-    with nogil, parallel(num_threads=n_threads):
+    a.step_barrier = &step_barrier
+    a.scratch_rows = 64   # dx's product runs in blocks of (at least) this many rows
+    if typenum == cnp.NPY_FLOAT:
+        _backward_parallel(a, <float>0)
+    else:
+        _backward_parallel(a, <double>0)
+
+
+cdef void _backward_parallel(const _Backward *a, floating dtype_tag) noexcept:
+    cdef float *a_scratch = NULL
+    with nogil, parallel(num_threads=a.n_threads):
         a_scratch = NULL
-        if use_kernel:
+        if a.use_kernel:
             a_scratch = <float *>fl_aligned_alloc(
-                _scratch_floats(B, split_units, dx_block_rows, 4 * H) * sizeof(float))
+                _scratch_floats(a.B, a.split_units, a.scratch_rows, 4 * a.H)
+                * sizeof(float))
         try:
-            _backward_worker(threadid(), fl_num_threads(), split_units, T, B, D, H, chunk_T,
-                             x, W_x, W_h, gates, h_states, c_states, dhs, lengths, dh, dc,
-                             dh_scratch, d_gates, dx, dW_x, dW_h, db_acc, a_scratch,
-                             dx_block_rows, ids, &step_barrier)
+            _backward_worker(a, threadid(), fl_num_threads(), a_scratch, dtype_tag)
         finally:
             fl_aligned_free(a_scratch)

@@ -65,18 +65,46 @@ cdef inline void _times_W_h_T(int M, int H, const floating *A, const floating *W
     gemm(False, True, M, H, H, <floating>1.0, A, H, W_h, H, <floating>0.0, C, H)
 
 
-cdef void _forward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, int D, int H,
-                          bint relu, const floating *x, const floating *W_x,
-                          const floating *W_h, const floating *b, floating *h_states,
-                          floating *hs, const int *lengths, float *packed,
-                          float *a_scratch) noexcept nogil:
+# --- one call's arrays --------------------------------------------------------------
+# As in _lstm.pyx: an entry point checks its arrays and gathers them, with the sizes, in
+# one struct of untyped pointers; each fused function casts them once, to the
+# specialisation its ``dtype_tag`` (a zero of the call's float type) selects. Arrays
+# are C-contiguous, of the call's float dtype unless said otherwise.
+
+cdef struct _Forward:
+    int T                   # steps
+    int B                   # sequences
+    int D                   # inputs per step
+    int H                   # hidden units
+    bint relu               # act = relu, else tanh
+    int n_threads
+    const void *x           # (T, B, D)
+    const void *W_x         # (D, H)
+    const void *W_h         # (H, H)
+    const void *b           # (H,)
+    void *h_states          # (T+1, B, H) in: [0] = h0; out: [t+1] = state after step t
+    void *hs                # (T, B, H) out: outputs, 0 past a sequence's length
+    const int *lengths      # (B,) intc, or NULL: every sequence runs T steps
+    float *packed           # packed_size(H) floats for the packed float32 recursion, or
+                            # NULL: products on BLAS
+
+
+cdef void _forward_worker(const _Forward *a, Py_ssize_t tid, Py_ssize_t n_threads,
+                          float *a_scratch, floating dtype_tag) noexcept nogil:
+    cdef int T = a.T, B = a.B, D = a.D, H = a.H
+    cdef bint relu = a.relu
+    cdef const floating *W_h = <const floating *>a.W_h
+    cdef floating *h_states = <floating *>a.h_states
+    cdef floating *hs = <floating *>a.hs
+    cdef const int *lengths = a.lengths
+    cdef float *packed = a.packed
     cdef Py_ssize_t BH = <Py_ssize_t>B * H, r, r0, r1, p0, p1, b0, b1, nb, t, at
     cdef floating *pre = h_states + BH   # step t's pre-activations sit where h_t will
     _split(<Py_ssize_t>T * B, tid, n_threads, &r0, &r1)
     for r in range(r0, r1):
-        memcpy(pre + r * H, b, H * sizeof(floating))
-    gemm(False, False, <int>(r1 - r0), H, D, <floating>1.0, x + r0 * D, D, W_x, H,
-         <floating>1.0, pre + r0 * H, H)
+        memcpy(pre + r * H, a.b, H * sizeof(floating))
+    gemm(False, False, <int>(r1 - r0), H, D, <floating>1.0, <const floating *>a.x + r0 * D,
+         D, <const floating *>a.W_x, H, <floating>1.0, pre + r0 * H, H)
     if floating is float:
         if packed != NULL:
             _split((H + FL_NR - 1) // FL_NR, tid, n_threads, &p0, &p1)
@@ -110,52 +138,49 @@ def rnn_forward_kernel(x, W_x, W_h, b, h_states, hs, lengths, packed, bint relu,
     """Fill h_states (T+1,B,H; index 0 preset to h0) and hs (T,B,H). All arrays
     C-contiguous of one float dtype; lengths (B,) intc or None. ``packed`` (float32 only:
     packed_size(H) floats, or None) turns on the packed recurrent GEMM."""
+    cdef _Forward a
     cdef int typenum = _float_typenum(x, "x")
-    cdef char *x_ptr = _data(x, typenum, 3, False, "x")
-    cdef char *W_x_ptr = _data(W_x, typenum, 2, False, "W_x")
-    cdef char *W_h_ptr = _data(W_h, typenum, 2, False, "W_h")
-    cdef char *b_ptr = _data(b, typenum, 1, False, "b")
-    cdef char *h_ptr = _data(h_states, typenum, 3, True, "h_states")
-    cdef char *hs_ptr = _data(hs, typenum, 3, True, "hs")
-    cdef const int *lengths_ptr = <int *>_data_or_null(lengths, cnp.NPY_INT, 1, False,
-                                                       "lengths")
-    cdef float *packed_ptr = <float *>_data_or_null(packed, cnp.NPY_FLOAT, 1, True, "packed")
-    cdef int T = <int>_dim(x, 0), B = <int>_dim(x, 1), D = <int>_dim(x, 2)
-    cdef int H = <int>_dim(W_h, 0)
+    a.x = _data(x, typenum, 3, False, "x")
+    a.W_x = _data(W_x, typenum, 2, False, "W_x")
+    a.W_h = _data(W_h, typenum, 2, False, "W_h")
+    a.b = _data(b, typenum, 1, False, "b")
+    a.h_states = _data(h_states, typenum, 3, True, "h_states")
+    a.hs = _data(hs, typenum, 3, True, "hs")
+    a.lengths = <const int *>_data_or_null(lengths, cnp.NPY_INT, 1, False, "lengths")
+    a.packed = <float *>_data_or_null(packed, cnp.NPY_FLOAT, 1, True, "packed")
+    a.T = <int>_dim(x, 0)
+    a.B = <int>_dim(x, 1)
+    a.D = <int>_dim(x, 2)
+    a.H = <int>_dim(W_h, 0)
+    a.relu = relu
+    a.n_threads = n_threads
+    cdef int T = a.T, B = a.B, H = a.H
     _check_dims(W_h, "W_h", H, H)   # (H comes from W_h: its own shape first)
-    _check_dims(W_x, "W_x", D, H)
+    _check_dims(W_x, "W_x", a.D, H)
     _check_dims(b, "b", H)
     _check_dims(h_states, "h_states", T + 1, B, H)
     _check_dims(hs, "hs", T, B, H)
-    _check_sequence_args(lengths, lengths_ptr, None, NULL, T, B, 0, n_threads)
-    if packed_ptr != NULL and _dim(packed, 0) < <cnp.npy_intp>fl_packed_size(H, H):
+    _check_sequence_args(lengths, a.lengths, T, B, n_threads)
+    if a.packed != NULL and _dim(packed, 0) < <cnp.npy_intp>fl_packed_size(H, H):
         raise ValueError(f"kernel argument packed has {_dim(packed, 0)} floats, fewer than "
                          f"packed_size(H) = {fl_packed_size(H, H)}")
     if not fl_gemm_packed_available() or typenum != cnp.NPY_FLOAT:
-        packed_ptr = NULL
+        a.packed = NULL
     if typenum == cnp.NPY_FLOAT:
-        _forward_run(n_threads, T, B, D, H, relu, <float *>x_ptr, <float *>W_x_ptr,
-                     <float *>W_h_ptr, <float *>b_ptr, <float *>h_ptr, <float *>hs_ptr,
-                     lengths_ptr, packed_ptr)
+        _forward_parallel(&a, <float>0)
     else:
-        _forward_run(n_threads, T, B, D, H, relu, <double *>x_ptr, <double *>W_x_ptr,
-                     <double *>W_h_ptr, <double *>b_ptr, <double *>h_ptr, <double *>hs_ptr,
-                     lengths_ptr, NULL)
+        _forward_parallel(&a, <double>0)
 
 
-cdef void _forward_run(int n_threads, int T, int B, int D, int H, bint relu,
-                       const floating *x, const floating *W_x, const floating *W_h,
-                       const floating *b, floating *h_states, floating *hs,
-                       const int *lengths, float *packed) noexcept:
+cdef void _forward_parallel(const _Forward *a, floating dtype_tag) noexcept:
     cdef float *a_scratch = NULL
-    with nogil, parallel(num_threads=n_threads):
+    with nogil, parallel(num_threads=a.n_threads):
         a_scratch = NULL
-        if packed != NULL:
-            a_scratch = <float *>fl_aligned_alloc(_scratch_floats(B, False, 1, H)
+        if a.packed != NULL:
+            a_scratch = <float *>fl_aligned_alloc(_scratch_floats(a.B, False, 1, a.H)
                                                   * sizeof(float))
         try:
-            _forward_worker(threadid(), fl_num_threads(), T, B, D, H, relu, x, W_x, W_h, b,
-                            h_states, hs, lengths, packed, a_scratch)
+            _forward_worker(a, threadid(), fl_num_threads(), a_scratch, dtype_tag)
         finally:
             fl_aligned_free(a_scratch)
 
@@ -176,15 +201,52 @@ cdef void _load_origin(int nb, int H, int t, const floating *dhs, const floating
                 slot[r * H + j] += dh_n[r * H + j]
 
 
-cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, int D, int H,
-                           int chunk_T, bint relu, int k, const floating *x,
-                           const floating *W_x, const floating *W_h,
-                           const floating *h_states, const floating *dhs,
-                           const floating *dh_n, const int *lengths, floating *dh,
-                           floating *dh_scratch, floating *d_pre, floating *dx,
-                           floating *dW_x, floating *dW_h, double *db_acc,
-                           float *a_scratch, int scratch_rows,
-                           floating *slots) noexcept nogil:
+cdef struct _Backward:
+    int T                   # steps
+    int B                   # sequences
+    int D                   # inputs per step
+    int H                   # hidden units
+    int chunk_T             # steps per chunk of d_pre
+    bint relu               # act = relu, else tanh
+    int k                   # truncated BPTT: each loss term reaches k steps back; -1: full
+    bint use_kernel         # float32 step products on fastlstm's own kernels
+    int n_threads
+    const void *x           # (T, B, D)
+    const void *W_x         # (D, H)
+    const void *W_h         # (H, H)
+    const void *h_states    # (T+1, B, H) the forward's states
+    const void *dhs         # (T, B, H) output gradients, or NULL (zeros)
+    const void *dh_n        # (B, H) truncated only: enters at each row's last step; or NULL
+    const int *lengths      # (B,) intc, or NULL
+    void *dh                # (B, H) in: dh_n (full BPTT; see rnn_backward_kernel); out: dh0
+    void *dh_scratch        # (B, H) scratch
+    void *d_pre             # (chunk_T, B, H) scratch: one chunk's pre-activation gradients
+    void *dx                # (T, B, D) out
+    void *dW_x              # (D, H) out
+    void *dW_h              # (H, H) out
+    double *db_acc          # (H,) float64, zero on entry; out: db
+    int scratch_rows        # rows of dx's product per a_scratch block
+
+
+cdef void _backward_worker(const _Backward *a, Py_ssize_t tid, Py_ssize_t n_threads,
+                           float *a_scratch, floating *slots) noexcept nogil:
+    """``slots``: this thread's 2 (k + 1) (rows, H) in-flight slots when truncating."""
+    cdef int T = a.T, B = a.B, D = a.D, H = a.H, chunk_T = a.chunk_T, k = a.k
+    cdef bint relu = a.relu
+    cdef const floating *x = <const floating *>a.x
+    cdef const floating *W_x = <const floating *>a.W_x
+    cdef const floating *W_h = <const floating *>a.W_h
+    cdef const floating *h_states = <const floating *>a.h_states
+    cdef const floating *dhs = <const floating *>a.dhs
+    cdef const floating *dh_n = <const floating *>a.dh_n
+    cdef const int *lengths = a.lengths
+    cdef floating *dh = <floating *>a.dh
+    cdef floating *dh_scratch = <floating *>a.dh_scratch
+    cdef floating *d_pre = <floating *>a.d_pre
+    cdef floating *dx = <floating *>a.dx
+    cdef floating *dW_x = <floating *>a.dW_x
+    cdef floating *dW_h = <floating *>a.dW_h
+    cdef double *db_acc = a.db_acc
     cdef Py_ssize_t BH = <Py_ssize_t>B * H, b0, b1, nb, t, at, dt, j, i, rows
     cdef Py_ssize_t slot_size
     cdef int t_start, t_stop = T
@@ -252,7 +314,7 @@ cdef void _backward_worker(Py_ssize_t tid, Py_ssize_t n_threads, int T, int B, i
         _chunk_gradients(tid, n_threads, rows, H, D, H, d_pre,
                          x + t_start * <Py_ssize_t>B * D, h_states + t_start * BH, W_x,
                          dx + t_start * <Py_ssize_t>B * D, dW_x, dW_h, db_acc, weight_beta,
-                         a_scratch, scratch_rows, NULL)
+                         a_scratch, a.scratch_rows)
         weight_beta = 1.0
         t_stop = t_start
         fl_barrier()   # d_pre is reused by the next chunk
@@ -270,27 +332,36 @@ def rnn_backward_kernel(x, W_x, W_h, h_states, dhs, dh_n, lengths, dh, dh_scratc
     truncating. dx, dW_x, dW_h are overwritten; db_acc (H,) float64 must be zero. dhs and
     dh_n may be None (zeros).
     """
-    cdef int typenum = _float_typenum(x, "x")
-    cdef char *x_ptr = _data(x, typenum, 3, False, "x")
-    cdef char *W_x_ptr = _data(W_x, typenum, 2, False, "W_x")
-    cdef char *W_h_ptr = _data(W_h, typenum, 2, False, "W_h")
-    cdef char *h_ptr = _data(h_states, typenum, 3, False, "h_states")
-    cdef char *dhs_ptr = _data_or_null(dhs, typenum, 3, False, "dhs")
-    cdef char *dh_n_ptr = _data_or_null(dh_n, typenum, 2, False, "dh_n")
-    cdef const int *lengths_ptr = <int *>_data_or_null(lengths, cnp.NPY_INT, 1, False,
-                                                       "lengths")
-    cdef char *dh_ptr = _data(dh, typenum, 2, True, "dh")
-    cdef char *dh_scratch_ptr = _data(dh_scratch, typenum, 2, True, "dh_scratch")
-    cdef char *d_pre_ptr = _data(d_pre, typenum, 3, True, "d_pre")
-    cdef char *dx_ptr = _data(dx, typenum, 3, True, "dx")
-    cdef char *dW_x_ptr = _data(dW_x, typenum, 2, True, "dW_x")
-    cdef char *dW_h_ptr = _data(dW_h, typenum, 2, True, "dW_h")
-    cdef double *db_ptr = <double *>_data(db_acc, cnp.NPY_DOUBLE, 1, True, "db_acc")
-    cdef int T = <int>_dim(x, 0), B = <int>_dim(x, 1), D = <int>_dim(x, 2)
-    cdef int H = <int>_dim(W_h, 0), chunk_T = <int>_dim(d_pre, 0)
-    cdef bint use_kernel = (small_m_gemm and typenum == cnp.NPY_FLOAT
-                            and fl_gemm_packed_available())
+    cdef _Backward a
     cdef int alloc_failed
+    cdef int typenum = _float_typenum(x, "x")
+    a.x = _data(x, typenum, 3, False, "x")
+    a.W_x = _data(W_x, typenum, 2, False, "W_x")
+    a.W_h = _data(W_h, typenum, 2, False, "W_h")
+    a.h_states = _data(h_states, typenum, 3, False, "h_states")
+    a.dhs = _data_or_null(dhs, typenum, 3, False, "dhs")
+    a.dh_n = _data_or_null(dh_n, typenum, 2, False, "dh_n")
+    a.lengths = <const int *>_data_or_null(lengths, cnp.NPY_INT, 1, False, "lengths")
+    a.dh = _data(dh, typenum, 2, True, "dh")
+    a.dh_scratch = _data(dh_scratch, typenum, 2, True, "dh_scratch")
+    a.d_pre = _data(d_pre, typenum, 3, True, "d_pre")
+    a.dx = _data(dx, typenum, 3, True, "dx")
+    a.dW_x = _data(dW_x, typenum, 2, True, "dW_x")
+    a.dW_h = _data(dW_h, typenum, 2, True, "dW_h")
+    a.db_acc = <double *>_data(db_acc, cnp.NPY_DOUBLE, 1, True, "db_acc")
+    a.T = <int>_dim(x, 0)
+    a.B = <int>_dim(x, 1)
+    a.D = <int>_dim(x, 2)
+    a.H = <int>_dim(W_h, 0)
+    a.chunk_T = <int>_dim(d_pre, 0)
+    a.relu = relu
+    a.k = bptt_truncate
+    a.use_kernel = small_m_gemm and typenum == cnp.NPY_FLOAT and fl_gemm_packed_available()
+    a.n_threads = n_threads
+    a.scratch_rows = 64   # dx's product runs in blocks of (at least) this many rows
+    if a.k < 0:
+        a.dh_n = NULL     # full BPTT: dh_n came in through dh
+    cdef int T = a.T, B = a.B, D = a.D, H = a.H
     _check_dims(W_h, "W_h", H, H)
     _check_dims(W_x, "W_x", D, H)
     _check_dims(dW_x, "dW_x", D, H)
@@ -302,64 +373,44 @@ def rnn_backward_kernel(x, W_x, W_h, h_states, dhs, dh_n, lengths, dh, dh_scratc
     _check_dims(dh, "dh", B, H)
     _check_dims(dh_scratch, "dh_scratch", B, H)
     _check_dims(dx, "dx", T, B, D)
-    if chunk_T < 1 or chunk_T > max(T, 1):
-        raise ValueError(f"kernel argument d_pre must hold 1 to T={T} steps, got {chunk_T}")
-    _check_dims(d_pre, "d_pre", chunk_T, B, H)
-    _check_sequence_args(lengths, lengths_ptr, None, NULL, T, B, 0, n_threads)
+    if a.chunk_T < 1 or a.chunk_T > max(T, 1):
+        raise ValueError(f"kernel argument d_pre must hold 1 to T={T} steps, "
+                         f"got {a.chunk_T}")
+    _check_dims(d_pre, "d_pre", a.chunk_T, B, H)
+    _check_sequence_args(lengths, a.lengths, T, B, n_threads)
     if typenum == cnp.NPY_FLOAT:
-        alloc_failed = _backward_run(use_kernel, n_threads, T, B, D, H, chunk_T, relu,
-                                     bptt_truncate, <float *>x_ptr, <float *>W_x_ptr,
-                                     <float *>W_h_ptr, <float *>h_ptr, <float *>dhs_ptr,
-                                     <float *>dh_n_ptr, lengths_ptr, <float *>dh_ptr,
-                                     <float *>dh_scratch_ptr, <float *>d_pre_ptr,
-                                     <float *>dx_ptr, <float *>dW_x_ptr, <float *>dW_h_ptr,
-                                     db_ptr)
+        alloc_failed = _backward_parallel(&a, <float *>NULL)
     else:
-        alloc_failed = _backward_run(False, n_threads, T, B, D, H, chunk_T, relu,
-                                     bptt_truncate, <double *>x_ptr, <double *>W_x_ptr,
-                                     <double *>W_h_ptr, <double *>h_ptr, <double *>dhs_ptr,
-                                     <double *>dh_n_ptr, lengths_ptr, <double *>dh_ptr,
-                                     <double *>dh_scratch_ptr, <double *>d_pre_ptr,
-                                     <double *>dx_ptr, <double *>dW_x_ptr,
-                                     <double *>dW_h_ptr, db_ptr)
+        alloc_failed = _backward_parallel(&a, <double *>NULL)
     if alloc_failed:
         k = bptt_truncate
         raise MemoryError(f"bptt_truncate={k}: no memory for the {2 * (k + 1)} in-flight "
                           f"gradient slots of (rows, H={H}) per thread")
 
 
-cdef int _backward_run(bint use_kernel, int n_threads, int T, int B, int D, int H,
-                       int chunk_T, bint relu, int k, const floating *x,
-                       const floating *W_x, const floating *W_h, const floating *h_states,
-                       const floating *dhs, const floating *dh_n, const int *lengths,
-                       floating *dh, floating *dh_scratch, floating *d_pre, floating *dx,
-                       floating *dW_x, floating *dW_h, double *db_acc) noexcept:
-    """Returns 1 if the truncated sweep's slots could not be allocated (nothing ran)."""
+cdef int _backward_parallel(const _Backward *a, floating *slots) noexcept:
+    """Returns 1 if the truncated sweep's slots could not be allocated (nothing ran).
+    (``slots`` comes in NULL, of the call's float type: each thread allocates its own.)"""
     cdef float *a_scratch = NULL
-    cdef floating *slots = NULL
-    cdef int dx_block_rows = 64
     cdef size_t slot_floats
     cdef int alloc_failed[1]
     alloc_failed[0] = 0
-    with nogil, parallel(num_threads=n_threads):
+    with nogil, parallel(num_threads=a.n_threads):
         a_scratch = NULL
         slots = NULL
-        if use_kernel:
+        if a.use_kernel:
             a_scratch = <float *>fl_aligned_alloc(
-                _scratch_floats(B, False, dx_block_rows, H) * sizeof(float))
-        if k >= 0:
-            slot_floats = <size_t>(2 * (k + 1)) * ((B + fl_num_threads() - 1)
-                                                   // fl_num_threads()) * H
+                _scratch_floats(a.B, False, a.scratch_rows, a.H) * sizeof(float))
+        if a.k >= 0:
+            slot_floats = <size_t>(2 * (a.k + 1)) * ((a.B + fl_num_threads() - 1)
+                                                     // fl_num_threads()) * a.H
             slots = <floating *>fl_aligned_alloc(slot_floats * sizeof(floating))
             if slots == NULL:
                 alloc_failed[0] = 1
         fl_barrier()   # every thread sees whether every allocation succeeded
         try:
             if not alloc_failed[0]:
-                _backward_worker(threadid(), fl_num_threads(), T, B, D, H, chunk_T, relu, k,
-                                 x, W_x, W_h, h_states, dhs, dh_n if k >= 0 else NULL,
-                                 lengths, dh, dh_scratch, d_pre, dx, dW_x, dW_h, db_acc,
-                                 a_scratch, dx_block_rows, slots)
+                _backward_worker(a, threadid(), fl_num_threads(), a_scratch, slots)
         finally:
             fl_aligned_free(a_scratch)
             fl_aligned_free(slots)

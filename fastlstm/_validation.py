@@ -8,7 +8,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from ._containers import LSTMCache, RNNCache
+from ._containers import LSTMCache, LSTMLookupCache, RNNCache
 
 BACKENDS = ("auto", "cython", "numpy")
 NONLINEARITIES = ("tanh", "relu")
@@ -136,8 +136,9 @@ def _describe(a):
     return f"shape {tuple(a.shape)} and dtype {a.dtype}"
 
 
-def float_array(name, value, dtype=None):
-    """``value`` as a C-contiguous float32/float64 array, checked against ``dtype``.
+def float_array(name, value, dtype=None, reference="x"):
+    """``value`` as a C-contiguous float32/float64 array, checked against ``dtype`` (the
+    dtype of the argument named ``reference``, which sets the call's precision).
 
     Non-contiguous or byte-swapped arrays are copied once; the precision is never changed.
     """
@@ -151,8 +152,9 @@ def float_array(name, value, dtype=None):
         raise TypeError(f"{name} must be a float32 or float64 array, got dtype {a.dtype}")
     native = a.dtype.newbyteorder("=")
     if dtype is not None and native != dtype:
-        raise TypeError(f"{name} has dtype {native} but x has dtype {dtype}; fastlstm never "
-                        f"converts between precisions: pass {name}.astype(np.{dtype})")
+        raise TypeError(f"{name} has dtype {native} but {reference} has dtype {dtype}; "
+                        f"fastlstm never converts between precisions: pass "
+                        f"{name}.astype(np.{dtype})")
     a = a.astype(native, copy=False)
     # (np.ascontiguousarray would turn a 0-d array into shape (1,) and misreport it)
     return a if a.flags.c_contiguous else a.copy(order="C")
@@ -201,12 +203,12 @@ def _checked_x(x):
     return x
 
 
-def _optional_arrays(dtype, *specs):
+def _optional_arrays(dtype, *specs, reference="x"):
     """Each (name, value, shape, meaning): None stays None, an array is checked."""
     out = []
     for name, value, shape, meaning in specs:
         if value is not None:
-            value = float_array(name, value, dtype)
+            value = float_array(name, value, dtype, reference)
             check_shape(name, value, shape, meaning)
         out.append(value)
     return out
@@ -303,6 +305,80 @@ def validate_lstm_backward(dhs, cache, dh_n, dc_n):
     return tuple(_optional_arrays(dtype, ("dhs", dhs, (T, B, H), "(T, B, H)"),
                                   ("dh_n", dh_n, (B, H), "(B, H)"),
                                   ("dc_n", dc_n, (B, H), "(B, H)")))
+
+
+class LSTMLookupArgs(NamedTuple):
+    ids: np.ndarray          # (T*B,) intc, C-contiguous
+    table: np.ndarray
+    W_h: np.ndarray
+    b: np.ndarray
+    h0: Optional[np.ndarray]
+    c0: Optional[np.ndarray]
+    lengths: Optional[np.ndarray]
+    num_threads: Optional[int]
+    T: int
+    B: int
+
+
+def _checked_ids(ids, V):
+    """ids as a (T, B) integer array with values in [0, V)."""
+    if type(ids) is not np.ndarray:
+        ids = _as_array("ids", ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"ids must be an integer array of shape (T, B), got dtype {ids.dtype}")
+    if ids.ndim != 2:
+        raise ValueError(f"ids must be 2-D (T, B) (time-major), got shape {ids.shape}")
+    T, B = ids.shape
+    if T < 1 or B < 1 or T * B > _BLAS_INT_MAX:
+        raise ValueError(f"ids must have T >= 1 steps and B >= 1 sequences, T*B at most "
+                         f"{_BLAS_INT_MAX}, got shape {ids.shape}")
+    low, high = ids.min(), ids.max()
+    if low < 0 or high >= V:
+        raise ValueError(f"ids must lie in [0, {V}) (rows of the table), got values from "
+                         f"{low} to {high}")
+    return ids
+
+
+def validate_lstm_forward_lookup(ids, table, W_h, b, h0, c0, lengths, num_threads):
+    """Check the arguments of ``lstm_forward_lookup``: the rules of ``lstm_forward``, with
+    the table setting the dtype as x does there."""
+    num_threads = check_num_threads(num_threads)
+    table = float_array("table", table)
+    dtype = table.dtype
+    W_h = float_array("W_h", W_h, dtype, "table")
+    if W_h.ndim != 2 or W_h.shape[1] != 4 * W_h.shape[0]:
+        raise ValueError(f"W_h must have shape (H, 4H) (gate blocks i, f, g, o), "
+                         f"got {_describe(W_h)}")
+    H = W_h.shape[0]
+    if H < 1 or 4 * H > _BLAS_INT_MAX:
+        raise ValueError(f"H (W_h.shape[0]) must lie in [1, {_BLAS_INT_MAX // 4}], got {H}")
+    if table.ndim != 2 or table.shape[1] != 4 * H:
+        raise ValueError(f"table must have shape (V, 4H) = (V, {4 * H}) (one row of "
+                         f"projected inputs per id), got {_describe(table)}")
+    ids = _checked_ids(ids, table.shape[0])
+    T, B = ids.shape
+    b = float_array("b", b, dtype, "table")
+    check_shape("b", b, (4 * H,), "(4H,)")
+    h0, c0 = _optional_arrays(dtype, ("h0", h0, (B, H), "(B, H)"),
+                              ("c0", c0, (B, H), "(B, H)"), reference="table")
+    lengths = check_lengths(lengths, T, B)
+    # (a view when the caller's ids are intc and contiguous: the cache then references
+    # them, and checks them for changes before the backward pass)
+    flat_ids = np.ascontiguousarray(ids.reshape(-1), dtype=np.intc)
+    return LSTMLookupArgs(flat_ids, table, W_h, b, h0, c0, lengths, num_threads, T, B)
+
+
+def validate_lstm_backward_lookup(dhs, cache, dh_n, dc_n):
+    """Check the arguments of ``lstm_backward_lookup``; returns ``(dhs, dh_n, dc_n)``."""
+    if not isinstance(cache, LSTMLookupCache):
+        raise TypeError(f"cache must be the LSTMLookupCache returned by "
+                        f"lstm_forward_lookup, got {type(cache).__name__}")
+    cache.check_inputs("lstm_forward_lookup", "lstm_backward_lookup")
+    T, B, G = cache.gates.shape
+    H = G // 4
+    return tuple(_optional_arrays(cache.dtype, ("dhs", dhs, (T, B, H), "(T, B, H)"),
+                                  ("dh_n", dh_n, (B, H), "(B, H)"),
+                                  ("dc_n", dc_n, (B, H), "(B, H)"), reference="table"))
 
 
 class RNNForwardArgs(NamedTuple):

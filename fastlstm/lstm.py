@@ -1,19 +1,24 @@
 """The public LSTM functions: validate, pick a backend, run.
 
 Both backends share one cache layout (``LSTMCache``), so ``lstm_backward`` runs with
-the backend that made the cache.
+the backend that made the cache. ``lstm_forward_lookup`` / ``lstm_backward_lookup`` run
+the same recursion on inputs given as ids into a table of projected inputs (compiled
+kernels only; cache ``LSTMLookupCache``).
 """
 import numpy as np
 
 from . import _backend, reference
 from ._buffers import aligned_empty as _empty, backward_chunk_steps as _backward_chunk_steps
-from ._containers import InputsRecord, LSTMCache, LSTMGrads
+from ._containers import LSTMCache, LSTMGrads, LSTMLookupCache, LSTMLookupGrads
 from ._schedule import (own_backward_gemm, plan_for as _plan_for,
                         timed_kernel as _timed_kernel)
 from ._threads import blas_threads
-from ._validation import validate_lstm_backward, validate_lstm_forward
+from ._validation import (validate_lstm_backward, validate_lstm_backward_lookup,
+                          validate_lstm_forward, validate_lstm_forward_lookup)
 
-__all__ = ["lstm_forward", "lstm_backward", "LSTMGrads", "LSTMCache"]
+__all__ = ["lstm_forward", "lstm_backward", "LSTMGrads", "LSTMCache",
+           "lstm_forward_lookup", "lstm_backward_lookup", "LSTMLookupGrads",
+           "LSTMLookupCache", "lookup_available"]
 
 def lstm_forward(x, W_x, W_h, b, h0=None, c0=None, *, lengths=None, backend="auto",
                  num_threads=None):
@@ -120,75 +125,46 @@ def lstm_backward(dhs, cache, dh_n=None, dc_n=None):
     return LSTMGrads(dx, dh, dc, dW_x, dW_h, db_acc.astype(dtype))
 
 
-class ProjectedLSTMCache(InputsRecord):
-    """What ``lstm_backward_projected`` needs from ``lstm_forward_projected``; ``table``,
-    ``ids`` and ``W_h`` are referenced, and checked for changes before the backward."""
-
-    __slots__ = ("table", "ids", "W_h", "gates", "h_states", "c_states", "lengths",
-                 "num_threads")
-    INPUT_NAMES = ("table", "ids", "W_h")
-
-    def __init__(self, table, ids, W_h, gates, h_states, c_states, lengths, num_threads):
-        self.table, self.ids, self.W_h = table, ids, W_h
-        self.gates, self.h_states, self.c_states = gates, h_states, c_states
-        self.lengths, self.num_threads = lengths, num_threads
-        self._record_inputs()
-
-    def _inputs(self):
-        return (self.table, self.ids, self.W_h)
-
-
-def projected_available(dtype):
-    """True when the compiled kernels can run ``lstm_forward_projected`` for ``dtype``."""
+def lookup_available(dtype):
+    """True when the compiled kernels can run ``lstm_forward_lookup`` for ``dtype``."""
     return (_backend.compiled_available() and _backend.rnn_kernels is not None
             and np.dtype(dtype) in (np.float32, np.float64))
 
 
-def lstm_forward_projected(table, ids, W_h, b, h0=None, c0=None, *, lengths=None,
-                           num_threads=None):
-    """The compiled LSTM forward with each step's input projection looked up, not
-    multiplied: step t of sequence b uses ``table[ids[t, b]]`` where ``lstm_forward`` uses
-    ``x[t, b] @ W_x``.
+def lstm_forward_lookup(ids, table, W_h, b, h0=None, c0=None, *, lengths=None,
+                        num_threads=None):
+    """``lstm_forward`` for inputs that are rows of a table, with each step's input
+    projection looked up instead of multiplied: step t of sequence b uses
+    ``table[ids[t, b]]`` where ``lstm_forward`` uses ``x[t, b] @ W_x``.
 
-    For inputs that are rows of a table (an embedding, or one-hot vectors) the projection
-    ``E[ids] @ W_x`` equals ``(E @ W_x)[ids]``: with few distinct ids this skips the
-    (T*B, D) x (D, 4H) product here and two like it in the backward. A one-hot input
-    is ``table = W_x`` itself.
+    For inputs picked by ids from a table E (an embedding, or one-hot vectors) the
+    projection ``E[ids] @ W_x`` equals ``(E @ W_x)[ids]``: with few distinct ids this
+    skips the (T*B, D) x (D, 4H) product here and two like it in the backward. One-hot
+    inputs look up ``table = W_x`` itself. The compiled kernels run it
+    (``lookup_available``); ``nn.LSTM`` takes ids and picks this path where it pays.
 
     Parameters
     ----------
-    table : (V, 4H) float32/float64, rows of projected inputs (gate blocks i, f, g, o)
     ids : (T, B) integers in [0, V)
-    W_h, b, h0, c0, lengths, num_threads : as for ``lstm_forward`` (compiled backend)
+    table : (V, 4H) float32 or float64, rows of projected inputs (gate blocks i, f, g, o);
+        its dtype is the call's
+    W_h, b, h0, c0, lengths, num_threads : as for ``lstm_forward``
 
     Returns
     -------
-    hs (T, B, H), (h_n, c_n) (B, H) each, and a ``ProjectedLSTMCache``.
+    hs (T, B, H), (h_n, c_n) (B, H) each, and an ``LSTMLookupCache`` for
+    ``lstm_backward_lookup``. The cache references ``table``, ``W_h`` and (when they are
+    intc and contiguous) ``ids``: changing them before the backward pass is an
+    ``InputModifiedError`` there, as for ``lstm_forward``.
     """
-    ids = np.asarray(ids)
-    if ids.ndim != 2 or ids.dtype.kind not in "iu":
-        raise TypeError(f"ids must be a (T, B) integer array, got {ids.dtype} {ids.shape}")
-    table = np.asarray(table)
-    T, B = ids.shape
-    # The shared validation checks W_h, b, h0, c0, lengths, num_threads against a
-    # stand-in x of the right shape and dtype (one float per step and row).
-    W_h_dtype = getattr(W_h, "dtype", None)
-    stand_in = np.zeros((T, B, 1), W_h_dtype if W_h_dtype in (np.float32, np.float64)
-                        else np.float64)
-    args = validate_lstm_forward(stand_in, np.zeros((1, np.shape(W_h)[-1]), stand_in.dtype),
-                                 W_h, b, h0, c0, lengths, "cython", num_threads)
-    H = args.W_h.shape[0]
-    if table.dtype != stand_in.dtype or table.ndim != 2 or table.shape[1] != 4 * H:
-        raise ValueError(f"table must be a (V, {4 * H}) float array of W_h's dtype, got "
-                         f"{table.dtype} {table.shape}")
-    table = np.ascontiguousarray(table)
-    if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
-        raise ValueError(f"ids must lie in [0, {table.shape[0]})")
-    if not projected_available(table.dtype):
-        raise ImportError(f"lstm_forward_projected needs the compiled extensions: "
-                          f"{_backend.IMPORT_ERROR}")
-    flat_ids = np.ascontiguousarray(ids.reshape(-1), dtype=np.intc)
+    args = validate_lstm_forward_lookup(ids, table, W_h, b, h0, c0, lengths, num_threads)
+    table = args.table
     dtype = table.dtype
+    if not lookup_available(dtype):
+        raise ImportError(f"lstm_forward_lookup needs the compiled extensions: "
+                          f"{_backend.IMPORT_ERROR}")
+    T, B = args.T, args.B
+    H = args.W_h.shape[0]
     gates = _empty((T, B, 4 * H), dtype)
     h_states = _empty((T + 1, B, H), dtype)
     c_states = _empty((T + 1, B, H), dtype)
@@ -198,44 +174,36 @@ def lstm_forward_projected(table, ids, W_h, b, h0=None, c0=None, *, lengths=None
     plan = _plan_for(B, H, args.num_threads)
     packed = plan.packed_weights(T, H, dtype)
     with blas_threads(1):
-        _timed_kernel(plan, ("forward-projected", T, B, H, dtype.char),
-                      _backend.lstm_kernels.lstm_forward_kernel, np.empty((0, 0, 0), dtype),
-                      table, args.W_h, args.b, gates, h_states, c_states, hs, args.lengths,
-                      packed, plan.split_units, plan.n_threads, flat_ids)
-    cache = ProjectedLSTMCache(table, flat_ids, args.W_h, gates, h_states, c_states,
-                               args.lengths, args.num_threads)
+        _timed_kernel(plan, ("forward-lookup", T, B, H, dtype.char),
+                      _backend.lstm_kernels.lstm_forward_lookup_kernel, args.ids, table,
+                      args.W_h, args.b, gates, h_states, c_states, hs, args.lengths, packed,
+                      plan.split_units, plan.n_threads)
+    cache = LSTMLookupCache(table, args.ids, args.W_h, gates, h_states, c_states,
+                            args.lengths, args.num_threads)
     return hs, (h_states[T].copy(), c_states[T].copy()), cache
 
 
-def lstm_backward_projected(dhs, cache, dh_n=None, dc_n=None):
-    """Backpropagate through ``lstm_forward_projected``.
+def lstm_backward_lookup(dhs, cache, dh_n=None, dc_n=None):
+    """Backpropagate through ``lstm_forward_lookup``.
 
     dhs (T, B, H) or None, dh_n / dc_n (B, H) or None, as for ``lstm_backward``.
-    Returns ``(d_table (V, 4H), dh0, dc0, dW_h (H, 4H), db (4H,))``: d_table[v] sums the
-    gate-input gradients of the steps whose id is v (so dW_x = E^T d_table for an
-    embedding table E @ W_x, and d_table itself for one-hot inputs).
-    Raises ``InputModifiedError`` if ``table``, ``ids`` or ``W_h`` changed since the
-    forward pass.
+
+    Returns
+    -------
+    LSTMLookupGrads(d_table (V, 4H), dh0 (B, H), dc0 (B, H), dW_h (H, 4H), db (4H,)):
+    ``d_table[v]`` sums the gate-input gradients of the steps whose id is v.
+
+    Raises
+    ------
+    InputModifiedError (a ValueError) naming ``table``, ``ids`` or ``W_h`` if it changed
+    in place since the forward pass.
     """
-    if not isinstance(cache, ProjectedLSTMCache):
-        raise TypeError(f"cache must be the ProjectedLSTMCache returned by "
-                        f"lstm_forward_projected, got {type(cache).__name__}")
-    cache.check_inputs("lstm_forward_projected", "lstm_backward_projected")
+    dhs, dh_n, dc_n = validate_lstm_backward_lookup(dhs, cache, dh_n, dc_n)
     T, B, G = cache.gates.shape
     H = G // 4
-    dtype = cache.gates.dtype
-
-    def checked(name, a, shape):
-        if a is None:
-            return None
-        a = np.ascontiguousarray(a, dtype=dtype)
-        if a.shape != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
-        return a
-
-    dhs = checked("dhs", dhs, (T, B, H))
-    dh = np.zeros((B, H), dtype) if dh_n is None else checked("dh_n", dh_n, (B, H)).copy()
-    dc = np.zeros((B, H), dtype) if dc_n is None else checked("dc_n", dc_n, (B, H)).copy()
+    dtype = cache.dtype
+    dh = np.zeros((B, H), dtype) if dh_n is None else dh_n.copy()
+    dc = np.zeros((B, H), dtype) if dc_n is None else dc_n.copy()
     dh_scratch = _empty((B, H), dtype) if cache.lengths is not None else dh
     d_gates = _empty((_backward_chunk_steps(T, B), B, G), dtype)
     d_table = np.zeros(cache.table.shape, dtype)
@@ -244,10 +212,9 @@ def lstm_backward_projected(dhs, cache, dh_n=None, dc_n=None):
     plan = _plan_for(B, H, cache.num_threads, backward=True)
     small_m_gemm = own_backward_gemm(dtype, plan.rows_per_thread)
     with blas_threads(1):
-        _timed_kernel(plan, ("backward-projected", T, B, H, dtype.char),
-                      _backend.lstm_kernels.lstm_backward_kernel, np.empty((0, 0, 0), dtype),
+        _timed_kernel(plan, ("backward-lookup", T, B, H, dtype.char),
+                      _backend.lstm_kernels.lstm_backward_lookup_kernel, cache.ids,
                       cache.table, cache.W_h, cache.gates, cache.h_states, cache.c_states,
-                      dhs, cache.lengths, dh, dc, dh_scratch, d_gates,
-                      np.empty((0, 0, 0), dtype), d_table, dW_h, db_acc, small_m_gemm,
-                      plan.split_units, plan.n_threads, cache.ids)
-    return d_table, dh, dc, dW_h, db_acc.astype(dtype)
+                      dhs, cache.lengths, dh, dc, dh_scratch, d_gates, d_table, dW_h, db_acc,
+                      small_m_gemm, plan.split_units, plan.n_threads)
+    return LSTMLookupGrads(d_table, dh, dc, dW_h, db_acc.astype(dtype))

@@ -2,7 +2,6 @@
 ``sample`` for the language models. Explicit forward/backward like every layer."""
 import numpy as np
 
-from . import _dense_ops
 from ._validation import (check_bptt_truncate, check_choice, check_flag, check_float_dtype,
                           check_int, check_num_threads, check_probability, check_table,
                           make_rng)
@@ -12,42 +11,6 @@ from .nn.module import Module
 from .nn.recurrent import LSTM, RNN
 
 __all__ = ["CharLM", "WordLM", "SentimentClassifier", "sample"]
-
-
-def _lookup_forward(embed, lstm, ids, state, lengths, num_threads):
-    """Layer 0 of ``lstm`` on the rows ``ids`` picks from an embedding (or, ``embed`` None,
-    from one-hot vectors), with the input projection looked up per distinct id rather
-    than multiplied per step: (E[ids] @ W_x) = (E[distinct] @ W_x)[index]. Returns
-    (hs, state, saved) for ``_lookup_backward``, or None where the kernels cannot or
-    the ids are too varied for it to pay."""
-    W_x0 = lstm.W_x_l0.data
-    if ids.ndim != 2 or not lstm.lookup_available(W_x0.dtype):
-        return None
-    if embed is None:        # a one-hot input's projection is a row of W_x
-        if ids.dtype.kind not in "iu":
-            raise TypeError(f"ids must be integers, got dtype {ids.dtype}")
-        hs, state = lstm.forward_lookup(ids, W_x0, state, lengths)
-        return hs, state, None
-    distinct, index = np.unique(ids, return_inverse=True)
-    if 2 * distinct.size > ids.size:
-        return None          # (nearly) every id distinct: the lookup would save nothing
-    rows = embed(distinct)   # checks the ids; its backward scatters into these rows
-    table = _dense_ops.matmul(rows, W_x0, num_threads=num_threads)
-    hs, state = lstm.forward_lookup(index.reshape(ids.shape), table, state, lengths)
-    return hs, state, rows
-
-
-def _lookup_backward(embed, lstm, d_table, rows, num_threads):
-    """Gradients of W_x_l0 and the embedding from the table's gradient (V', 4H)."""
-    W_x0 = lstm.W_x_l0
-    if embed is None:
-        W_x0.grad += d_table
-        return
-    _dense_ops.matmul(rows, d_table, trans_a=True, out=W_x0.grad, accumulate=True,
-                      num_threads=num_threads)
-    if embed.weight.requires_grad:
-        embed.backward(_dense_ops.matmul(d_table, W_x0.data, trans_b=True,
-                                         num_threads=num_threads))
 
 
 class _LanguageModel(Module):
@@ -91,7 +54,6 @@ class _LanguageModel(Module):
         self.head = Linear(hidden_size, vocab_size, dtype=dtype, seed=rng,
                            num_threads=num_threads)
         self.num_threads = num_threads
-        self._eye = None
 
     @staticmethod
     def _shapes(vocab_size, embedding_dim, hidden_size, num_layers, cell):
@@ -104,31 +66,9 @@ class _LanguageModel(Module):
         yield "head.W", (hidden_size, vocab_size)
         yield "head.b", (vocab_size,)
 
-    def _inputs(self, ids):
-        ids = np.asarray(ids)
-        if self.embed is not None:
-            return self.embed(ids)
-        if self._eye is None:
-            self._eye = np.eye(self.vocab_size, dtype=self.head.W.data.dtype)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            raise ValueError(f"ids must lie in [0, {self.vocab_size})")
-        return self._eye[ids]
-
     def forward(self, ids, state=None, lengths=None):
         """logits (T, B, V) and the recurrent state to carry into the next chunk."""
-        ids = np.asarray(ids)
-        found = None
-        if isinstance(self.rnn, LSTM):
-            if self.embed is None and ids.size and (ids.min() < 0
-                                                    or ids.max() >= self.vocab_size):
-                raise ValueError(f"ids must lie in [0, {self.vocab_size})")
-            found = _lookup_forward(self.embed, self.rnn, ids, state, lengths,
-                                    self.num_threads)
-        if found is None:
-            self._lookup_rows = False
-            hs, state = self.rnn(self._inputs(ids), state, lengths=lengths)
-        else:
-            hs, state, self._lookup_rows = found
+        hs, state = self.rnn(ids, state, lengths=lengths, embedding=self.embed)
         return self.head(hs), state
 
     def decode_step(self, ids, state):
@@ -138,12 +78,7 @@ class _LanguageModel(Module):
         (ids must lie in [0, V)), no cache, no dropout. ``state`` is what ``forward`` or
         ``decode_step`` returned.
         """
-        if self.embed is None:
-            # A one-hot input's projection x @ W_x is a row of W_x.
-            W_x0 = self.rnn.layer_weights(0)[0].data
-            top, state = self.rnn.step(None, state, first_projection=W_x0[ids])
-        else:
-            top, state = self.rnn.step(self.embed.weight.data[ids], state)
+        top, state = self.rnn.step(ids, state, embedding=self.embed)
         logits = top @ self.head.W.data
         if self.head.b is not None:
             logits += self.head.b.data
@@ -151,11 +86,7 @@ class _LanguageModel(Module):
 
     def backward(self, dlogits):
         """Accumulate every parameter's gradient from dlogits (T, B, V)."""
-        d_in, _ = self.rnn.backward(self.head.backward(dlogits))
-        if self._lookup_rows is not False:
-            _lookup_backward(self.embed, self.rnn, d_in, self._lookup_rows, self.num_threads)
-        elif self.embed is not None:
-            self.embed.backward(d_in)
+        self.rnn.backward(self.head.backward(dlogits))
 
 
 @register_model
@@ -278,12 +209,7 @@ class SentimentClassifier(Module):
         lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
         if np.any(lengths < 1):
             raise ValueError("every review needs at least one token (lengths >= 1)")
-        found = _lookup_forward(self.embed, self.lstm, ids, None, lengths, self.num_threads)
-        if found is None:
-            self._lookup_rows = False
-            hs, (h_n, _) = self.lstm(self.embed(ids), lengths=lengths)
-        else:
-            hs, (h_n, _), self._lookup_rows = found
+        hs, (h_n, _) = self.lstm(ids, lengths=lengths, embedding=self.embed)
         valid = (np.arange(T)[:, None] < lengths[None, :])[:, :, None]   # (T, B, 1)
         if self.pooling == "last":
             pooled = h_n[-1]
@@ -303,7 +229,7 @@ class SentimentClassifier(Module):
         if self.pooling == "last":
             dh_n = np.zeros((L, B, H), dpooled.dtype)
             dh_n[-1] = dpooled
-            dx, _ = self.lstm.backward(None, (dh_n, np.zeros_like(dh_n)))
+            self.lstm.backward(None, (dh_n, np.zeros_like(dh_n)))
         else:
             if self.pooling == "mean":
                 dhs = np.broadcast_to(dpooled / lengths[:, None].astype(dpooled.dtype),
@@ -311,11 +237,7 @@ class SentimentClassifier(Module):
             else:
                 dhs = np.zeros((T, B, H), dpooled.dtype)
                 np.put_along_axis(dhs, self._argmax[None], dpooled[None], axis=0)
-            dx, _ = self.lstm.backward(np.ascontiguousarray(dhs, dtype=dpooled.dtype))
-        if self._lookup_rows is not False:
-            _lookup_backward(self.embed, self.lstm, dx, self._lookup_rows, self.num_threads)
-        else:
-            self.embed.backward(dx)
+            self.lstm.backward(np.ascontiguousarray(dhs, dtype=dpooled.dtype))
 
 
 def sample(model, prefix, length, temperature=1.0, top_k=None, seed=None, stop=None):

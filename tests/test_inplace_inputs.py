@@ -11,8 +11,7 @@ import pytest
 
 import fastlstm
 from fastlstm import InputModifiedError, _containers, nn, optim, reference
-from fastlstm.lstm import (lstm_backward_projected, lstm_forward_projected,
-                           projected_available)
+from fastlstm.lstm import lookup_available, lstm_backward_lookup, lstm_forward_lookup
 from fastlstm.models import CharLM, SentimentClassifier
 from conftest import TESTS_DIR, child_env
 
@@ -20,7 +19,7 @@ BACKENDS = ["cython", "numpy"]
 DTYPES = [np.float32, np.float64]
 T, B, D, H = 5, 3, 4, 6
 
-compiled_only = pytest.mark.skipif(not projected_available(np.float64),
+compiled_only = pytest.mark.skipif(not lookup_available(np.float64),
                                    reason="compiled kernels not built")
 
 
@@ -302,9 +301,9 @@ def test_changed_array_names_the_first_changed_array():
             assert _containers.changed_array(arrays, recorded) == k
 
 
-# --- the looked-up projection ---------------------------------------------------------
+# --- the looked-up input projection ---------------------------------------------------------
 
-def projected_case(dtype, ids_dtype=np.intc, seed=0):
+def lookup_case(dtype, ids_dtype=np.intc, seed=0):
     rng = np.random.default_rng(seed)
     V = 7
     return dict(table=(0.4 * rng.standard_normal((V, 4 * H))).astype(dtype),
@@ -316,38 +315,38 @@ def projected_case(dtype, ids_dtype=np.intc, seed=0):
 @compiled_only
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("name", ["table", "W_h", "ids"])
-def test_projected_path_raises_naming_the_array(dtype, name):
-    args, dhs = projected_case(dtype)
-    cache = lstm_forward_projected(**args)[2]
+def test_lookup_path_raises_naming_the_array(dtype, name):
+    args, dhs = lookup_case(dtype)
+    cache = lstm_forward_lookup(**args)[2]
     if name == "ids":   # (intc and contiguous: the cache references the caller's ids)
         args["ids"][...] = (args["ids"] + 1) % args["table"].shape[0]
     else:
         args[name] *= 3
     with pytest.raises(InputModifiedError) as info:
-        lstm_backward_projected(dhs, cache)
+        lstm_backward_lookup(dhs, cache)
     assert_names(info, name)
-    assert "lstm_forward_projected" in str(info.value)
+    assert "lstm_forward_lookup" in str(info.value)
 
 
 @compiled_only
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_projected_round_trip_and_copied_ids(dtype):
-    args, dhs = projected_case(dtype, ids_dtype=np.int64)
-    expected = lstm_backward_projected(dhs, lstm_forward_projected(**args)[2])
-    cache = lstm_forward_projected(**args)[2]
+def test_lookup_round_trip_and_copied_ids(dtype):
+    args, dhs = lookup_case(dtype, ids_dtype=np.int64)
+    expected = lstm_backward_lookup(dhs, lstm_forward_lookup(**args)[2])
+    cache = lstm_forward_lookup(**args)[2]
     args["ids"][...] = 0      # int64 ids are converted, so the cache holds a copy
     args["b"] += 1
-    for got, want in zip(lstm_backward_projected(dhs, cache), expected):
+    for got, want in zip(lstm_backward_lookup(dhs, cache), expected):
         np.testing.assert_array_equal(got, want)
 
 
 @compiled_only
-def test_projected_debug_check_catches_one_element(debug_checks):
-    args, dhs = projected_case(np.float32)
-    cache = lstm_forward_projected(**args)[2]
+def test_lookup_debug_check_catches_one_element(debug_checks):
+    args, dhs = lookup_case(np.float32)
+    cache = lstm_forward_lookup(**args)[2]
     args["table"].flat[unsampled_index(args["table"].size)] += 1
     with pytest.raises(InputModifiedError) as info:
-        lstm_backward_projected(dhs, cache)
+        lstm_backward_lookup(dhs, cache)
     assert_names(info, "table")
 
 
@@ -437,24 +436,26 @@ def test_stacked_layer_debug_check_catches_one_element(backend, dtype, debug_che
 @compiled_only
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_lookup_layer_names_W_x_l0(dtype):
-    """forward_lookup with W_x_l0 itself as the table (one-hot inputs), and with a table
-    computed from it (embedded inputs, ``rows @ W_x_l0``)."""
+    """nn.LSTM on one-hot ids looks W_x_l0 itself up; on embedded ids, a table computed
+    from it (``rows @ W_x_l0``)."""
     m = nn.LSTM(D, H, dtype=dtype, seed=3)
     ids = np.random.default_rng(6).integers(0, D, (T, B))
-    hs, _ = m.forward_lookup(ids, m.W_x_l0.data)
+    hs, _ = m(ids)
+    assert m._lookup and m._caches[0].table is m.W_x_l0.data
     m.W_x_l0.data *= 3
     with pytest.raises(InputModifiedError) as info:
         m.backward(np.ones_like(hs))
     assert info.value.name == "parameter W_x_l0 (the lookup table)"
 
-    rows = np.random.default_rng(7).standard_normal((D, D)).astype(dtype)
-    hs, _ = m.forward_lookup(ids, rows @ m.W_x_l0.data)
+    emb = nn.Embedding(D, D, dtype=dtype, seed=7)
+    hs, _ = m(ids, embedding=emb)
+    assert m._lookup and m._caches[0].table is not m.W_x_l0.data
     m.W_x_l0.data *= 3
     with pytest.raises(InputModifiedError) as info:
         m.backward(np.ones_like(hs))
     assert info.value.name == "parameter W_x_l0 (the lookup table was computed from it)"
 
-    hs, _ = m.forward_lookup(ids, rows @ m.W_x_l0.data)
+    hs, _ = m(ids, embedding=emb)
     m.backward(np.ones_like(hs))     # unchanged: no error
 
 
@@ -529,10 +530,10 @@ def test_models_raise_for_a_step_between_forward_and_backward():
 
 
 @compiled_only
-def test_projected_backward_rejects_another_cache():
+def test_lookup_backward_rejects_another_cache():
     case = Case("lstm", np.float64)
-    with pytest.raises(TypeError, match="ProjectedLSTMCache"):
-        lstm_backward_projected(case.dhs, case.forward("cython"))
+    with pytest.raises(TypeError, match="LSTMLookupCache"):
+        lstm_backward_lookup(case.dhs, case.forward("cython"))
 
 
 def test_the_error_pickles():

@@ -47,6 +47,26 @@ def lstm_backward_args(dtype=np.float32):
                 split_units=False, n_threads=1)
 
 
+V = 7
+
+
+def lstm_forward_lookup_args(dtype=np.float32):
+    f = lstm_forward_args(dtype)
+    del f["x"], f["W_x"]
+    rng = np.random.default_rng(1)
+    return dict(ids=rng.integers(0, V, T * B).astype(np.intc),
+                table=rng.standard_normal((V, 4 * H)).astype(dtype), **f)
+
+
+def lstm_backward_lookup_args(dtype=np.float32):
+    f = lstm_backward_args(dtype)
+    for name in ("x", "W_x", "dx", "dW_x"):
+        del f[name]
+    lookup = lstm_forward_lookup_args(dtype)
+    return dict(ids=lookup["ids"], table=lookup["table"],
+                d_table=np.zeros((V, 4 * H), dtype), **f)
+
+
 def rnn_forward_args(dtype=np.float32):
     rng = np.random.default_rng(0)
     return dict(x=rng.standard_normal((T, B, D)).astype(dtype),
@@ -76,6 +96,9 @@ def read_only(a):
 def bigger(a):
     return np.zeros((a.shape[0] + 1,) + a.shape[1:], a.dtype)
 
+
+KERNELS = ("lstm_forward_kernel", "lstm_backward_kernel", "lstm_forward_lookup_kernel",
+           "lstm_backward_lookup_kernel", "rnn_forward_kernel", "rnn_backward_kernel")
 
 # (kernel, argument builder, the argument to break, how, expected exception)
 CASES = [
@@ -115,6 +138,30 @@ CASES = [
     ("rnn_backward_kernel", "rnn_backward_args", "d_pre", "bigger_rows", "ValueError"),
     ("rnn_backward_kernel", "rnn_backward_args", "h_states", "smaller_T", "ValueError"),
     ("rnn_backward_kernel", "rnn_backward_args", "dh", "read_only", "TypeError"),
+    ("lstm_forward_lookup_kernel", "lstm_forward_lookup_args", "ids", "past_table",
+     "ValueError"),
+    ("lstm_forward_lookup_kernel", "lstm_forward_lookup_args", "ids", "wrong_int",
+     "TypeError"),
+    ("lstm_forward_lookup_kernel", "lstm_forward_lookup_args", "ids", "too_long",
+     "ValueError"),
+    ("lstm_forward_lookup_kernel", "lstm_forward_lookup_args", "table", "wrong_dtype",
+     "TypeError"),
+    ("lstm_forward_lookup_kernel", "lstm_forward_lookup_args", "table", "narrow",
+     "ValueError"),
+    ("lstm_forward_lookup_kernel", "lstm_forward_lookup_args", "gates", "zero_d",
+     "TypeError"),
+    ("lstm_forward_lookup_kernel", "lstm_forward_lookup_args", "hs", "smaller_T",
+     "ValueError"),
+    ("lstm_backward_lookup_kernel", "lstm_backward_lookup_args", "ids", "past_table",
+     "ValueError"),
+    ("lstm_backward_lookup_kernel", "lstm_backward_lookup_args", "table", "flat",
+     "TypeError"),
+    ("lstm_backward_lookup_kernel", "lstm_backward_lookup_args", "d_table", "bigger",
+     "ValueError"),
+    ("lstm_backward_lookup_kernel", "lstm_backward_lookup_args", "d_table", "read_only",
+     "TypeError"),
+    ("lstm_backward_lookup_kernel", "lstm_backward_lookup_args", "d_gates", "bigger_rows",
+     "ValueError"),
 ]
 
 
@@ -149,6 +196,10 @@ def broken(how, a):
         return np.zeros((a.shape[0], a.shape[1] + 1, a.shape[2]), a.dtype)
     if how == "no_steps":
         return np.zeros((0,) + a.shape[1:], a.dtype)
+    if how == "past_table":
+        return np.full_like(a, V)
+    if how == "narrow":
+        return a[:, 1:].copy()
     raise AssertionError(how)
 
 
@@ -193,8 +244,7 @@ def child_main():
     """Run every case (and each kernel once with valid arguments) in this process."""
     from fastlstm import _dense, _lstm, _rnn
     modules = {"lstm": _lstm, "rnn": _rnn}
-    for kernel in ("lstm_forward_kernel", "lstm_backward_kernel", "rnn_forward_kernel",
-                   "rnn_backward_kernel"):
+    for kernel in KERNELS:
         args = globals()[kernel.replace("_kernel", "_args")]()
         getattr(modules[kernel[:kernel.index("_")]], kernel)(**args)
         print("RESULT " + json.dumps({"id": f"{kernel}-valid", "raised": None}), flush=True)
@@ -260,8 +310,7 @@ def child_results():
     return run.results
 
 
-@pytest.mark.parametrize("kernel", ["lstm_forward_kernel", "lstm_backward_kernel",
-                                    "rnn_forward_kernel", "rnn_backward_kernel"])
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_valid_arguments_run(kernel):
     assert child_results()[f"{kernel}-valid"]["raised"] is None
 

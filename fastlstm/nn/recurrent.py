@@ -1,19 +1,46 @@
 """Stacked LSTM and vanilla-RNN layers over the kernels, with dropout between layers and
 conversion to and from ``torch.nn.LSTM`` / ``torch.nn.RNN`` (whose weights are ours
-transposed, with the two biases summed)."""
+transposed, with the two biases summed).
+
+Both take float inputs (T, B, input_size) or integer ids (T, B): one-hot inputs (id v is
+row v of the identity, so its projection is row v of ``W_x_l0``) or, with an
+``nn.Embedding`` passed to ``forward``, rows of that embedding. On ids the LSTM looks
+layer 0's input projection up per distinct id (``fastlstm.lstm.lstm_forward_lookup``)
+where the compiled kernels run and it pays, and its backward fills ``W_x_l0.grad`` and the
+embedding's gradient itself; otherwise (and always for the RNN, whose kernels have no
+lookup) the layer gathers the input rows and runs its float path.
+"""
 import numpy as np
 
+from .. import _dense_ops
 from .._containers import InputModifiedError, changed_array, fingerprint
-from ..lstm import (lstm_backward, lstm_backward_projected, lstm_forward,
-                    lstm_forward_projected, projected_available)
+from ..lstm import (lookup_available, lstm_backward, lstm_backward_lookup, lstm_forward,
+                    lstm_forward_lookup)
 from ..rnn import rnn_backward, rnn_forward
 from .._validation import (BACKENDS, NONLINEARITIES, check_bptt_truncate, check_choice,
                            check_float_dtype, check_int, check_num_threads,
                            check_probability, make_rng)
+from .layers import Embedding
 from .module import Module
 from .parameter import Parameter
 
 INITS = ("default", "xavier")
+
+
+class _IdsInput:
+    """What a forward pass on ids keeps for its backward pass."""
+
+    __slots__ = ("embedding", "lookup", "rows", "source", "source_fingerprint")
+
+    def __init__(self, embedding, lookup=False, rows=None, source=None):
+        self.embedding = embedding   # None: one-hot inputs
+        self.lookup = lookup         # layer 0 ran lstm_forward_lookup
+        # With an embedding the lookup table is ``rows @ source`` (source = W_x_l0, rows
+        # the distinct ids' embedding rows); the backward reads both again, so W_x_l0
+        # must not change in between.
+        self.rows = rows
+        self.source = source
+        self.source_fingerprint = None if source is None else fingerprint((source,))
 
 
 class _Stacked(Module):
@@ -65,6 +92,8 @@ class _Stacked(Module):
             setattr(self, f"b_l{layer}", Parameter(b.astype(dtype)))
         self._caches = None
         self._masks = None
+        self._eye = None
+        self._ids_input = None   # an _IdsInput when the last forward took ids
 
     @classmethod
     def parameter_shapes(cls, input_size, hidden_size, num_layers=1, **config):
@@ -79,6 +108,50 @@ class _Stacked(Module):
     def layer_weights(self, layer):
         return (getattr(self, f"W_x_l{layer}"), getattr(self, f"W_h_l{layer}"),
                 getattr(self, f"b_l{layer}"))
+
+    def _ids(self, x, embedding):
+        """``x`` as checked (T, B) ids when it holds integers, else None (float inputs);
+        ``embedding`` (None or an nn.Embedding of input_size columns) checked too."""
+        if embedding is not None:
+            if not isinstance(embedding, Embedding):
+                raise TypeError(f"embedding must be None or an nn.Embedding, got "
+                                f"{type(embedding).__name__}")
+            weight = embedding.weight.data
+            if weight.shape[1] != self.input_size:
+                raise ValueError(f"embedding has rows of {weight.shape[1]}, but the layer's "
+                                 f"input_size is {self.input_size}")
+            if weight.dtype != self.W_x_l0.data.dtype:
+                raise TypeError(f"embedding has dtype {weight.dtype} but the layer has "
+                                f"{self.W_x_l0.data.dtype}")
+        ids = x if isinstance(x, np.ndarray) else np.asarray(x)
+        if ids.dtype.kind not in "iu":
+            if embedding is not None:
+                raise TypeError(f"with an embedding, the input must be integer ids (T, B), "
+                                f"got dtype {ids.dtype}")
+            return None
+        if ids.ndim != 2:
+            raise ValueError(f"ids must be 2-D (T, B) (time-major), got shape {ids.shape}")
+        if embedding is None and ids.size and (ids.min() < 0 or ids.max() >= self.input_size):
+            raise ValueError(f"ids must lie in [0, {self.input_size}) (one-hot inputs: "
+                             f"input_size), got values from {ids.min()} to {ids.max()}")
+        return ids
+
+    def _gathered(self, ids, embedding):
+        """The float inputs (T, B, input_size) that ``ids`` stand for."""
+        if embedding is not None:
+            return embedding(ids)   # (its backward runs in ours)
+        if self._eye is None:
+            self._eye = np.eye(self.input_size, dtype=self.W_x_l0.data.dtype)
+        return self._eye[ids]
+
+    def _step_projection(self, x, embedding):
+        """Layer 0's ``x @ W_x`` for one decoding step (x floats, or ids)."""
+        W_x0 = self.W_x_l0.data
+        if x.dtype.kind in "iu":
+            if embedding is None:   # a one-hot input's projection is a row of W_x_l0
+                return W_x0[x]
+            x = embedding.weight.data[x]
+        return x @ W_x0
 
     def _changed_since_forward(self):
         """What the last forward's caches reference that has changed since: a name for
@@ -95,6 +168,10 @@ class _Stacked(Module):
             if name == "table" and cache.table is self.W_x_l0.data:
                 return "parameter W_x_l0 (the lookup table)"
             return f"the lookup {name}"
+        ids_input = self._ids_input
+        if ids_input is not None and ids_input.source is not None:
+            if changed_array((ids_input.source,), ids_input.source_fingerprint) is not None:
+                return "parameter W_x_l0 (the lookup table was computed from it)"
         return None
 
     def _check_inputs(self):
@@ -148,10 +225,12 @@ class LSTM(_Stacked):
     """A stack of LSTM layers, weights fused per layer as ``W_x_l{k}`` (D_k, 4H),
     ``W_h_l{k}`` (H, 4H), ``b_l{k}`` (4H,), gate order i, f, g, o.
 
-    ``forward(x (T, B, input_size), state=None, lengths=None) -> (hs, (h_n, c_n))`` with
+    ``forward(x, state=None, lengths=None, embedding=None) -> (hs, (h_n, c_n))`` with
+    ``x`` (T, B, input_size) floats or (T, B) integer ids (see the module docstring),
     ``h_n``, ``c_n`` of shape (num_layers, B, H); ``backward(dhs, dstate=None) ->
-    (dx, (dh0, dc0))`` with ``dstate = (dh_n, dc_n)`` or None. Dropout (training mode
-    only) applies to each layer's output except the last's.
+    (dx, (dh0, dc0))`` with ``dstate = (dh_n, dc_n)`` or None (dx is None after a
+    forward on ids). Dropout (training mode only) applies to each layer's output except
+    the last's.
 
     input_size : int >= 1;  hidden_size : int >= 1 (4 * hidden_size fits a 32-bit int)
     num_layers : int >= 1;  dropout : a number in [0, 1);  dtype : float32 or float64
@@ -161,8 +240,6 @@ class LSTM(_Stacked):
     """
 
     gates = 4
-    _lookup = False     # the last forward ran forward_lookup
-    _lookup_source = None
 
     def __init__(self, input_size, hidden_size, num_layers=1, dropout=0.0,
                  dtype=np.float32, seed=None, init="default", backend="auto",
@@ -179,41 +256,47 @@ class LSTM(_Stacked):
         """An nn.LSTM with the weights of a ``torch.nn.LSTM``."""
         return cls(**cls._torch_args(module, "LSTM"))._load_torch(module)
 
-    def forward(self, x, state=None, lengths=None):
-        """x (T, B, input_size), state ``(h0, c0)`` each (num_layers, B, H) or None ->
-        ``(hs (T, B, H), (h_n, c_n))``."""
-        return self._forward(x, None, None, state, lengths)
+    @property
+    def _lookup(self):
+        """Whether the last forward looked layer 0's input projection up."""
+        return self._ids_input is not None and self._ids_input.lookup
 
-    def lookup_available(self, dtype):
-        """Whether ``forward_lookup`` runs here (compiled kernels, not backend="numpy")."""
-        return self.backend != "numpy" and projected_available(dtype)
-
-    def forward_lookup(self, ids, table, state=None, lengths=None):
-        """``forward`` for inputs that are rows of a table: layer 0's input projection of
-        step t, sequence b is ``table[ids[t, b]]`` ((V, 4H), i.e. ``inputs @ W_x_l0`` for
-        the V distinct inputs) instead of a (T*B, D) x (D, 4H) product. ``backward`` then
-        returns the table's gradient (V, 4H) in place of dx and leaves ``W_x_l0.grad``
-        to the caller (dW_x_l0 = inputs^T d_table). Needs ``lookup_available``."""
-        return self._forward(None, ids, table, state, lengths)
+    def forward(self, x, state=None, lengths=None, embedding=None):
+        """x (T, B, input_size) floats, or (T, B) integer ids: one-hot inputs (ids in
+        [0, input_size)), or rows of ``embedding`` (an ``nn.Embedding`` with input_size
+        columns, whose gradient the backward pass accumulates); state ``(h0, c0)`` each
+        (num_layers, B, H) or None -> ``(hs (T, B, H), (h_n, c_n))``."""
+        ids = self._ids(x, embedding)
+        self._ids_input = None
+        if ids is None:
+            return self._forward(x, None, None, state, lengths)
+        W_x0 = self.W_x_l0.data
+        if self.backend != "numpy" and lookup_available(W_x0.dtype):
+            if embedding is None:   # a one-hot input's projection is a row of W_x_l0
+                self._ids_input = _IdsInput(None, lookup=True)
+                return self._forward(None, ids, W_x0, state, lengths)
+            distinct, index = np.unique(ids, return_inverse=True)
+            # (nearly) every id distinct: the product per distinct id would save nothing
+            if 2 * distinct.size <= ids.size:
+                rows = embedding(distinct)   # its backward scatters into these rows
+                table = _dense_ops.matmul(rows, W_x0, num_threads=self.num_threads)
+                self._ids_input = _IdsInput(embedding, lookup=True, rows=rows, source=W_x0)
+                return self._forward(None, index.reshape(ids.shape), table, state, lengths)
+        self._ids_input = _IdsInput(embedding)
+        return self._forward(self._gathered(ids, embedding), None, None, state, lengths)
 
     def _forward(self, x, ids, table, state, lengths):
         h0s = c0s = [None] * self.num_layers
         if state is not None:
             h0s, c0s = state
         self._caches, self._masks = [], []
-        self._lookup = ids is not None
-        # A table other than W_x_l0 itself is computed from it by the caller (``inputs @
-        # W_x_l0``), who uses W_x_l0 again in the backward pass: it must not change between.
-        self._lookup_source = None
-        if self._lookup and table is not self.W_x_l0.data:
-            self._lookup_source = (self.W_x_l0.data, fingerprint((self.W_x_l0.data,)))
         h_n, c_n = [], []
         out = x
         for layer in range(self.num_layers):
             W_x, W_h, b = self.layer_weights(layer)
-            if layer == 0 and self._lookup:
-                hs, (h, c), cache = lstm_forward_projected(
-                    table, ids, W_h.data, b.data, h0s[layer], c0s[layer], lengths=lengths,
+            if layer == 0 and ids is not None:
+                hs, (h, c), cache = lstm_forward_lookup(
+                    ids, table, W_h.data, b.data, h0s[layer], c0s[layer], lengths=lengths,
                     num_threads=self.num_threads)
             else:
                 hs, (h, c), cache = lstm_forward(out, W_x.data, W_h.data, b.data,
@@ -227,22 +310,21 @@ class LSTM(_Stacked):
             self._masks.append(mask)
         return out, (np.stack(h_n), np.stack(c_n))
 
-    def step(self, x, state, first_projection=None):
+    def step(self, x, state, embedding=None):
         """One time step for decoding, in NumPy, without input checks or a cache.
 
-        x (B, input_size) (ignored when ``first_projection``, layer 0's ``x @ W_x`` of
-        shape (B, 4H), is given: a one-hot input's projection is a row lookup);
-        state ``(h, c)``, each (num_layers, B, H). Returns ``(h_top (B, H), (h, c))``.
-        Inference only: no dropout, nothing kept for a backward pass.
+        x: an ndarray (B, input_size) of floats, or (B,) integer ids (one-hot, or rows of
+        ``embedding``) in range; state ``(h, c)``, each (num_layers, B, H). Returns
+        ``(h_top (B, H), (h, c))``. Inference only: no dropout, nothing kept for a
+        backward pass.
         """
         h_prev, c_prev = state
         H = self.hidden_size
         h_new, c_new = np.empty_like(h_prev), np.empty_like(c_prev)
-        out = x
+        out = None
         for layer in range(self.num_layers):
             W_x, W_h, b = self.layer_weights(layer)
-            z = (first_projection if layer == 0 and first_projection is not None
-                 else out @ W_x.data)
+            z = self._step_projection(x, embedding) if layer == 0 else out @ W_x.data
             z = z + h_prev[layer] @ W_h.data
             z += b.data
             g = np.tanh(z[:, 2 * H:3 * H])
@@ -258,19 +340,12 @@ class LSTM(_Stacked):
             np.multiply(z[:, 3 * H:], np.tanh(c), out=out)
         return out, (h_new, c_new)
 
-    def _changed_since_forward(self):
-        name = super()._changed_since_forward()
-        if name is None and self._lookup_source is not None:
-            source, recorded = self._lookup_source
-            if changed_array((source,), recorded) is not None:
-                return "parameter W_x_l0 (the lookup table was computed from it)"
-        return name
-
     def backward(self, dhs, dstate=None):
         """dhs (T, B, H) or None, dstate ``(dh_n, dc_n)`` each (num_layers, B, H) or None
-        -> ``(dx, (dh0, dc0))``; accumulates into every parameter's ``.grad``. Raises
-        InputModifiedError, before any gradient is accumulated, if the input or a
-        weight changed in place since ``forward``."""
+        -> ``(dx, (dh0, dc0))``; accumulates into every parameter's ``.grad`` (and, after
+        a forward on ids with an embedding, into the embedding's; dx is then None: ids
+        have no gradient). Raises InputModifiedError, before any gradient is
+        accumulated, if the input or a weight changed in place since ``forward``."""
         if self._caches is None:
             raise RuntimeError("LSTM.backward called before forward")
         self._check_inputs()
@@ -283,26 +358,43 @@ class LSTM(_Stacked):
                 d_out = d_out * self._masks[layer]
             W_x, W_h, b = self.layer_weights(layer)
             if layer == 0 and self._lookup:
-                d_table, dh0[layer], dc0[layer], dW_h, db = lstm_backward_projected(
-                    d_out, self._caches[layer], dh_n[layer], dc_n[layer])
-                W_h.grad += dW_h
-                b.grad += db
-                d_out = d_table
-                continue
-            g = lstm_backward(d_out, self._caches[layer], dh_n[layer], dc_n[layer])
-            W_x.grad += g.dW_x
+                g = lstm_backward_lookup(d_out, self._caches[layer], dh_n[layer],
+                                         dc_n[layer])
+                self._table_backward(g.d_table)
+            else:
+                g = lstm_backward(d_out, self._caches[layer], dh_n[layer], dc_n[layer])
+                W_x.grad += g.dW_x
+                d_out = g.dx
             W_h.grad += g.dW_h
             b.grad += g.db
             dh0[layer], dc0[layer] = g.dh0, g.dc0
-            d_out = g.dx
+        if self._ids_input is not None:
+            if not self._lookup and self._ids_input.embedding is not None:
+                self._ids_input.embedding.backward(d_out)
+            d_out = None
         return d_out, (np.stack(dh0), np.stack(dc0))
+
+    def _table_backward(self, d_table):
+        """W_x_l0's gradient, and the embedding's, from the lookup table's (V', 4H)."""
+        W_x0 = self.W_x_l0
+        ids_input = self._ids_input
+        if ids_input.embedding is None:   # one-hot: the table is W_x_l0 itself
+            W_x0.grad += d_table
+            return
+        _dense_ops.matmul(ids_input.rows, d_table, trans_a=True, out=W_x0.grad,
+                          accumulate=True, num_threads=self.num_threads)
+        if ids_input.embedding.weight.requires_grad:
+            ids_input.embedding.backward(_dense_ops.matmul(
+                d_table, W_x0.data, trans_b=True, num_threads=self.num_threads))
 
 
 class RNN(_Stacked):
     """A stack of vanilla-RNN layers, ``h_t = act(x_t W_x + h_{t-1} W_h + b)``, weights
     ``W_x_l{k}`` (D_k, H), ``W_h_l{k}`` (H, H), ``b_l{k}`` (H,).
 
-    ``forward(x, h0=None, lengths=None) -> (hs, h_n)`` with h_n (num_layers, B, H);
+    ``forward(x, h0=None, lengths=None, embedding=None) -> (hs, h_n)`` with h_n
+    (num_layers, B, H), x floats or integer ids as for ``LSTM`` (the RNN gathers the
+    rows ids stand for and runs on them: its kernels have no lookup);
     ``backward(dhs, dh_n=None) -> (dx, dh0)``; ``bptt_truncate`` (None or k >= 0) is
     applied in every layer's backward.
 
@@ -331,7 +423,14 @@ class RNN(_Stacked):
         return cls(nonlinearity=module.nonlinearity,
                    **cls._torch_args(module, "RNN"))._load_torch(module)
 
-    def forward(self, x, h0=None, lengths=None):
+    def forward(self, x, h0=None, lengths=None, embedding=None):
+        """x (T, B, input_size) floats or (T, B) integer ids (with ``embedding``, rows of
+        it; without, one-hot), h0 (num_layers, B, H) or None -> ``(hs, h_n)``."""
+        ids = self._ids(x, embedding)
+        self._ids_input = None
+        if ids is not None:
+            self._ids_input = _IdsInput(embedding)
+            x = self._gathered(ids, embedding)
         h0s = [None] * self.num_layers if h0 is None else h0
         self._caches, self._masks = [], []
         h_n = []
@@ -347,17 +446,16 @@ class RNN(_Stacked):
             self._masks.append(mask)
         return out, np.stack(h_n)
 
-    def step(self, x, h, first_projection=None):
+    def step(self, x, h, embedding=None):
         """One time step for decoding, in NumPy, without input checks or a cache:
-        x (B, input_size) (or layer 0's ``x @ W_x`` as ``first_projection``), h
-        (num_layers, B, H). Returns ``(h_top (B, H), h_new)``."""
+        x an ndarray (B, input_size) of floats or (B,) integer ids (as for ``LSTM.step``),
+        h (num_layers, B, H). Returns ``(h_top (B, H), h_new)``."""
         act = np.tanh if self.nonlinearity == "tanh" else (lambda z: np.maximum(z, 0))
         h_new = np.empty_like(h)
-        out = x
+        out = None
         for layer in range(self.num_layers):
             W_x, W_h, b = self.layer_weights(layer)
-            z = (first_projection if layer == 0 and first_projection is not None
-                 else out @ W_x.data)
+            z = self._step_projection(x, embedding) if layer == 0 else out @ W_x.data
             z = z + h[layer] @ W_h.data
             z += b.data
             out = h_new[layer] = act(z)
@@ -365,9 +463,10 @@ class RNN(_Stacked):
 
     def backward(self, dhs, dh_n=None):
         """dhs (T, B, H) or None, dh_n (num_layers, B, H) or None -> ``(dx, dh0)``;
-        accumulates into every parameter's ``.grad``. Raises InputModifiedError, before
-        any gradient is accumulated, if the input or a weight changed in place since
-        ``forward``."""
+        accumulates into every parameter's ``.grad`` (and, after a forward on ids with an
+        embedding, into the embedding's; dx is then None). Raises InputModifiedError,
+        before any gradient is accumulated, if the input or a weight changed in place
+        since ``forward``."""
         if self._caches is None:
             raise RuntimeError("RNN.backward called before forward")
         self._check_inputs()
@@ -385,4 +484,8 @@ class RNN(_Stacked):
             b.grad += g.db
             dh0[layer] = g.dh0
             d_out = g.dx
+        if self._ids_input is not None:
+            if self._ids_input.embedding is not None:
+                self._ids_input.embedding.backward(d_out)
+            d_out = None
         return d_out, np.stack(dh0)
