@@ -281,8 +281,8 @@ FL_DEFINE_NT_KERNELS(fl_nt_avx2, "avx2,fma", fl_v8, 8, fl_hsums8)
 /* The single-row product y[0:N] (+)= x[0:K] @ W[0:K, 0:N], W row-major (ld ldw) and read
  * in place: the recursion of one sequence (B = 1, or one thread's share of it). Packing
  * does not pay here, since every weight is used once per step, and BLAS's GEMV costs a
- * call overhead comparable to the product itself at these sizes (100 x 400 is ~1.5 us,
- * bound by the L2 bandwidth). Columns go in blocks of up to NV_MAX vectors, each block one
+ * call overhead comparable to the product itself at these sizes (which are bound by the
+ * L2 bandwidth). Columns go in blocks of up to NV_MAX vectors, each block one
  * pass over the K rows with its accumulators in registers; the last vector of the row is
  * a masked load, so any N works. Narrow blocks (the per-gate column ranges of a hidden-unit
  * split) keep U independent partial sums per column, over alternate rows, so the chains

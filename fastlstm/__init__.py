@@ -1,6 +1,6 @@
 """fastlstm: LSTMs and vanilla RNNs trained on the CPU from NumPy, fast.
 
-The functional API (time-major, gate order i, f, g, o, see DESIGN.md)::
+The functional API (time-major, gate order i, f, g, o, see docs/design.md)::
 
     hs, (h_n, c_n), cache = fastlstm.lstm_forward(x, W_x, W_h, b)
     grads = fastlstm.lstm_backward(dhs, cache)

@@ -82,8 +82,8 @@ cdef inline bint _sampled(object obj):
 def sampled_bytes(tuple arrays, cnp.ndarray positions):
     """A few elements of each array, their bytes concatenated: what the caches record to
     notice arrays changed between a forward and its backward pass (fastlstm._containers;
-    python_sampled_bytes there is the same in NumPy, at ~2 us an array instead of
-    ~0.06).
+    python_sampled_bytes there is the same in NumPy, many times slower per array, too
+    slow for a check made on every call).
 
     ``positions``: float64 (k,) fractions in [0, 1). An array of n > k elements gives
     element ``min(int(f * n), n - 1)`` of its flat order for each fraction f; a smaller

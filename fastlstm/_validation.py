@@ -1,4 +1,4 @@
-"""Argument checks shared by every backend (DESIGN.md, "Errors, never crashes").
+"""Argument checks shared by every backend (docs/design.md, "Errors, never crashes").
 
 Everything a kernel reads is checked here, before any compiled code runs: ranks, shapes,
 one floating dtype per call (never converted), lengths, backend and thread count. The
@@ -240,7 +240,7 @@ class LSTMForwardArgs(NamedTuple):
 
 
 def validate_lstm_forward(x, W_x, W_h, b, h0, c0, lengths, backend, num_threads):
-    """Check the arguments of ``lstm_forward``; see DESIGN.md for the contract."""
+    """Check the arguments of ``lstm_forward``; see docs/design.md for the contract."""
     backend = check_backend(backend)
     num_threads = check_num_threads(num_threads)
     x = _checked_x(x)
@@ -394,7 +394,7 @@ class RNNForwardArgs(NamedTuple):
 
 
 def validate_rnn_forward(x, W_x, W_h, b, h0, nonlinearity, lengths, backend, num_threads):
-    """Check the arguments of ``rnn_forward``; see DESIGN.md for the contract."""
+    """Check the arguments of ``rnn_forward``; see docs/design.md for the contract."""
     backend = check_backend(backend)
     num_threads = check_num_threads(num_threads)
     if not isinstance(nonlinearity, str) or nonlinearity not in NONLINEARITIES:

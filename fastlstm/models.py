@@ -1,4 +1,4 @@
-"""The seeds' models (issue 7, first part): CharLM, WordLM, SentimentClassifier, and
+"""The seeds' models: CharLM, WordLM, SentimentClassifier, and
 ``sample`` for the language models. Explicit forward/backward like every layer."""
 import numpy as np
 

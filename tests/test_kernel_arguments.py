@@ -2,7 +2,7 @@
 
 ``fastlstm.lstm`` and ``fastlstm.rnn`` validate everything before calling the kernels,
 but the kernels are reachable from Python too (``fastlstm._lstm.lstm_forward_kernel``
-and the rest), and DESIGN.md allows no input reachable from Python to crash or write
+and the rest), and docs/design.md allows no input reachable from Python to crash or write
 outside its buffers. Each case breaks one argument of an otherwise valid call and
 expects a TypeError or ValueError. All run in one child process, so a missing check
 shows up as a failed test instead of taking the test run down.

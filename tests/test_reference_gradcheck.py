@@ -1,7 +1,7 @@
 """The NumPy reference (``fastlstm.reference``) checked from first principles, float64:
 
 * its forward against a direct per-sequence, per-step, per-unit scalar transcription of
-  DESIGN.md's equations (written here, not using reference.py), including the
+  docs/design.md's equations (written here, not using reference.py), including the
   ``lengths`` semantics;
 * its backward against central finite differences of the scalar loss
   ``L = sum(hs * R) + sum(h_n * Rh) + sum(c_n * Rc)``, entry by entry, for every input
@@ -46,7 +46,7 @@ def _sig(v):
 
 
 def scalar_lstm(x, W_x, W_h, b, h0=None, c0=None, lengths=None):
-    """DESIGN.md's LSTM, one sequence, one step, one unit at a time, with Python floats.
+    """docs/design.md's LSTM, one sequence, one step, one unit at a time, with Python floats.
 
     a_t = x_t W_x + h_{t-1} W_h + b, blocks i, f, g, o of H along the 4H axis;
     i, f, o = sigmoid, g = tanh; c_t = f c_{t-1} + i g; h_t = o tanh(c_t).

@@ -2,7 +2,7 @@
 
 Both the NumPy reference (``fastlstm.reference``) and the compiled kernels
 (``fastlstm.lstm_forward/lstm_backward`` with ``backend="cython"``) against a
-``torch.nn.LSTM(D, H)`` whose weights are mapped as DESIGN.md says:
+``torch.nn.LSTM(D, H)`` whose weights are mapped as docs/design.md says:
 ``W_x = weight_ih_l0.T``, ``W_h = weight_hh_l0.T``, ``b = bias_ih_l0 + bias_hh_l0``.
 
 Forward outputs (hs, h_n, c_n) and gradients (dx, dh0, dc0, dW_x, dW_h, db) are compared
