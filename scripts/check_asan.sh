@@ -29,7 +29,7 @@ CC="$CC" CFLAGS="-fsanitize=address -fno-omit-frame-pointer -g" \
     || { tail -30 build.log; echo "check_asan: build failed" >&2; exit 1; }
 LD_PRELOAD="$LIBASAN" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
     python -m pytest -q -p no:cacheprovider \
-    tests/test_compiled_vs_reference.py tests/test_rnn_compiled.py tests/test_lookup.py \
-    tests/test_kernel_arguments.py tests/test_lstm_kernels.py tests/test_dense_ops.py \
+    tests/test_compiled_vs_reference.py tests/test_lookup.py \
+    tests/test_kernel_arguments.py tests/test_dense_ops.py \
     tests/test_buffers.py tests/test_models.py tests/test_nn.py
 echo "check_asan: ok"
