@@ -1,4 +1,4 @@
-"""DESIGN.md, "Errors, never crashes": bad input raises ValueError or TypeError whose
+"""docs/design.md, "Errors, never crashes": bad input raises ValueError or TypeError whose
 message names the argument, from every backend, before any compiled code runs; unusual
 but valid input is accepted.
 
