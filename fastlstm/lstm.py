@@ -118,9 +118,8 @@ def lstm_backward(dhs, cache, dh_n=None, dc_n=None):
     place since the forward pass.
     """
     dhs, dh_n, dc_n = validate_lstm_backward(dhs, cache, dh_n, dc_n)
-    if cache.backend == "numpy":
+    if not _backend.use_compiled_for(cache):
         return reference.lstm_backward(dhs, cache, dh_n, dc_n)
-    _backend.use_compiled("cython")
     x, W_x, W_h = cache.x, cache.W_x, cache.W_h
     T, B, D, H = cache.sizes
     dtype = cache.dtype

@@ -88,9 +88,8 @@ def rnn_backward(dhs, cache, dh_n=None, bptt_truncate=None):
     place since the forward pass.
     """
     dhs, dh_n, k = validate_rnn_backward(dhs, cache, dh_n, bptt_truncate)
-    if cache.backend == "numpy":
+    if not _backend.use_compiled_for(cache):
         return reference.rnn_backward(dhs, cache, dh_n, k)
-    _backend.use_compiled("cython")
     x, W_x, W_h = cache.x, cache.W_x, cache.W_h
     T, B, D, H = cache.sizes
     dtype = cache.dtype
