@@ -90,6 +90,20 @@ def problem(case, seed=0):
     )
 
 
+def torch_thread_limit(n):
+    """A ``thread_limit()`` for torch: runs the body on ``n`` intra-op threads."""
+    @contextlib.contextmanager
+    def thread_limit():
+        import torch
+        old = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)
+    return thread_limit
+
+
 # --- the implementations: impl(case, mode, n) -> (run, thread_limit) ---------------
 # ``run()`` is what is timed; ``thread_limit()`` a context manager entered around the
 # whole benchmark.
@@ -171,16 +185,7 @@ def torch_impl(case, mode, n):
         out, _ = lstm(xg)
         out.backward(dhs)
 
-    @contextlib.contextmanager
-    def thread_limit():
-        old = torch.get_num_threads()
-        torch.set_num_threads(n)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(old)
-
-    return (forward if mode == FORWARD else forward_backward), thread_limit
+    return (forward if mode == FORWARD else forward_backward), torch_thread_limit(n)
 
 
 IMPLS = {"compiled": compiled_impl, "reference": reference_impl, "torch": torch_impl}

@@ -23,12 +23,12 @@ over the reference, and GFLOP/s against the sgemm 1024^3 peak. FLOPs of a step:
 3 x (2*T*B*(E+H)*4H + 2*T*B*H*V) (forward, and a backward of twice the forward).
 Nothing here asserts a timing.
 """
-import contextlib
 import functools
 import os
 
 import numpy as np
 import pytest
+from bench_lstm import torch_thread_limit
 from threadpoolctl import threadpool_limits
 
 from fastlstm import reference
@@ -188,16 +188,7 @@ def torch_impl(case, n):
     assert abs(first_ours - first_torch) < 1e-4, \
         f"torch model set-up differs from the CharLM: loss {first_torch} vs {first_ours}"
 
-    @contextlib.contextmanager
-    def thread_limit():
-        old = torch.get_num_threads()
-        torch.set_num_threads(n)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(old)
-
-    return step, thread_limit
+    return step, torch_thread_limit(n)
 
 
 IMPLS = {"compiled": compiled_impl, "reference": reference_impl, "torch": torch_impl}

@@ -235,6 +235,17 @@ def _isa_line():
             + (f"; forced by {BENCH_ISA_VAR}={forced}" if forced else ""))
 
 
+def _speedups(r, by_key):
+    """Row ``r``'s speedup columns: each baseline's mean time over r's, same case, thread
+    count and mode (blank where there is none, or r is that baseline)."""
+    cols = []
+    for impl, _ in BASELINES:
+        other = by_key.get((r["case"], r["threads"], r["mode"], impl))
+        cols.append(f"{other['mean_s'] / r['mean_s']:>10.2f}"
+                    if other is not None and impl != r["impl"] else " " * 10)
+    return "".join(cols)
+
+
 def _throughput_table(tr, log, by_key):
     rows = [r for r in log.results if r.get("tokens")]
     if not rows:
@@ -247,13 +258,8 @@ def _throughput_table(tr, log, by_key):
     tr.write_line(header)
     tr.write_line("-" * len(header))
     for r in rows:
-        cols = []
-        for impl, _ in BASELINES:
-            other = by_key.get((r["case"], r["threads"], r["mode"], impl))
-            cols.append(f"{other['mean_s'] / r['mean_s']:>10.2f}"
-                        if other is not None and impl != r["impl"] else " " * 10)
         tr.write_line(f"{r['case']:<21}{r['threads']:>4}  {r['impl']:<11}"
-                      f"{r['tokens'] / r['mean_s']:>12,.0f}" + "".join(cols))
+                      f"{r['tokens'] / r['mean_s']:>12,.0f}" + _speedups(r, by_key))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -281,14 +287,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         for r in log.results:
             peak = log.peaks.get(r["threads"])
             share = f"{100 * r['gflops'] / peak['mean']:6.0f}%" if peak else " " * 7
-            cols = []
-            for impl, _ in BASELINES:
-                other = by_key.get((r["case"], r["threads"], r["mode"], impl))
-                cols.append(f"{other['mean_s'] / r['mean_s']:>10.2f}"
-                            if other is not None and impl != r["impl"] else " " * 10)
             tr.write_line(f"{r['case']:<21}{r['threads']:>4}  {r['mode']:<18}{r['impl']:<11}"
                           f"{r['mean_s'] * 1e3:>10.3f}{r['min_s'] * 1e3:>10.3f}"
-                          f"{r['gflops']:>9.2f}{share}" + "".join(cols))
+                          f"{r['gflops']:>9.2f}{share}" + _speedups(r, by_key))
         _throughput_table(tr, log, by_key)
     else:
         tr.write_line("timings disabled (--benchmark-disable): no speed table")

@@ -57,3 +57,12 @@ def use_compiled(backend):
                       stacklevel=3)
         _warned = True
     return False
+
+
+def use_compiled_for(cache):
+    """True to run the backward pass of ``cache`` on the compiled kernels. It runs on the
+    backend that made the cache: the reference's cache never needs the kernels, and for
+    any other their absence is an ImportError (never a silent fallback)."""
+    if cache.backend == "numpy":
+        return False
+    return use_compiled("cython")

@@ -218,9 +218,15 @@ class _KernelCache(InputsRecord):
     def dtype(self):
         return self.x.dtype
 
-    def _describe(self):
+    @property
+    def sizes(self):
+        """``(T, B, D, H)``: steps, batch, input and hidden sizes."""
         T, B, D = self.x.shape
-        return (f"T={T}, B={B}, D={D}, H={self.W_h.shape[0]}, dtype={self.x.dtype}, "
+        return T, B, D, self.W_h.shape[0]
+
+    def _describe(self):
+        T, B, D, H = self.sizes
+        return (f"T={T}, B={B}, D={D}, H={H}, dtype={self.x.dtype}, "
                 f"backend={self.backend!r}, lengths={'yes' if self.lengths is not None else 'no'}")
 
 

@@ -78,12 +78,16 @@ cdef inline void _split_aligned(Py_ssize_t n, Py_ssize_t align, Py_ssize_t part,
     stop[0] = min(stop[0] * align, n)
 
 
-cdef inline size_t _scratch_floats(int B, bint split_units, int min_rows, int K) noexcept nogil:
-    """Floats of per-thread scratch for the recurrent products, sized by the thread count
-    the OpenMP runtime actually granted (it may give fewer threads than asked for, and
-    each thread then takes more rows)."""
+cdef inline float *_thread_scratch(bint wanted, int B, bint split_units, int min_rows,
+                                   int K) noexcept nogil:
+    """This thread's scratch for the packed recurrent products (NULL if not ``wanted``;
+    release with fl_aligned_free), sized by the thread count the OpenMP runtime actually
+    granted (it may give fewer threads than asked for, and each thread then takes more
+    rows). Call inside the parallel region."""
+    if not wanted:
+        return NULL
     cdef int rows = B if split_units else (B + fl_num_threads() - 1) // fl_num_threads()
-    return fl_packed_a_size(max(rows, min_rows), K)
+    return <float *>fl_aligned_alloc(fl_packed_a_size(max(rows, min_rows), K) * sizeof(float))
 
 
 cdef inline void _copy_valid_rows(int n_rows, int H, int u0, int nu, const floating *src,

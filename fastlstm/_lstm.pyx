@@ -434,11 +434,8 @@ cdef void _forward_parallel(const _Forward *a, floating dtype_tag) noexcept:
                               and fl_gemm_packed_available() and a.T >= _copy_min_steps)
     cdef int nu_max, unit_align
     with nogil, parallel(num_threads=a.n_threads):
-        a_scratch = NULL
+        a_scratch = _thread_scratch(a.packed != NULL, a.B, a.split_units, 1, H)
         w_local = NULL
-        if a.packed != NULL:
-            a_scratch = <float *>fl_aligned_alloc(_scratch_floats(a.B, a.split_units, 1, H)
-                                                  * sizeof(float))
         if one_sequence:
             # the most units _forward_worker's split can give one thread
             unit_align = FL_NR if a.packed != NULL else UNIT_ALIGN
@@ -684,11 +681,7 @@ cdef void _backward_run(_Backward *a, int typenum) noexcept:
 cdef void _backward_parallel(const _Backward *a, floating dtype_tag) noexcept:
     cdef float *a_scratch = NULL
     with nogil, parallel(num_threads=a.n_threads):
-        a_scratch = NULL
-        if a.use_kernel:
-            a_scratch = <float *>fl_aligned_alloc(
-                _scratch_floats(a.B, a.split_units, a.scratch_rows, 4 * a.H)
-                * sizeof(float))
+        a_scratch = _thread_scratch(a.use_kernel, a.B, a.split_units, a.scratch_rows, 4 * a.H)
         try:
             _backward_worker(a, threadid(), fl_num_threads(), a_scratch, dtype_tag)
         finally:

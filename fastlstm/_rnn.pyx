@@ -175,10 +175,7 @@ def rnn_forward_kernel(x, W_x, W_h, b, h_states, hs, lengths, packed, bint relu,
 cdef void _forward_parallel(const _Forward *a, floating dtype_tag) noexcept:
     cdef float *a_scratch = NULL
     with nogil, parallel(num_threads=a.n_threads):
-        a_scratch = NULL
-        if a.packed != NULL:
-            a_scratch = <float *>fl_aligned_alloc(_scratch_floats(a.B, False, 1, a.H)
-                                                  * sizeof(float))
+        a_scratch = _thread_scratch(a.packed != NULL, a.B, False, 1, a.H)
         try:
             _forward_worker(a, threadid(), fl_num_threads(), a_scratch, dtype_tag)
         finally:
@@ -396,11 +393,8 @@ cdef int _backward_parallel(const _Backward *a, floating *slots) noexcept:
     cdef int alloc_failed[1]
     alloc_failed[0] = 0
     with nogil, parallel(num_threads=a.n_threads):
-        a_scratch = NULL
+        a_scratch = _thread_scratch(a.use_kernel, a.B, False, a.scratch_rows, a.H)
         slots = NULL
-        if a.use_kernel:
-            a_scratch = <float *>fl_aligned_alloc(
-                _scratch_floats(a.B, False, a.scratch_rows, a.H) * sizeof(float))
         if a.k >= 0:
             slot_floats = <size_t>(2 * (a.k + 1)) * ((a.B + fl_num_threads() - 1)
                                                      // fl_num_threads()) * a.H

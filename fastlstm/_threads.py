@@ -86,9 +86,25 @@ class _PoolState:
         self.saved = None     # the counts before the first of them
         self.current = None   # the counts set since
 
+    def limit(self, pools, n):
+        """Set each pool not already at ``n`` to ``n`` (under ``_lock``)."""
+        current = self.current
+        for i, pool in enumerate(pools):
+            if current[i] != n:
+                pool.set(n)
+                current[i] = n
+
+
+class _Nesting(threading.local):
+    """``.stack``: this thread's open bodies' counts, innermost last (each thread starts
+    with its own empty one)."""
+
+    def __init__(self):
+        self.stack = []
+
 
 _state = _PoolState()
-_nesting = threading.local()   # .stack: this thread's open bodies' counts, innermost last
+_nesting = _Nesting()
 
 
 class blas_threads:
@@ -112,10 +128,7 @@ class blas_threads:
     def __enter__(self):
         pools = _pools if _pools is not None else _blas_pools()
         n = self.n
-        try:
-            stack = _nesting.stack
-        except AttributeError:
-            stack = _nesting.stack = []
+        stack = _nesting.stack
         with _lock:
             state = _state
             if state.depth == 0:
@@ -123,34 +136,22 @@ class blas_threads:
                 state.current = list(state.saved)
             state.depth += 1
             stack.append(n)
-            current = state.current
-            for i, pool in enumerate(pools):
-                if current[i] != n:
-                    pool.set(n)
-                    current[i] = n
+            state.limit(pools, n)
         return self
 
     def __exit__(self, *exc):
         pools = _pools
-        try:
-            stack = _nesting.stack
-        except AttributeError:
-            stack = _nesting.stack = []
+        stack = _nesting.stack
         with _lock:
             state = _state
             state.depth -= 1
             if stack:
                 stack.pop()
-            current = state.current
             if state.depth == 0:
-                for pool, old, now in zip(pools, state.saved, current):
+                for pool, old, now in zip(pools, state.saved, state.current):
                     if now != old:
                         pool.set(old)
             elif stack:
                 # Leaving a body nested in another of this thread: back to the outer count.
-                outer = stack[-1]
-                for i, pool in enumerate(pools):
-                    if current[i] != outer:
-                        pool.set(outer)
-                        current[i] = outer
+                state.limit(pools, stack[-1])
         return False

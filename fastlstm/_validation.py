@@ -265,7 +265,7 @@ def validate_lstm_forward(x, W_x, W_h, b, h0, c0, lengths, backend, num_threads)
 def _check_cache(cache, gates):
     """A cache's arrays must agree with each other (it may have been built by hand): the
     kernels index them by the shapes of x and W_h. (One pass with few lookups: it runs
-    before every backward call.)"""
+    before every backward call.) Returns ``(T, B, H)``."""
     x, W_h = cache.x, cache.W_h
     named = [("x", x), ("W_x", cache.W_x), ("W_h", W_h), ("h_states", cache.h_states)]
     if gates == 4:
@@ -290,18 +290,23 @@ def _check_cache(cache, gates):
                               and L.shape == (B,) and L.flags.c_contiguous
                               and (B == 0 or (L.min() >= 0 and L.max() <= T))):
         raise ValueError(f"cache.lengths must be a ({B},) intc array in [0, {T}]")
+    return T, B, H
+
+
+def _checked_cache(cache, cache_type, gates, forward, backward):
+    """Check that ``cache`` is a whole ``cache_type`` made by ``forward`` whose inputs have
+    not changed since; returns ``(T, B, H, dtype)`` for checking the gradients."""
+    if not isinstance(cache, cache_type):
+        raise TypeError(f"cache must be the {cache_type.__name__} returned by {forward}, "
+                        f"got {type(cache).__name__}")
+    T, B, H = _check_cache(cache, gates)
+    cache.check_inputs(forward, backward)
+    return T, B, H, cache.x.dtype
 
 
 def validate_lstm_backward(dhs, cache, dh_n, dc_n):
     """Check the arguments of ``lstm_backward``; returns ``(dhs, dh_n, dc_n)``."""
-    if not isinstance(cache, LSTMCache):
-        raise TypeError(f"cache must be the LSTMCache returned by lstm_forward, "
-                        f"got {type(cache).__name__}")
-    _check_cache(cache, gates=4)
-    cache.check_inputs("lstm_forward", "lstm_backward")
-    T, B, _ = cache.x.shape
-    H = cache.W_h.shape[0]
-    dtype = cache.dtype
+    T, B, H, dtype = _checked_cache(cache, LSTMCache, 4, "lstm_forward", "lstm_backward")
     return tuple(_optional_arrays(dtype, ("dhs", dhs, (T, B, H), "(T, B, H)"),
                                   ("dh_n", dh_n, (B, H), "(B, H)"),
                                   ("dc_n", dc_n, (B, H), "(B, H)")))
@@ -431,14 +436,7 @@ def check_bptt_truncate(bptt_truncate):
 
 def validate_rnn_backward(dhs, cache, dh_n, bptt_truncate):
     """Check the arguments of ``rnn_backward``; returns ``(dhs, dh_n, bptt_truncate)``."""
-    if not isinstance(cache, RNNCache):
-        raise TypeError(f"cache must be the RNNCache returned by rnn_forward, "
-                        f"got {type(cache).__name__}")
-    _check_cache(cache, gates=1)
-    cache.check_inputs("rnn_forward", "rnn_backward")
-    T, B, _ = cache.x.shape
-    H = cache.W_h.shape[0]
-    dtype = cache.dtype
+    T, B, H, dtype = _checked_cache(cache, RNNCache, 1, "rnn_forward", "rnn_backward")
     dhs, dh_n = _optional_arrays(dtype, ("dhs", dhs, (T, B, H), "(T, B, H)"),
                                  ("dh_n", dh_n, (B, H), "(B, H)"))
     return dhs, dh_n, check_bptt_truncate(bptt_truncate)

@@ -20,6 +20,34 @@ __all__ = ["lstm_forward", "lstm_backward", "LSTMGrads", "LSTMCache",
            "lstm_forward_lookup", "lstm_backward_lookup", "LSTMLookupGrads",
            "LSTMLookupCache", "lookup_available"]
 
+
+def _forward_buffers(T, B, H, dtype, args):
+    """What both forward entry points hand their kernel: gates (T, B, 4H), h_states and
+    c_states (T+1, B, H) with index 0 set to ``args.h0`` / ``args.c0`` (None: zeros),
+    hs (T, B, H), the thread plan and its packed weights (or None)."""
+    gates = _empty((T, B, 4 * H), dtype)
+    h_states = _empty((T + 1, B, H), dtype)
+    c_states = _empty((T + 1, B, H), dtype)
+    h_states[0] = 0 if args.h0 is None else args.h0
+    c_states[0] = 0 if args.c0 is None else args.c0
+    hs = _empty((T, B, H), dtype)
+    plan = _plan_for(B, H, args.num_threads)
+    return gates, h_states, c_states, hs, plan, plan.packed_weights(T, H, dtype)
+
+
+def _backward_state(cache, B, H, dtype, dh_n, dc_n):
+    """What both backward entry points hand their kernel besides the gradients' buffers:
+    dh and dc (in: dh_n / dc_n, None: zeros; out: dh0 / dc0), the (B, H) scratch that
+    lengths need (without lengths the kernel takes dh itself), the thread plan and
+    whether the step products run on fastlstm's own kernel."""
+    dh = np.zeros((B, H), dtype) if dh_n is None else dh_n.copy()
+    dc = np.zeros((B, H), dtype) if dc_n is None else dc_n.copy()
+    dh_scratch = _empty((B, H), dtype) if cache.lengths is not None else dh
+    plan = _plan_for(B, H, cache.num_threads, backward=True)
+    # The backward's own kernel reads W_h in place (no packing): no set-up to amortise.
+    return dh, dc, dh_scratch, plan, own_backward_gemm(dtype, plan.rows_per_thread)
+
+
 def lstm_forward(x, W_x, W_h, b, h0=None, c0=None, *, lengths=None, backend="auto",
                  num_threads=None):
     """Run an LSTM over a time-major batch (gate order i, f, g, o, as PyTorch).
@@ -57,14 +85,7 @@ def lstm_forward(x, W_x, W_h, b, h0=None, c0=None, *, lengths=None, backend="aut
     T, B, _ = x.shape
     H = W_h.shape[0]
     dtype = x.dtype
-    gates = _empty((T, B, 4 * H), dtype)
-    h_states = _empty((T + 1, B, H), dtype)
-    c_states = _empty((T + 1, B, H), dtype)
-    h_states[0] = 0 if args.h0 is None else args.h0
-    c_states[0] = 0 if args.c0 is None else args.c0
-    hs = _empty((T, B, H), dtype)
-    plan = _plan_for(B, H, args.num_threads)
-    packed = plan.packed_weights(T, H, dtype)
+    gates, h_states, c_states, hs, plan, packed = _forward_buffers(T, B, H, dtype, args)
     with blas_threads(1):
         _timed_kernel(plan, ("forward", T, B, x.shape[2], H, dtype.char),
                       _backend.lstm_kernels.lstm_forward_kernel, x, W_x, W_h, args.b, gates,
@@ -97,25 +118,18 @@ def lstm_backward(dhs, cache, dh_n=None, dc_n=None):
     place since the forward pass.
     """
     dhs, dh_n, dc_n = validate_lstm_backward(dhs, cache, dh_n, dc_n)
-    if cache.backend == "numpy":
+    if not _backend.use_compiled_for(cache):
         return reference.lstm_backward(dhs, cache, dh_n, dc_n)
-    _backend.use_compiled("cython")
     x, W_x, W_h = cache.x, cache.W_x, cache.W_h
-    T, B, D = x.shape
-    H = W_h.shape[0]
-    dtype = x.dtype
-    dh = np.zeros((B, H), dtype) if dh_n is None else dh_n.copy()
-    dc = np.zeros((B, H), dtype) if dc_n is None else dc_n.copy()
-    dh_scratch = _empty((B, H), dtype) if cache.lengths is not None else dh
+    T, B, D, H = cache.sizes
+    dtype = cache.dtype
+    dh, dc, dh_scratch, plan, small_m_gemm = _backward_state(cache, B, H, dtype, dh_n, dc_n)
     chunk_T = _backward_chunk_steps(T, B)
     d_gates = _empty((chunk_T, B, 4 * H), dtype)
     dx = _empty((T, B, D), dtype)
     dW_x = _empty((D, 4 * H), dtype)
     dW_h = _empty((H, 4 * H), dtype)
     db_acc = np.zeros(4 * H, np.float64)
-    plan = _plan_for(B, H, cache.num_threads, backward=True)
-    # The backward's own kernel reads W_h in place (no packing): no set-up to amortise.
-    small_m_gemm = own_backward_gemm(dtype, plan.rows_per_thread)
     with blas_threads(1):
         _timed_kernel(plan, ("backward", T, B, D, H, dtype.char),
                       _backend.lstm_kernels.lstm_backward_kernel, x, W_x, W_h, cache.gates,
@@ -165,14 +179,7 @@ def lstm_forward_lookup(ids, table, W_h, b, h0=None, c0=None, *, lengths=None,
                           f"{_backend.IMPORT_ERROR}")
     T, B = args.T, args.B
     H = args.W_h.shape[0]
-    gates = _empty((T, B, 4 * H), dtype)
-    h_states = _empty((T + 1, B, H), dtype)
-    c_states = _empty((T + 1, B, H), dtype)
-    h_states[0] = 0 if args.h0 is None else args.h0
-    c_states[0] = 0 if args.c0 is None else args.c0
-    hs = _empty((T, B, H), dtype)
-    plan = _plan_for(B, H, args.num_threads)
-    packed = plan.packed_weights(T, H, dtype)
+    gates, h_states, c_states, hs, plan, packed = _forward_buffers(T, B, H, dtype, args)
     with blas_threads(1):
         _timed_kernel(plan, ("forward-lookup", T, B, H, dtype.char),
                       _backend.lstm_kernels.lstm_forward_lookup_kernel, args.ids, table,
@@ -202,15 +209,11 @@ def lstm_backward_lookup(dhs, cache, dh_n=None, dc_n=None):
     T, B, G = cache.gates.shape
     H = G // 4
     dtype = cache.dtype
-    dh = np.zeros((B, H), dtype) if dh_n is None else dh_n.copy()
-    dc = np.zeros((B, H), dtype) if dc_n is None else dc_n.copy()
-    dh_scratch = _empty((B, H), dtype) if cache.lengths is not None else dh
+    dh, dc, dh_scratch, plan, small_m_gemm = _backward_state(cache, B, H, dtype, dh_n, dc_n)
     d_gates = _empty((_backward_chunk_steps(T, B), B, G), dtype)
     d_table = np.zeros(cache.table.shape, dtype)
     dW_h = _empty((H, G), dtype)
     db_acc = np.zeros(G, np.float64)
-    plan = _plan_for(B, H, cache.num_threads, backward=True)
-    small_m_gemm = own_backward_gemm(dtype, plan.rows_per_thread)
     with blas_threads(1):
         _timed_kernel(plan, ("backward-lookup", T, B, H, dtype.char),
                       _backend.lstm_kernels.lstm_backward_lookup_kernel, cache.ids,

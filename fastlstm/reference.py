@@ -36,6 +36,12 @@ def _step_mask(lengths, T, B):
     return (np.arange(T)[:, None] < lengths[None, :])[:, :, None]
 
 
+def _zero_frozen(a, mask, dtype):
+    """A copy of ``a`` with the entries of frozen steps (``mask`` False: past a sequence's
+    length) set to 0; ``mask`` None: every step is real."""
+    return a.copy() if mask is None else np.where(mask, a, 0).astype(dtype)
+
+
 def lstm_forward(x, W_x, W_h, b, h0=None, c0=None, *, lengths=None, backend="numpy",
                  num_threads=None):
     """Run an LSTM over a time-major batch.
@@ -85,7 +91,7 @@ def lstm_forward(x, W_x, W_h, b, h0=None, c0=None, *, lengths=None, backend="num
         c_states[t + 1] = c
         h_states[t + 1] = h
 
-    hs = h_states[1:].copy() if mask is None else np.where(mask, h_states[1:], 0).astype(dtype)
+    hs = _zero_frozen(h_states[1:], mask, dtype)
     cache = LSTMCache(x, W_x, W_h, gates, h_states, c_states, args.lengths,
                       args.num_threads, "numpy")
     return hs, (h_states[T].copy(), c_states[T].copy()), cache
@@ -106,9 +112,8 @@ def lstm_backward(dhs, cache, dh_n=None, dc_n=None):
     """
     dhs, dh_n, dc_n = validate_lstm_backward(dhs, cache, dh_n, dc_n)
     x, W_x, W_h, gates = cache.x, cache.W_x, cache.W_h, cache.gates
-    T, B, D = x.shape
-    H = W_h.shape[0]
-    dtype = x.dtype
+    T, B, D, H = cache.sizes
+    dtype = cache.dtype
     mask = _step_mask(cache.lengths, T, B)
 
     dh_next = np.zeros((B, H), dtype) if dh_n is None else dh_n.copy()
@@ -129,7 +134,7 @@ def lstm_backward(dhs, cache, dh_n=None, dc_n=None):
                              dh * tanh_c * o * (1 - o)], axis=1)
         dc_prev = dc * f
         if mask is not None:
-            da = np.where(mask[t], da, 0).astype(dtype)
+            da = _zero_frozen(da, mask[t], dtype)
             dc_prev = np.where(mask[t], dc_prev, dc_next)
             dh_prev = np.where(mask[t], da @ W_h.T, dh_next)
         else:
@@ -190,7 +195,7 @@ def rnn_forward(x, W_x, W_h, b, h0=None, *, nonlinearity="tanh", lengths=None,
     for t in range(T):
         h = _activation(x_proj[t] + h_states[t] @ W_h, args.nonlinearity)
         h_states[t + 1] = h if mask is None else np.where(mask[t], h, h_states[t])
-    hs = h_states[1:].copy() if mask is None else np.where(mask, h_states[1:], 0).astype(dtype)
+    hs = _zero_frozen(h_states[1:], mask, dtype)
     cache = RNNCache(x, W_x, W_h, h_states, args.lengths, args.nonlinearity,
                      args.num_threads, "numpy")
     return hs, h_states[T].copy(), cache
@@ -222,9 +227,8 @@ def rnn_backward(dhs, cache, dh_n=None, bptt_truncate=None):
     """
     dhs, dh_n, k = validate_rnn_backward(dhs, cache, dh_n, bptt_truncate)
     x, W_x, W_h, h_states = cache.x, cache.W_x, cache.W_h, cache.h_states
-    T, B, D = x.shape
-    H = W_h.shape[0]
-    dtype = x.dtype
+    T, B, D, H = cache.sizes
+    dtype = cache.dtype
     mask = _step_mask(cache.lengths, T, B)
     act_grad = _activation_grad(h_states[1:], cache.nonlinearity)   # (T, B, H)
     d_pre = np.zeros((T, B, H), dtype)   # gradient w.r.t. the pre-activations a_t
@@ -236,7 +240,7 @@ def rnn_backward(dhs, cache, dh_n=None, bptt_truncate=None):
             g = dh if dhs is None else dh + dhs[t]
             da = g * act_grad[t]
             if mask is not None:
-                da = np.where(mask[t], da, 0).astype(dtype)
+                da = _zero_frozen(da, mask[t], dtype)
                 dh = np.where(mask[t], da @ W_h.T, dh)
             else:
                 dh = da @ W_h.T
@@ -247,7 +251,7 @@ def rnn_backward(dhs, cache, dh_n=None, bptt_truncate=None):
         lengths = np.full(B, T) if cache.lengths is None else cache.lengths
         origin = np.zeros((T, B, H), dtype)   # the loss term at each real step
         if dhs is not None:
-            origin += dhs if mask is None else np.where(mask, dhs, 0)
+            origin += _zero_frozen(dhs, mask, dtype)
         dh0 = np.zeros((B, H), dtype)
         if dh_n is not None:
             last = lengths - 1

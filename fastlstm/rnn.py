@@ -15,6 +15,11 @@ from ._validation import validate_rnn_backward, validate_rnn_forward
 __all__ = ["rnn_forward", "rnn_backward", "RNNGrads", "RNNCache"]
 
 
+def _threads_for(num_threads, B):
+    """Threads for a batch of B: the kernels share rows out, so at most one a row."""
+    return max(1, min(resolve_num_threads(num_threads), B))
+
+
 def rnn_forward(x, W_x, W_h, b, h0=None, *, nonlinearity="tanh", lengths=None,
                 backend="auto", num_threads=None):
     """Run a vanilla RNN over a time-major batch.
@@ -46,7 +51,7 @@ def rnn_forward(x, W_x, W_h, b, h0=None, *, nonlinearity="tanh", lengths=None,
     T, B, _ = x.shape
     H = W_h.shape[0]
     dtype = x.dtype
-    n_threads = max(1, min(resolve_num_threads(args.num_threads), B))
+    n_threads = _threads_for(args.num_threads, B)
     h_states = aligned_empty((T + 1, B, H), dtype)
     h_states[0] = 0 if args.h0 is None else args.h0
     hs = aligned_empty((T, B, H), dtype)
@@ -83,14 +88,12 @@ def rnn_backward(dhs, cache, dh_n=None, bptt_truncate=None):
     place since the forward pass.
     """
     dhs, dh_n, k = validate_rnn_backward(dhs, cache, dh_n, bptt_truncate)
-    if cache.backend == "numpy":
+    if not _backend.use_compiled_for(cache):
         return reference.rnn_backward(dhs, cache, dh_n, k)
-    _backend.use_compiled("cython")
     x, W_x, W_h = cache.x, cache.W_x, cache.W_h
-    T, B, D = x.shape
-    H = W_h.shape[0]
-    dtype = x.dtype
-    n_threads = max(1, min(resolve_num_threads(cache.num_threads), B))
+    T, B, D, H = cache.sizes
+    dtype = cache.dtype
+    n_threads = _threads_for(cache.num_threads, B)
     truncated = k is not None and k < T - 1
     if truncated:
         # dh_n enters at each row's last step inside the kernel; rows of length 0 have

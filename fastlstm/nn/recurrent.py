@@ -182,6 +182,62 @@ class _Stacked(Module):
             kind = type(self).__name__
             raise InputModifiedError(name, f"{kind}.forward", f"{kind}.backward")
 
+    _lookup = False   # whether layer 0 looked its input projection up (LSTM only)
+
+    def _run_layers(self, x, run_layer):
+        """The stacked forward pass: ``run_layer(layer, out, W_x, W_h, b) -> (hs, state,
+        cache)`` runs one layer on ``out`` (x, or the output of the layer below after its
+        dropout). Keeps each layer's cache and dropout mask for the backward pass;
+        returns the top layer's output and the layers' final states, bottom first."""
+        self._caches, self._masks = [], []
+        states = []
+        out = x
+        for layer in range(self.num_layers):
+            hs, state, cache = run_layer(layer, out, *self.layer_weights(layer))
+            self._caches.append(cache)
+            states.append(state)
+            out, mask = self._dropout(hs, layer)
+            self._masks.append(mask)
+        return out, states
+
+    def _backward_layers(self, dhs, backward_layer):
+        """The stacked backward pass, top layer first: ``backward_layer(layer, d_out, W_x)
+        -> (g, d_in)`` runs one layer's backward on the gradient w.r.t. its output and
+        adds to ``W_x.grad`` itself (a lookup layer's comes from its table); ``d_in`` is
+        the gradient w.r.t. the layer's input. Accumulates W_h's and b's gradients and
+        the embedding's; returns ``(dx, grads)``, dx None after a forward on ids, grads
+        each layer's ``g`` bottom first. Call ``_check_backward`` first."""
+        grads = [None] * self.num_layers
+        d_out = dhs
+        for layer in reversed(range(self.num_layers)):
+            if self._masks[layer] is not None and d_out is not None:
+                d_out = d_out * self._masks[layer]
+            W_x, W_h, b = self.layer_weights(layer)
+            g, d_out = backward_layer(layer, d_out, W_x)
+            W_h.grad += g.dW_h
+            b.grad += g.db
+            grads[layer] = g
+        if self._ids_input is not None:
+            if not self._lookup and self._ids_input.embedding is not None:
+                self._ids_input.embedding.backward(d_out)
+            d_out = None
+        return d_out, grads
+
+    def _check_backward(self):
+        """Raise unless a forward pass made the caches and its inputs are unchanged."""
+        if self._caches is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        self._check_inputs()
+
+    def _step_preactivation(self, layer, x, out, h, embedding):
+        """One decoding step's ``input @ W_x + h @ W_h + b`` for ``layer`` (a new array):
+        its input is x (floats or ids) for layer 0, else ``out``, the layer below's."""
+        W_x, W_h, b = self.layer_weights(layer)
+        z = self._step_projection(x, embedding) if layer == 0 else out @ W_x.data
+        z = z + h @ W_h.data
+        z += b.data
+        return z
+
     def _dropout(self, hs, layer):
         if not self.training or self.dropout == 0 or layer == self.num_layers - 1:
             return hs, None
@@ -289,25 +345,18 @@ class LSTM(_Stacked):
         h0s = c0s = [None] * self.num_layers
         if state is not None:
             h0s, c0s = state
-        self._caches, self._masks = [], []
-        h_n, c_n = [], []
-        out = x
-        for layer in range(self.num_layers):
-            W_x, W_h, b = self.layer_weights(layer)
+
+        def run_layer(layer, out, W_x, W_h, b):
             if layer == 0 and ids is not None:
-                hs, (h, c), cache = lstm_forward_lookup(
-                    ids, table, W_h.data, b.data, h0s[layer], c0s[layer], lengths=lengths,
-                    num_threads=self.num_threads)
-            else:
-                hs, (h, c), cache = lstm_forward(out, W_x.data, W_h.data, b.data,
-                                                 h0s[layer], c0s[layer], lengths=lengths,
-                                                 backend=self.backend,
-                                                 num_threads=self.num_threads)
-            self._caches.append(cache)
-            h_n.append(h)
-            c_n.append(c)
-            out, mask = self._dropout(hs, layer)
-            self._masks.append(mask)
+                return lstm_forward_lookup(ids, table, W_h.data, b.data, h0s[layer],
+                                           c0s[layer], lengths=lengths,
+                                           num_threads=self.num_threads)
+            return lstm_forward(out, W_x.data, W_h.data, b.data, h0s[layer], c0s[layer],
+                                lengths=lengths, backend=self.backend,
+                                num_threads=self.num_threads)
+
+        out, states = self._run_layers(x, run_layer)
+        h_n, c_n = zip(*states)
         return out, (np.stack(h_n), np.stack(c_n))
 
     def step(self, x, state, embedding=None):
@@ -323,10 +372,7 @@ class LSTM(_Stacked):
         h_new, c_new = np.empty_like(h_prev), np.empty_like(c_prev)
         out = None
         for layer in range(self.num_layers):
-            W_x, W_h, b = self.layer_weights(layer)
-            z = self._step_projection(x, embedding) if layer == 0 else out @ W_x.data
-            z = z + h_prev[layer] @ W_h.data
-            z += b.data
+            z = self._step_preactivation(layer, x, out, h_prev[layer], embedding)
             g = np.tanh(z[:, 2 * H:3 * H])
             # sigmoid over all four gate blocks in place (the g block is unused)
             np.negative(z, out=z)
@@ -346,33 +392,22 @@ class LSTM(_Stacked):
         a forward on ids with an embedding, into the embedding's; dx is then None: ids
         have no gradient). Raises InputModifiedError, before any gradient is
         accumulated, if the input or a weight changed in place since ``forward``."""
-        if self._caches is None:
-            raise RuntimeError("LSTM.backward called before forward")
-        self._check_inputs()
+        self._check_backward()
         L = self.num_layers
         dh_n, dc_n = dstate if dstate is not None else ([None] * L, [None] * L)
-        dh0, dc0 = [None] * L, [None] * L
-        d_out = dhs
-        for layer in reversed(range(L)):
-            if self._masks[layer] is not None and d_out is not None:
-                d_out = d_out * self._masks[layer]
-            W_x, W_h, b = self.layer_weights(layer)
+
+        def backward_layer(layer, d_out, W_x):
             if layer == 0 and self._lookup:
                 g = lstm_backward_lookup(d_out, self._caches[layer], dh_n[layer],
                                          dc_n[layer])
                 self._table_backward(g.d_table)
-            else:
-                g = lstm_backward(d_out, self._caches[layer], dh_n[layer], dc_n[layer])
-                W_x.grad += g.dW_x
-                d_out = g.dx
-            W_h.grad += g.dW_h
-            b.grad += g.db
-            dh0[layer], dc0[layer] = g.dh0, g.dc0
-        if self._ids_input is not None:
-            if not self._lookup and self._ids_input.embedding is not None:
-                self._ids_input.embedding.backward(d_out)
-            d_out = None
-        return d_out, (np.stack(dh0), np.stack(dc0))
+                return g, d_out
+            g = lstm_backward(d_out, self._caches[layer], dh_n[layer], dc_n[layer])
+            W_x.grad += g.dW_x
+            return g, g.dx
+
+        d_out, grads = self._backward_layers(dhs, backward_layer)
+        return d_out, (np.stack([g.dh0 for g in grads]), np.stack([g.dc0 for g in grads]))
 
     def _table_backward(self, d_table):
         """W_x_l0's gradient, and the embedding's, from the lookup table's (V', 4H)."""
@@ -432,18 +467,13 @@ class RNN(_Stacked):
             self._ids_input = _IdsInput(embedding)
             x = self._gathered(ids, embedding)
         h0s = [None] * self.num_layers if h0 is None else h0
-        self._caches, self._masks = [], []
-        h_n = []
-        out = x
-        for layer in range(self.num_layers):
-            W_x, W_h, b = self.layer_weights(layer)
-            hs, h, cache = rnn_forward(out, W_x.data, W_h.data, b.data, h0s[layer],
-                                       nonlinearity=self.nonlinearity, lengths=lengths,
-                                       backend=self.backend, num_threads=self.num_threads)
-            self._caches.append(cache)
-            h_n.append(h)
-            out, mask = self._dropout(hs, layer)
-            self._masks.append(mask)
+
+        def run_layer(layer, out, W_x, W_h, b):
+            return rnn_forward(out, W_x.data, W_h.data, b.data, h0s[layer],
+                               nonlinearity=self.nonlinearity, lengths=lengths,
+                               backend=self.backend, num_threads=self.num_threads)
+
+        out, h_n = self._run_layers(x, run_layer)
         return out, np.stack(h_n)
 
     def step(self, x, h, embedding=None):
@@ -454,10 +484,7 @@ class RNN(_Stacked):
         h_new = np.empty_like(h)
         out = None
         for layer in range(self.num_layers):
-            W_x, W_h, b = self.layer_weights(layer)
-            z = self._step_projection(x, embedding) if layer == 0 else out @ W_x.data
-            z = z + h[layer] @ W_h.data
-            z += b.data
+            z = self._step_preactivation(layer, x, out, h[layer], embedding)
             out = h_new[layer] = act(z)
         return out, h_new
 
@@ -467,25 +494,13 @@ class RNN(_Stacked):
         embedding, into the embedding's; dx is then None). Raises InputModifiedError,
         before any gradient is accumulated, if the input or a weight changed in place
         since ``forward``."""
-        if self._caches is None:
-            raise RuntimeError("RNN.backward called before forward")
-        self._check_inputs()
-        L = self.num_layers
-        dh_n = [None] * L if dh_n is None else dh_n
-        dh0 = [None] * L
-        d_out = dhs
-        for layer in reversed(range(L)):
-            if self._masks[layer] is not None and d_out is not None:
-                d_out = d_out * self._masks[layer]
+        self._check_backward()
+        dh_n = [None] * self.num_layers if dh_n is None else dh_n
+
+        def backward_layer(layer, d_out, W_x):
             g = rnn_backward(d_out, self._caches[layer], dh_n[layer], self.bptt_truncate)
-            W_x, W_h, b = self.layer_weights(layer)
             W_x.grad += g.dW_x
-            W_h.grad += g.dW_h
-            b.grad += g.db
-            dh0[layer] = g.dh0
-            d_out = g.dx
-        if self._ids_input is not None:
-            if self._ids_input.embedding is not None:
-                self._ids_input.embedding.backward(d_out)
-            d_out = None
-        return d_out, np.stack(dh0)
+            return g, g.dx
+
+        d_out, grads = self._backward_layers(dhs, backward_layer)
+        return d_out, np.stack([g.dh0 for g in grads])
