@@ -93,11 +93,10 @@ def test_cli_trains_data_parallel_like_one_process_on_twice_the_batch(tmp_path):
     assert "resuming at step 20 of 25" in more and more.count("done: 25 steps") == 1
 
 
-@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
-def test_a_signal_to_mpiexec_stops_every_rank_after_one_checkpoint(tmp_path, signame):
+def endless_mpi_run(tmp_path, run_dir):
+    """Two ranks training until stopped, once they have logged five steps."""
     text = tmp_path / "text.txt"
     text.write_text(TEXT)
-    run_dir = tmp_path / "run"
     proc = subprocess.Popen(
         [MPIEXEC, "-n", "2", sys.executable, "-m", "fastlstm", "train", "char", "--text",
          str(text), "--hidden", "8", "--seq", "8", "--batch", "2", "--threads", "1",
@@ -105,13 +104,21 @@ def test_a_signal_to_mpiexec_stops_every_rank_after_one_checkpoint(tmp_path, sig
          "--save-every", "10000000", "--no-progress", "--out", str(run_dir)],
         cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "log.csv").exists() or \
+            len((run_dir / "log.csv").read_text().splitlines()) < 5:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"training did not start: {proc.communicate()}")
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_to_mpiexec_stops_every_rank_after_one_checkpoint(tmp_path, signame):
+    run_dir = tmp_path / "run"
+    proc = endless_mpi_run(tmp_path, run_dir)
     try:
-        deadline = time.monotonic() + 120
-        while not (run_dir / "log.csv").exists() or \
-                len((run_dir / "log.csv").read_text().splitlines()) < 5:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "training did not start"
-            time.sleep(0.05)
         proc.send_signal(getattr(signal, signame))   # mpiexec forwards it to the ranks
         out, err = proc.communicate(timeout=120)
     finally:
@@ -151,23 +158,9 @@ def _rank_pids(marker):
 
 @pytest.mark.skipif(not pathlib.Path("/proc/self/environ").exists(), reason="needs /proc")
 def test_sigterm_to_one_rank_stops_every_rank_with_its_exit_status(tmp_path):
-    text = tmp_path / "text.txt"
-    text.write_text(TEXT)
     run_dir = tmp_path / "run-one-rank"
-    proc = subprocess.Popen(
-        [MPIEXEC, "-n", "2", sys.executable, "-m", "fastlstm", "train", "char", "--text",
-         str(text), "--hidden", "8", "--seq", "8", "--batch", "2", "--threads", "1",
-         "--steps", "10000000", "--sample-every", "0", "--log-every", "1",
-         "--save-every", "10000000", "--no-progress", "--out", str(run_dir)],
-        cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+    proc = endless_mpi_run(tmp_path, run_dir)
     try:
-        deadline = time.monotonic() + 120
-        while not (run_dir / "log.csv").exists() or \
-                len((run_dir / "log.csv").read_text().splitlines()) < 5:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "training did not start"
-            time.sleep(0.05)
         ranks = _rank_pids(str(run_dir))
         assert sorted(ranks) == [0, 1], ranks
         os.kill(ranks[1], signal.SIGTERM)          # rank 1 alone, as a scheduler might
