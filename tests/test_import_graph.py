@@ -16,8 +16,12 @@ import os
 import re
 import sys
 
+import fastlstm
+
 PACKAGE = "fastlstm"
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, PACKAGE)
+# The package the tests import: the source tree, or an installed wheel (whose .pyx
+# sources may be absent; their Python-level imports are then not read).
+ROOT = os.path.dirname(os.path.abspath(fastlstm.__file__))
 
 # Layers from nn upwards, lowest first; a module matches one pattern of its layer.
 # Modules in none of them are the low layers (kernels, runtime, functional core).
