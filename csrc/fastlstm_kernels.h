@@ -31,8 +31,8 @@ static void fl_barrier(void) {}
 #endif
 
 /* The barrier of the per-step recursions: the hidden-unit split meets once per time
- * step, and at B = 1 a step is about a microsecond, so libgomp's barrier (about 0.25 us
- * between two cores) was a fifth of it. A sense-reversing counter on one cache line costs
+ * step, and at B = 1 a step is so short that libgomp's barrier would be a large share of
+ * it. A sense-reversing counter on one cache line costs
  * a line transfer or two. Its state belongs to one parallel region (the caller declares
  * it shared and initialises it before the region), so concurrent kernel calls from
  * several Python threads never share one. After many fruitless spins the waiters yield,

@@ -1,7 +1,6 @@
 """No run loses a user's work: locked run directories, signals that checkpoint, resumes
 from elsewhere or after the data moved, non-finite numbers, options checked before any
 work, leftovers of killed saves, hand-edited metadata. Real processes throughout."""
-import csv
 import json
 import os
 import signal
@@ -73,7 +72,7 @@ def test_sigterm_and_sighup_write_a_checkpoint_and_exit_128_plus_the_signal(
         out, err = finish(proc)
     signum = getattr(signal, signame)
     assert proc.returncode == 128 + signum, (out, err)
-    assert f"stopped at step" in out and f"({signame})" in out and "--resume" in out
+    assert "stopped at step" in out and f"({signame})" in out and "--resume" in out
     step = fastlstm.load(run / "checkpoint.npz").metadata["step"]
     assert step >= 5 and max(r["step"] for r in log_rows(run)) == step
     more = fastlstm_cli("train", "char", "--out", run, "--resume", "--steps", step + 2,
