@@ -332,20 +332,24 @@ def _train(args, opt, dist=None):
         out = dist.broadcast_object(out)     # one name, though the ranks' clocks differ
     stdout = sys.stdout if dist.is_root else open(os.devnull, "w")
     run = training.RunDirectory(out)
-    ck = _open_run(args, opt, run, dist, stdout)
-    s = _settings(args, opt, ck.metadata["settings"] if ck else None)
-    _check_settings(s, opt)
-    tasks.resolve_data_paths(s, resumed=ck is not None)
-    data = tasks.prepare_data(args.task, s, ck, args.allow_changed_data, dist.size, stdout)
-    print(data.summary, file=stdout)
-    job = tasks.prepare_training(args.task, s, data, ck, dist, args.lr, stdout)
-    if job.config.start_step >= job.config.steps:
-        raise ValueError(f"the run in {out} has done {job.config.start_step} steps already; "
-                         f"pass a larger --steps to continue it")
-    _announce(args.task, s, data, job, ck is not None, out, dist.size, stdout)
-    result = training.fit(job.model, job.optimizer, job.task, job.config, run=run,
-                          scheduler=job.scheduler, dist=dist)
-    return _report(result, args.task, job.config, data.baseline, run, out, stdout)
+    try:
+        ck = _open_run(args, opt, run, dist, stdout)
+        s = _settings(args, opt, ck.metadata["settings"] if ck else None)
+        _check_settings(s, opt)
+        tasks.resolve_data_paths(s, resumed=ck is not None)
+        data = tasks.prepare_data(args.task, s, ck, args.allow_changed_data, dist.size,
+                                  stdout)
+        print(data.summary, file=stdout)
+        job = tasks.prepare_training(args.task, s, data, ck, dist, args.lr, stdout)
+        if job.config.start_step >= job.config.steps:
+            raise ValueError(f"the run in {out} has done {job.config.start_step} steps "
+                             f"already; pass a larger --steps to continue it")
+        _announce(args.task, s, data, job, ck is not None, out, dist.size, stdout)
+        result = training.fit(job.model, job.optimizer, job.task, job.config, run=run,
+                              scheduler=job.scheduler, dist=dist)
+        return _report(result, args.task, job.config, data.baseline, run, out, stdout)
+    finally:
+        run.release()     # the directory is free again, also for a later call in this process
 
 
 def _open_run(args, opt, run, dist, stdout):
