@@ -139,7 +139,7 @@ def save(path, model, optimizer=None, **metadata):
     if optimizer is not None:
         config["optimizer"] = _optimizer_config(optimizer, owners, arrays)
     try:
-        arrays["config"] = np.array(json.dumps(config))
+        arrays["config"] = np.array(json.dumps(config, default=_json_scalar))
     except (TypeError, ValueError) as exc:
         raise TypeError(f"save(): the metadata must be JSON (numbers, strings, lists, "
                         f"dicts): {exc}") from None
@@ -155,6 +155,13 @@ def save(path, model, optimizer=None, **metadata):
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _json_scalar(value):
+    """NumPy scalars in metadata (a loss, a step count) are stored as Python numbers."""
+    if isinstance(value, np.generic) and value.ndim == 0 and value.dtype.kind in "biuf":
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def _optimizer_config(optimizer, owners, arrays):
@@ -331,7 +338,7 @@ def _check_shape_arguments(r, cls, cfg, field):
         if param.kind is param.VAR_KEYWORD or name not in cfg:
             continue
         value, default = cfg[name], param.default
-        if default is None and value is None:
+        if value is None:       # an absent size (one-hot inputs); parameter_shapes decides
             continue
         if isinstance(default, (bool, str)):
             if not isinstance(value, type(default)):

@@ -345,6 +345,9 @@ def _train(args, opt, dist=None):
             raise ValueError(f"the run in {out} has done {job.config.start_step} steps "
                              f"already; pass a larger --steps to continue it")
         _announce(args.task, s, data, job, ck is not None, out, dist.size, stdout)
+        replaced = run.replace_earlier_run()
+        if replaced:
+            print(replaced, file=stdout, flush=True)
         result = training.fit(job.model, job.optimizer, job.task, job.config, run=run,
                               scheduler=job.scheduler, dist=dist)
         return _report(result, args.task, job.config, data.baseline, run, out, stdout)

@@ -10,6 +10,7 @@ needs (``prepare_training``), and serves ``fastlstm sample`` and ``fastlstm eval
 settings and calls these.
 """
 import hashlib
+import math
 import os
 import re
 import sys
@@ -216,6 +217,25 @@ def check_run_metadata(path, ck):
     missing = [k for k in needed if k not in settings]
     if missing:
         raise CheckpointError(f"{path}: metadata.settings lacks {', '.join(missing)}")
+
+    def number(value):
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value) and value >= 0)
+
+    # Where the run stands; optional in checkpoints of older versions.
+    checks = {"tokens": lambda v: number(v) and isinstance(v, int),
+              "seconds": number,
+              "data_sha256": lambda v: isinstance(v, str),
+              "scheduler": lambda v: (v is None or isinstance(v, dict)
+                                      and isinstance(v.get("best"), (int, float))
+                                      and not isinstance(v.get("best"), bool)
+                                      and isinstance(v.get("bad_epochs"), int)
+                                      and not isinstance(v.get("bad_epochs"), bool)
+                                      and v["bad_epochs"] >= 0)}
+    for key, valid in checks.items():
+        if key in meta and not valid(meta[key]):
+            raise CheckpointError(f"{path}: metadata.{key}: unexpected value "
+                                  f"{meta[key]!r:.60}")
 
 
 def load_checkpoint_everywhere(path, dist):

@@ -81,6 +81,7 @@ class RunDirectory:
         self.plot = os.path.join(self.path, "loss.png")
         self.lock_path = os.path.join(self.path, "run.lock")
         self._lock_file = None
+        self._replaced = []
 
     def acquire(self, resume, overwrite=False):
         """Lock the directory and check it suits the run; returns notes to print.
@@ -108,9 +109,7 @@ class RunDirectory:
                     f"{self.path} already holds a run ({', '.join(present)}); pass --resume "
                     f"to continue it, --overwrite to replace it, or choose another --out")
             elif present:
-                for f in present:
-                    os.remove(os.path.join(self.path, f))
-                notes.append(f"--overwrite: deleted the earlier run's {', '.join(present)}")
+                self._replaced = present     # deleted by replace_earlier_run, not yet
             removed, size = 0, 0
             for name in os.listdir(self.path):
                 if _TEMPORARY.match(name):
@@ -145,6 +144,18 @@ class RunDirectory:
                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n")
         f.flush()
         self._lock_file = f
+
+    def replace_earlier_run(self):
+        """With ``overwrite``: delete the earlier run's files, once the new run's options,
+        data and model are ready (a new run that fails to start leaves them be).
+        Returns a note to print, or None."""
+        replaced, self._replaced = self._replaced, []
+        for f in replaced:
+            if os.path.exists(os.path.join(self.path, f)):
+                os.remove(os.path.join(self.path, f))
+        if replaced:
+            return f"--overwrite: deleted the earlier run's {', '.join(replaced)}"
+        return None
 
     def release(self):
         """Give the directory up (the process's end does the same)."""
@@ -288,6 +299,9 @@ class _StopGuard:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
+                # A signal the user ignores (nohup, a background job's SIGINT) stays so.
+                if signal.getsignal(signum) is signal.SIG_IGN:
+                    continue
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -422,7 +436,21 @@ def fit(model, optimizer, task, config, *, run, scheduler=None, dist=None, out=N
                if config.baseline is not None else ""))
         run.write_plot(config.title, config.baseline)
 
+    last_saved = config.start_step or None   # a resumed run's checkpoint is on disk
+
     def save():
+        nonlocal last_saved
+        if not all(np.isfinite(p.data).all() for p in params):
+            # An update overflowed (a finite gradient times a huge learning rate): no
+            # good state is left in memory, only the last checkpoint on disk. Every rank
+            # holds the same weights, so every rank stops here.
+            raise TrainingDiverged(
+                f"the update of step {step} made the weights non-finite; the last good "
+                f"state is the last checkpoint written ("
+                + (f"step {last_saved}, in {run.checkpoint}" if last_saved is not None
+                   else "none has been written yet") + "). Usual causes: a learning rate "
+                "too high (--lr, which may change on --resume) or no gradient clipping "
+                "(--clip).", last_saved)
         if not root:
             return
         extra = {"tokens": tokens, "seconds": seconds(), "last_eval": last_eval}
@@ -430,18 +458,22 @@ def fit(model, optimizer, task, config, *, run, scheduler=None, dist=None, out=N
             extra["scheduler"] = {"best": scheduler.best, "bad_epochs": scheduler.bad_epochs}
         checkpoint.save(run.checkpoint, model, optimizer,
                         **task.metadata(step, step // config.steps_per_epoch, extra))
+        last_saved = step
 
     def diverged(loss, norm):
         what = (f"the training loss became {loss}" if not math.isfinite(loss) else
                 f"the gradient's norm became {norm} (loss {loss:.4g})")
-        save()                 # the weights and optimizer state are still those of `step`
+        causes = ("Usual causes: a learning rate too high (--lr, which may change on "
+                  "--resume) or no gradient clipping (--clip).")
+        # The weights and optimizer state are still those of `step` (unless the update
+        # of `step` itself overflowed them: save() then says so).
+        save()
         if dist.size > 1:
             dist.sum([0.0])    # no rank ends the job before rank 0's save is complete
         raise TrainingDiverged(
             f"{what} at step {step + 1}; that step was not applied. The checkpoint of "
-            f"step {step}, the last with finite numbers, is in {run.checkpoint}. Usual "
-            f"causes: a learning rate too high (--lr, which may change on --resume) or "
-            f"no gradient clipping (--clip).", step)
+            f"step {step}, the last with finite numbers, is in {run.checkpoint}. " + causes,
+            step)
 
     if root:
         os.makedirs(run.path, exist_ok=True)
@@ -500,6 +532,8 @@ def fit(model, optimizer, task, config, *, run, scheduler=None, dist=None, out=N
                 if (step % config.steps_per_epoch == 0 and step > config.start_step
                         and not stop):
                     validate()
+            if stop and step >= config.steps:
+                stop = False      # the signal came during the last step: the run is done
             if not stop and last_eval_step != step:
                 validate()
             save()

@@ -269,3 +269,13 @@ def test_parameter_shapes_match_what_the_constructor_builds(cls, args):
     built = {name: p.data.shape for name, p in module.named_parameters(include_frozen=True)}
     assert dict(cls.parameter_shapes(**module.config)) == built
     assert fastlstm.load is load
+
+
+def test_one_hot_word_models_and_numpy_metadata_round_trip(tmp_path):
+    m = models.WordLM(10, None, 4, seed=0)          # embedding_dim None: one-hot words
+    save(tmp_path / "w.npz", m, loss=np.float32(2.5), step=np.int64(7))
+    ck = load(tmp_path / "w.npz")
+    assert type(ck.model) is models.WordLM and ck.model.config["embedding_dim"] is None
+    assert ck.metadata == {"loss": 2.5, "step": 7}
+    with pytest.raises(TypeError, match="metadata must be JSON"):
+        save(tmp_path / "x.npz", m, weights=np.zeros(3))

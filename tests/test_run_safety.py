@@ -393,6 +393,10 @@ def _edit_metadata(path, edit):
     (lambda m: m["settings"].pop("seq"), "metadata.settings lacks seq"),
     (lambda m: m["settings"].update(optimizer="lbfgs"),
      "metadata.settings.optimizer must be one of adam, adagrad, sgd"),
+    (lambda m: m.update(tokens="many"), "metadata.tokens: unexpected value 'many'"),
+    (lambda m: m.update(seconds=None), "metadata.seconds: unexpected value None"),
+    (lambda m: m.update(data_sha256=5), "metadata.data_sha256: unexpected value 5"),
+    (lambda m: m.update(scheduler=[1]), "metadata.scheduler: unexpected value [1]"),
 ])
 def test_sample_eval_and_resume_check_a_hand_edited_run_checkpoint(tmp_path, text_file,
                                                                   edit, message):
@@ -405,3 +409,82 @@ def test_sample_eval_and_resume_check_a_hand_edited_run_checkpoint(tmp_path, tex
         proc = fastlstm_cli(*argv, cwd=tmp_path, check=False)
         assert proc.returncode == 1, (argv, proc.stderr)
         assert message in proc.stderr and "Traceback" not in proc.stderr, (argv, proc.stderr)
+
+
+@pytest.mark.slow
+@posix_only
+def test_a_run_started_under_nohup_ignores_sighup(tmp_path, text_file):
+    run = tmp_path / "run"
+
+    def ignore_sighup():                      # what nohup does before exec
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastlstm", "train", "char", "--text", str(text_file),
+         "--steps", "1000000", "--out", str(run), "--log-every", "1", "--sample-every", "0",
+         "--save-every", "1000000", *TINY], cwd=tmp_path, env=child_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=ignore_sighup)
+    try:
+        wait_for_rows(proc, run, 3)
+        proc.send_signal(signal.SIGHUP)
+        rows = len(log_rows(run))
+        wait_for_rows(proc, run, rows + 20)   # still training
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        out, err = finish(proc)
+    assert proc.returncode == 128 + signal.SIGTERM, (out, err)
+    assert "(SIGTERM)" in out and "SIGHUP" not in out
+
+
+def test_overwrite_keeps_the_earlier_run_when_the_new_one_cannot_start(tmp_path,
+                                                                       text_file):
+    run = tmp_path / "run"
+    fastlstm_cli("train", "char", "--text", text_file, "--out", run, "--steps", 2,
+                 "--sample-every", 0, *TINY, cwd=tmp_path)
+    before = sorted(p.name for p in run.iterdir())
+    proc = fastlstm_cli("train", "char", "--text", tmp_path / "typo.txt", "--out", run,
+                        "--overwrite", "--steps", 2, *TINY, cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "no such file or directory" in proc.stderr
+    assert "deleted" not in proc.stdout
+    assert sorted(p.name for p in run.iterdir()) == before
+    fastlstm.load(run / "checkpoint.npz")
+
+
+def test_an_update_that_overflows_the_weights_names_the_last_checkpoint(tmp_path,
+                                                                        text_file):
+    run = tmp_path / "run"
+    fastlstm_cli("train", "char", "--text", text_file, "--out", run, "--steps", 2,
+                 "--sample-every", 0, *TINY, cwd=tmp_path)
+    # Resumed with a learning rate whose first update overflows float32.
+    proc = fastlstm_cli("train", "char", "--out", run, "--resume", "--steps", 20,
+                        "--lr", "1e300", "--save-every", "1", *TINY, cwd=tmp_path,
+                        check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "the update of step 3 made the weights non-finite" in proc.stderr, proc.stderr
+    assert f"(step 2, in {run / 'checkpoint.npz'})" in proc.stderr
+    assert fastlstm.load(run / "checkpoint.npz").metadata["step"] == 2
+    fresh = fastlstm_cli("train", "char", "--text", text_file, "--out", tmp_path / "new",
+                         "--steps", 5, "--lr", "1e300", "--sample-every", 0, *TINY,
+                         cwd=tmp_path, check=False)
+    assert fresh.returncode == 1 and "none has been written yet" in fresh.stderr
+
+
+def test_a_signal_during_the_last_step_ends_the_run_normally(tmp_path):
+    from fastlstm import models, optim
+    model = models.CharLM(5, 4, seed=0)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+
+    def grad_step(batch):
+        model.zero_grad()
+        if batch == 2:
+            os.kill(os.getpid(), signal.SIGTERM)     # arrives during the last step
+        return 1.0, 10, 1.0
+
+    task = training.Task(epoch_batches=lambda epoch, skip: iter(range(skip, 3)),
+                         grad_step=grad_step, evaluate=lambda: {"valid_loss": 1.0},
+                         metadata=lambda step, epoch, extra: {"step": step})
+    config = training.RunConfig(steps=3, steps_per_epoch=3, progress=False)
+    result = training.fit(model, opt, task, config, run=training.RunDirectory(tmp_path),
+                          out=open(os.devnull, "w"))
+    assert result["step"] == 3 and not result["interrupted"] and result["signal"] is None
+    assert result["last_eval"] == {"valid_loss": 1.0}
