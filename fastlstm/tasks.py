@@ -224,6 +224,7 @@ def check_run_metadata(path, ck):
 
     # Where the run stands; optional in checkpoints of older versions.
     checks = {"tokens": lambda v: number(v) and isinstance(v, int),
+              "processes": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
               "seconds": number,
               "data_sha256": lambda v: isinstance(v, str),
               "scheduler": lambda v: (v is None or isinstance(v, dict)
@@ -383,6 +384,13 @@ def prepare_training(task, s, data, ck=None, dist=None, lr=None, out=None):
     share its cores unless ``s["threads"]`` says otherwise."""
     dist = dist or Context()
     if ck:
+        # The global batch and each epoch's order depend on the number of processes.
+        trained_on = ck.metadata.get("processes", 1)
+        if trained_on != dist.size:
+            raise ValueError(f"this run was trained on {trained_on} process"
+                             f"{'es' * (trained_on != 1)}; resume it on as many "
+                             f"(mpiexec -n {trained_on}), not {dist.size}: the global "
+                             f"batch and the data order depend on it")
         model, optimizer = ck.model, ck.optimizer
         if lr is not None:
             optimizer.lr = lr
@@ -415,8 +423,8 @@ def prepare_training(task, s, data, ck=None, dist=None, lr=None, out=None):
 def _fit_task(task, model, data, s, dist):
     def metadata(step, epoch, extra):
         return dict(task=task, vocab=data.vocab.to_dict(), settings=s, step=step,
-                    epoch=epoch, data_sha256=data.digest, fastlstm_version=__version__,
-                    **extra)
+                    epoch=epoch, data_sha256=data.digest, processes=dist.size,
+                    fastlstm_version=__version__, **extra)
 
     if task == "sentiment":
         (train_seqs, train_labels), (valid_seqs, valid_labels) = data.train, data.valid

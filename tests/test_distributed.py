@@ -91,6 +91,12 @@ def test_cli_trains_data_parallel_like_one_process_on_twice_the_batch(tmp_path):
     more = ok(mpi(2, "-m", "fastlstm", "train", "char", "--out", tmp_path / "two",
                   "--resume", "--steps", 25, "--no-progress", cwd=tmp_path)).stdout
     assert "resuming at step 20 of 25" in more and more.count("done: 25 steps") == 1
+    # ... but not by one process: the global batch and the data order would change
+    alone = run([sys.executable, "-m", "fastlstm", "train", "char", "--out",
+                 str(tmp_path / "two"), "--resume", "--steps", "30", "--no-progress"],
+                tmp_path)
+    assert alone.returncode == 1
+    assert "trained on 2 processes; resume it on as many (mpiexec -n 2), not 1" in alone.stderr
 
 
 def endless_mpi_run(tmp_path, run_dir):
