@@ -441,7 +441,7 @@ def test_lookup_layer_names_W_x_l0(dtype):
     m = nn.LSTM(D, H, dtype=dtype, seed=3)
     ids = np.random.default_rng(6).integers(0, D, (T, B))
     hs, _ = m(ids)
-    assert m._lookup and m._caches[0].table is m.W_x_l0.data
+    assert m._lookup and m._caches[0][0].table is m.W_x_l0.data
     m.W_x_l0.data *= 3
     with pytest.raises(InputModifiedError) as info:
         m.backward(np.ones_like(hs))
@@ -449,7 +449,7 @@ def test_lookup_layer_names_W_x_l0(dtype):
 
     emb = nn.Embedding(D, D, dtype=dtype, seed=7)
     hs, _ = m(ids, embedding=emb)
-    assert m._lookup and m._caches[0].table is not m.W_x_l0.data
+    assert m._lookup and m._caches[0][0].table is not m.W_x_l0.data
     m.W_x_l0.data *= 3
     with pytest.raises(InputModifiedError) as info:
         m.backward(np.ones_like(hs))

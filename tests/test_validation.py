@@ -688,6 +688,7 @@ def test_command_line_runs_the_demo():
 # name -> (class, the smallest valid arguments)
 CONSTRUCTORS = {
     "LSTM": (nn.LSTM, dict(input_size=3, hidden_size=4)),
+    "GRU": (nn.GRU, dict(input_size=3, hidden_size=4)),
     "RNN": (nn.RNN, dict(input_size=3, hidden_size=4)),
     "Linear": (nn.Linear, dict(in_features=3, out_features=4)),
     "Embedding": (nn.Embedding, dict(num_embeddings=5, embedding_dim=3)),
@@ -716,18 +717,27 @@ BAD_SEEDS = [(-1, ValueError), (2.5, TypeError), ("3", TypeError), (True, TypeEr
              (NAN, TypeError)]
 BAD_CHOICES = [("bogus", ValueError), (1, TypeError), (None, TypeError)]
 BAD_FLAGS = [(1, TypeError), ("yes", TypeError), (None, TypeError)]
+BAD_PROJ_SIZES = [(-1, ValueError), (4, ValueError), (5, ValueError), (2.5, TypeError),
+                  (True, TypeError), ("3", TypeError), (None, TypeError)]
 BAD_BPTT = [(-1, ValueError), (2.5, TypeError), (True, TypeError), ("3", TypeError)]
 
 ARGUMENTS = {   # constructor -> [(argument, [(bad value, exception)])]
     "LSTM": [("input_size", BAD_SIZES), ("hidden_size", BAD_SIZES),
              ("num_layers", BAD_SIZES), ("dropout", BAD_PROBABILITIES),
              ("dtype", BAD_DTYPES), ("seed", BAD_SEEDS), ("init", BAD_CHOICES),
-             ("backend", BAD_CHOICES), ("num_threads", BAD_THREADS)],
+             ("backend", BAD_CHOICES), ("num_threads", BAD_THREADS),
+             ("bidirectional", BAD_FLAGS), ("proj_size", BAD_PROJ_SIZES)],
+    "GRU": [("input_size", BAD_SIZES), ("hidden_size", BAD_SIZES),
+            ("num_layers", BAD_SIZES), ("dropout", BAD_PROBABILITIES),
+            ("dtype", BAD_DTYPES), ("seed", BAD_SEEDS), ("init", BAD_CHOICES),
+            ("backend", BAD_CHOICES), ("num_threads", BAD_THREADS),
+            ("bidirectional", BAD_FLAGS)],
     "RNN": [("input_size", BAD_SIZES), ("hidden_size", BAD_SIZES),
             ("num_layers", BAD_SIZES), ("nonlinearity", BAD_CHOICES),
             ("dropout", BAD_PROBABILITIES), ("bptt_truncate", BAD_BPTT),
             ("dtype", BAD_DTYPES), ("seed", BAD_SEEDS), ("init", BAD_CHOICES),
-            ("backend", BAD_CHOICES), ("num_threads", BAD_THREADS)],
+            ("backend", BAD_CHOICES), ("num_threads", BAD_THREADS),
+            ("bidirectional", BAD_FLAGS)],
     "Linear": [("in_features", BAD_SIZES), ("out_features", BAD_SIZES),
                ("bias", BAD_FLAGS), ("dtype", BAD_DTYPES), ("seed", BAD_SEEDS),
                ("num_threads", BAD_THREADS)],
@@ -799,7 +809,7 @@ def test_constructors_accept_numpy_scalars_and_store_plain_values(ctor):
     holds plain Python values."""
     cls, kwargs = CONSTRUCTORS[ctor]
     kwargs = dict(kwargs)
-    if ctor in ("LSTM", "RNN", "CharLM", "WordLM", "SentimentClassifier"):
+    if ctor in ("LSTM", "GRU", "RNN", "CharLM", "WordLM", "SentimentClassifier"):
         kwargs.update(dropout=0.25, num_layers=2)
     if ctor == "Dropout":
         kwargs.update(p=0.5)

@@ -1,30 +1,111 @@
-"""Stacked LSTM and vanilla-RNN layers over the kernels, with dropout between layers and
-conversion to and from ``torch.nn.LSTM`` / ``torch.nn.RNN`` (whose weights are ours
-transposed, with the two biases summed).
+"""Stacked recurrent layers over the kernels: ``LSTM`` (optionally projected, torch's
+``proj_size``), ``GRU`` and the vanilla ``RNN``, each uni- or bidirectional, with dropout
+between layers and conversion to and from ``torch.nn.LSTM`` / ``GRU`` / ``RNN`` (whose
+weights are ours transposed; the LSTM and RNN keep torch's two biases summed in one, the
+GRU keeps them apart, as its n gate needs).
 
-Both take float inputs (T, B, input_size) or integer ids (T, B): one-hot inputs (id v is
+All take float inputs (T, B, input_size) or integer ids (T, B): one-hot inputs (id v is
 row v of the identity, so its projection is row v of ``W_x_l0``) or, with an
-``nn.Embedding`` passed to ``forward``, rows of that embedding. On ids the LSTM looks
-layer 0's input projection up per distinct id (``fastlstm.lstm.lstm_forward_lookup``)
-where the compiled kernels run and it pays, and its backward fills ``W_x_l0.grad`` and the
-embedding's gradient itself; otherwise (and always for the RNN, whose kernels have no
-lookup) the layer gathers the input rows and runs its float path.
+``nn.Embedding`` passed to ``forward``, rows of that embedding. On ids a unidirectional,
+unprojected LSTM looks layer 0's input projection up per distinct id
+(``fastlstm.lstm.lstm_forward_lookup``) where the compiled kernels run and it pays, and
+its backward fills ``W_x_l0.grad`` and the embedding's gradient itself; otherwise the
+layer gathers the input rows and runs its float path.
+
+Bidirectional layers (``bidirectional=True``) follow torch: each layer runs a forward and
+a reverse direction, its output is the two halves concatenated on the last axis
+(forward first), the final states stack as ``(num_layers * 2, B, H)`` with index
+``2 * layer + direction``, and the reverse direction's weights are named
+``..._l{k}_reverse``. With ``lengths``, the reverse direction reads every sequence from
+its own last valid step back to its first, never from the padding, and its output is
+written back at the steps it belongs to. With two or more threads the two directions run
+at the same time, each on half of them.
 """
+import concurrent.futures
+import threading
+
 import numpy as np
 
 from .. import _dense_ops
 from .._containers import InputModifiedError, changed_array, fingerprint
+from .._threads import resolve_num_threads, usable_cores
+from ..gru import gru_backward, gru_forward
 from ..lstm import (lookup_available, lstm_backward, lstm_backward_lookup, lstm_forward,
                     lstm_forward_lookup)
+from ..lstmp import lstmp_backward, lstmp_forward
 from ..rnn import rnn_backward, rnn_forward
 from .._validation import (BACKENDS, NONLINEARITIES, check_bptt_truncate, check_choice,
-                           check_float_dtype, check_int, check_num_threads,
-                           check_probability, make_rng)
+                           check_flag, check_float_dtype, check_int, check_lengths,
+                           check_num_threads, check_probability, make_rng)
 from .layers import Embedding
 from .module import Module
 from .parameter import Parameter
 
 INITS = ("default", "xavier")
+_MAX_INT = 2**31 - 1
+
+
+def parameter_name(name, layer, direction=0):
+    """A recurrent parameter's attribute name: ``W_x_l0``, ``W_h_l1_reverse``, ..."""
+    return f"{name}_l{layer}{'_reverse' if direction else ''}"
+
+
+# torch's name of each of our per-layer parameters (weights transposed)
+_TORCH_WEIGHT = {"W_x": "weight_ih", "W_h": "weight_hh", "W_hr": "weight_hr"}
+
+
+class _Reversal:
+    """The reverse direction's view of a padded batch: step t of sequence b is step
+    ``lengths[b] - 1 - t`` of the input while ``t < lengths[b]``; the padding stays
+    where it is (a reverse pass must start at each sequence's own last step). Applying
+    it twice gives the input back, so it also maps the reverse outputs, and their
+    gradients, to the steps they belong to."""
+
+    def __init__(self, T, B, lengths):
+        if lengths is None:
+            self.index = None
+            return
+        t = np.arange(T)[:, None]
+        L = lengths.astype(np.intp)[None, :]
+        self.index = np.where(t < L, L - 1 - t, t)   # (T, B)
+        self.columns = np.arange(B)
+
+    def __call__(self, a):
+        """``a`` (T, B, ...) read in the reverse direction, as a new C-contiguous array."""
+        if self.index is None:
+            return np.ascontiguousarray(a[::-1])
+        return a[self.index, self.columns]
+
+
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _directions_pool():
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=usable_cores(), thread_name_prefix="fastlstm-reverse")
+    return _pool
+
+
+def _both_directions(run_forward, run_reverse, num_threads):
+    """``(run_forward(n_f), run_reverse(n_r))``. With two threads or more the two run at
+    once, each on its own share of the threads (the kernels release the GIL): at small
+    batches a direction cannot use many threads well, and at large ones splitting the
+    threads between two independent recursions costs nothing."""
+    n = resolve_num_threads(num_threads)
+    if n < 2:
+        return run_forward(1), run_reverse(1)
+    n_reverse = n // 2
+    future = _directions_pool().submit(run_reverse, n_reverse)
+    try:
+        forward = run_forward(n - n_reverse)
+    except BaseException:
+        concurrent.futures.wait([future])
+        raise
+    return forward, future.result()
 
 
 class _IdsInput:
@@ -44,16 +125,26 @@ class _IdsInput:
 
 
 class _Stacked(Module):
-    """What nn.LSTM and nn.RNN share: per-layer weights, dropout between layers."""
+    """What the recurrent layers share: per-layer and per-direction weights, dropout
+    between layers, bidirectional runs, torch conversion.
+
+    A subclass says what its cell is: ``gates`` (how many H-wide blocks W_x has),
+    ``state_names`` (("h", "c") or ("h",)), ``_cell_shapes`` (its parameters for one
+    layer and direction), ``_cell_forward`` / ``_cell_backward`` (one layer and
+    direction through the functional API, the final state as a tuple) and
+    ``_pack_state`` / ``_unpack_state`` (its public state as per-layer tuples and
+    back)."""
 
     gates = 1
+    proj_size = 0
+    state_names = ("h",)
 
     @classmethod
     def _checked(cls, input_size, hidden_size, num_layers, dropout, dtype, seed, init,
-                 backend, num_threads):
+                 backend, num_threads, bidirectional=False):
         """The shared constructor arguments, checked (TypeError, ValueError naming the
         argument) and normalised, before anything is built."""
-        max_hidden = (2**31 - 1) // cls.gates
+        max_hidden = _MAX_INT // cls.gates
         return dict(
             input_size=check_int("input_size", input_size),
             hidden_size=check_int("hidden_size", hidden_size, 1, max_hidden,
@@ -65,49 +156,76 @@ class _Stacked(Module):
             rng=make_rng(seed),
             init=check_choice("init", init, INITS),
             backend=check_choice("backend", backend, BACKENDS),
-            num_threads=check_num_threads(num_threads))
+            num_threads=check_num_threads(num_threads),
+            bidirectional=check_flag("bidirectional", bidirectional))
 
     def __init__(self, input_size, hidden_size, num_layers, dropout, dtype, rng, init,
-                 backend, num_threads):
-        """The arguments as ``_checked`` returns them."""
+                 backend, num_threads, bidirectional=False):
+        """The arguments as ``_checked`` returns them (``proj_size`` is set before)."""
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.dropout, self.backend, self.num_threads = dropout, backend, num_threads
+        self.bidirectional = bidirectional
+        self.num_directions = 2 if bidirectional else 1
         self._rng = rng
-        G, H = self.gates * hidden_size, hidden_size
+        H = hidden_size
         k = 1 / np.sqrt(H)
-        for layer in range(num_layers):
-            D = input_size if layer == 0 else H
-            if init == "default":   # PyTorch's: uniform(+-1/sqrt(H)) everywhere
-                W_x = self._rng.uniform(-k, k, (D, G))
-                W_h = self._rng.uniform(-k, k, (H, G))
-                b = self._rng.uniform(-k, k, G) + self._rng.uniform(-k, k, G)
-            else:                   # Glorot uniform weights, zero bias
-                W_x = self._rng.uniform(-1, 1, (D, G)) * np.sqrt(6 / (D + G))
-                W_h = self._rng.uniform(-1, 1, (H, G)) * np.sqrt(6 / (H + G))
-                b = np.zeros(G)
-                if self.gates == 4:
-                    b[H:2 * H] = 1.0   # forget-gate bias 1: remember by default
-            setattr(self, f"W_x_l{layer}", Parameter(W_x.astype(dtype)))
-            setattr(self, f"W_h_l{layer}", Parameter(W_h.astype(dtype)))
-            setattr(self, f"b_l{layer}", Parameter(b.astype(dtype)))
+        for layer, direction, D in self._layer_inputs(input_size, hidden_size, num_layers,
+                                                      self.num_directions, self.proj_size):
+            for name, shape in self._cell_shapes(D, H, self.proj_size):
+                if init == "default":   # PyTorch's: uniform(+-1/sqrt(H)) everywhere
+                    value = self._rng.uniform(-k, k, shape)
+                    if name == "b":     # torch's two biases, summed
+                        value = value + self._rng.uniform(-k, k, shape)
+                elif name.startswith("W"):   # Glorot uniform weights, zero biases
+                    value = self._rng.uniform(-1, 1, shape) * np.sqrt(6 / sum(shape))
+                else:
+                    value = np.zeros(shape)
+                    if self.gates == 4 and name == "b":
+                        value[H:2 * H] = 1.0   # forget-gate bias 1: remember by default
+                setattr(self, parameter_name(name, layer, direction),
+                        Parameter(value.astype(dtype)))
         self._caches = None
         self._masks = None
         self._eye = None
+        self._reversal = None
         self._ids_input = None   # an _IdsInput when the last forward took ids
 
+    @staticmethod
+    def _layer_inputs(input_size, hidden_size, num_layers, num_directions, proj_size):
+        """(layer, direction, input width) of every layer and direction, in order."""
+        out = proj_size or hidden_size
+        for layer in range(num_layers):
+            D = input_size if layer == 0 else num_directions * out
+            for direction in range(num_directions):
+                yield layer, direction, D
+
     @classmethod
-    def parameter_shapes(cls, input_size, hidden_size, num_layers=1, **config):
+    def parameter_shapes(cls, input_size, hidden_size, num_layers=1, bidirectional=False,
+                         proj_size=0, **config):
         """(name, shape) of each parameter the constructor arguments give, without
         allocating them (``fastlstm.load`` checks a file against them)."""
-        G = cls.gates * hidden_size
-        for layer in range(num_layers):
-            yield f"W_x_l{layer}", (input_size if layer == 0 else hidden_size, G)
-            yield f"W_h_l{layer}", (hidden_size, G)
-            yield f"b_l{layer}", (G,)
+        for layer, direction, D in cls._layer_inputs(input_size, hidden_size, num_layers,
+                                                     2 if bidirectional else 1, proj_size):
+            for name, shape in cls._cell_shapes(D, hidden_size, proj_size):
+                yield parameter_name(name, layer, direction), shape
 
-    def layer_weights(self, layer):
-        return (getattr(self, f"W_x_l{layer}"), getattr(self, f"W_h_l{layer}"),
-                getattr(self, f"b_l{layer}"))
+    @property
+    def output_size(self):
+        """The width of one direction's output: proj_size if projected, else hidden_size."""
+        return self.proj_size or self.hidden_size
+
+    def cell_parameters(self, layer, direction=0):
+        """[(name, Parameter)] of one layer and direction, in ``_cell_shapes`` order,
+        names without their layer suffix (W_x, W_h, b, ...)."""
+        D = self.input_size if layer == 0 else self.num_directions * self.output_size
+        return [(name, getattr(self, parameter_name(name, layer, direction)))
+                for name, _ in self._cell_shapes(D, self.hidden_size, self.proj_size)]
+
+    def layer_weights(self, layer, direction=0):
+        """The Parameters of one layer and direction, in ``_cell_shapes`` order."""
+        return tuple(p for _, p in self.cell_parameters(layer, direction))
+
+    # --- inputs ----------------------------------------------------------------------
 
     def _ids(self, x, embedding):
         """``x`` as checked (T, B) ids when it holds integers, else None (float inputs);
@@ -153,21 +271,53 @@ class _Stacked(Module):
             x = embedding.weight.data[x]
         return x @ W_x0
 
+    def _step_input_projection(self, layer, x, out, embedding):
+        """One decoding step's ``input @ W_x`` for ``layer``: its input is x (floats or
+        ids) for layer 0, else ``out``, the layer below's output."""
+        if self.bidirectional:
+            raise ValueError(f"a bidirectional {type(self).__name__} cannot decode step by "
+                             f"step: its reverse direction reads the whole sequence")
+        if layer == 0:
+            return self._step_projection(x, embedding)
+        return out @ getattr(self, parameter_name("W_x", layer)).data
+
+    def _step_preactivation(self, layer, x, out, h, embedding):
+        """One decoding step's ``input @ W_x + h @ W_h + b`` for ``layer`` (a new array)."""
+        z = self._step_input_projection(layer, x, out, embedding)
+        z = z + h @ getattr(self, parameter_name("W_h", layer)).data
+        z += getattr(self, parameter_name("b", layer)).data
+        return z
+
+    def _split_states(self, state):
+        """The public initial state as one tuple per (layer, direction), entries None
+        for zeros; stacked arrays must have num_layers * num_directions entries."""
+        n = self.num_layers * self.num_directions
+        arrays = self._unpack_state(state)
+        for name, a in zip(self.state_names, arrays):
+            if a is not None and (np.ndim(a) < 1 or len(a) != n):
+                raise ValueError(
+                    f"{name}0 must stack num_layers * num_directions = {n} states on its "
+                    f"first axis, got shape {np.shape(a)}")
+        return [tuple(None if a is None else a[i] for a in arrays) for i in range(n)]
+
+    # --- the passes --------------------------------------------------------------------
+
     def _changed_since_forward(self):
         """What the last forward's caches reference that has changed since: a name for
         the message (a parameter's, or the input's), or None."""
-        for layer, cache in enumerate(self._caches):
-            name = cache.changed_input()
-            if name is None:
-                continue
-            if name in ("W_x", "W_h"):
-                return f"parameter {name}_l{layer}"
-            if name == "x":
-                return ("the input x" if layer == 0 else
-                        f"the input of layer {layer} (the output of layer {layer - 1})")
-            if name == "table" and cache.table is self.W_x_l0.data:
-                return "parameter W_x_l0 (the lookup table)"
-            return f"the lookup {name}"
+        for layer, caches in enumerate(self._caches):
+            for direction, cache in enumerate(caches):
+                name = cache.changed_input()
+                if name is None:
+                    continue
+                if name.startswith("W_"):
+                    return f"parameter {parameter_name(name, layer, direction)}"
+                if name == "x":
+                    return ("the input x" if layer == 0 else
+                            f"the input of layer {layer} (the output of layer {layer - 1})")
+                if name == "table" and cache.table is self.W_x_l0.data:
+                    return "parameter W_x_l0 (the lookup table)"
+                return f"the lookup {name}"
         ids_input = self._ids_input
         if ids_input is not None and ids_input.source is not None:
             if changed_array((ids_input.source,), ids_input.source_fingerprint) is not None:
@@ -184,44 +334,105 @@ class _Stacked(Module):
 
     _lookup = False   # whether layer 0 looked its input projection up (LSTM only)
 
-    def _run_layers(self, x, run_layer):
-        """The stacked forward pass: ``run_layer(layer, out, W_x, W_h, b) -> (hs, state,
-        cache)`` runs one layer on ``out`` (x, or the output of the layer below after its
-        dropout). Keeps each layer's cache and dropout mask for the backward pass;
-        returns the top layer's output and the layers' final states, bottom first."""
+    def _run_layers(self, x, state, lengths, lookup=None):
+        """The stacked forward pass over ``x`` (T, B, input_size), or over ids when
+        ``lookup = (ids, table)`` (layer 0 then runs ``_lookup_forward``). Keeps each
+        layer's caches and dropout mask for the backward pass; returns the top layer's
+        output and the final states in the public layout."""
+        T, B = lookup[0].shape if lookup is not None else np.shape(x)[:2]
+        states0 = self._split_states(state)
+        self._reversal = None
+        if self.bidirectional:
+            self._reversal = _Reversal(T, B, check_lengths(lengths, T, B))
         self._caches, self._masks = [], []
-        states = []
+        finals = []
         out = x
         for layer in range(self.num_layers):
-            hs, state, cache = run_layer(layer, out, *self.layer_weights(layer))
-            self._caches.append(cache)
-            states.append(state)
+            if not self.bidirectional:
+                if layer == 0 and lookup is not None:
+                    hs, final, cache = self._lookup_forward(*lookup, states0[0], lengths)
+                else:
+                    hs, final, cache = self._cell_forward(
+                        layer, 0, out, states0[layer], lengths, self.num_threads)
+                self._caches.append([cache])
+                finals.append(final)
+            else:
+                hs = self._bidirectional_forward(layer, out, states0, lengths, finals)
             out, mask = self._dropout(hs, layer)
             self._masks.append(mask)
-        return out, states
+        return out, self._pack_state(finals)
 
-    def _backward_layers(self, dhs, backward_layer):
-        """The stacked backward pass, top layer first: ``backward_layer(layer, d_out, W_x)
-        -> (g, d_in)`` runs one layer's backward on the gradient w.r.t. its output and
-        adds to ``W_x.grad`` itself (a lookup layer's comes from its table); ``d_in`` is
-        the gradient w.r.t. the layer's input. Accumulates W_h's and b's gradients and
-        the embedding's; returns ``(dx, grads)``, dx None after a forward on ids, grads
-        each layer's ``g`` bottom first. Call ``_check_backward`` first."""
+    def _bidirectional_forward(self, layer, inputs, states0, lengths, finals):
+        """One bidirectional layer: both directions, the outputs concatenated."""
+        reversal = self._reversal
+
+        def run_forward(n):
+            return self._cell_forward(layer, 0, inputs, states0[2 * layer], lengths, n)
+
+        def run_reverse(n):
+            hs, final, cache = self._cell_forward(layer, 1, reversal(inputs),
+                                                  states0[2 * layer + 1], lengths, n)
+            return reversal(hs), final, cache
+
+        (hs_f, final_f, cache_f), (hs_r, final_r, cache_r) = _both_directions(
+            run_forward, run_reverse, self.num_threads)
+        self._caches.append([cache_f, cache_r])
+        finals += [final_f, final_r]
+        return np.concatenate([hs_f, hs_r], axis=-1)
+
+    def _backward_layers(self, dhs, dstate):
+        """The stacked backward pass, top layer first. Accumulates every parameter's
+        gradient (a lookup layer's W_x from its table) and the embedding's; returns
+        ``(dx, grads)``, dx None after a forward on ids, grads one list per layer of each
+        direction's gradients. Call ``_check_backward`` first."""
+        dfinals = self._split_states(dstate)
         grads = [None] * self.num_layers
         d_out = dhs
         for layer in reversed(range(self.num_layers)):
             if self._masks[layer] is not None and d_out is not None:
                 d_out = d_out * self._masks[layer]
-            W_x, W_h, b = self.layer_weights(layer)
-            g, d_out = backward_layer(layer, d_out, W_x)
-            W_h.grad += g.dW_h
-            b.grad += g.db
-            grads[layer] = g
+            if not self.bidirectional:
+                if layer == 0 and self._lookup:
+                    g = self._lookup_backward(d_out, self._caches[0][0], dfinals[0])
+                    layer_grads, d_in = [g], d_out
+                else:
+                    g = self._cell_backward(self._caches[layer][0], d_out, dfinals[layer])
+                    layer_grads, d_in = [g], g.dx
+            else:
+                layer_grads, d_in = self._bidirectional_backward(layer, d_out, dfinals)
+            for direction, g in enumerate(layer_grads):
+                for name, param in self.cell_parameters(layer, direction):
+                    if name == "W_x" and layer == 0 and self._lookup:
+                        continue   # filled from the lookup table's gradient
+                    param.grad += getattr(g, "d" + name)
+            grads[layer] = layer_grads
+            d_out = d_in
         if self._ids_input is not None:
             if not self._lookup and self._ids_input.embedding is not None:
                 self._ids_input.embedding.backward(d_out)
             d_out = None
         return d_out, grads
+
+    def _bidirectional_backward(self, layer, d_out, dfinals):
+        """Both directions' backward of one bidirectional layer: their gradients and the
+        gradient w.r.t. the layer's input (the two directions' summed)."""
+        reversal = self._reversal
+        cache_f, cache_r = self._caches[layer]
+        W = self.output_size
+        d_f = d_r = None
+        if d_out is not None:
+            d_f = np.ascontiguousarray(d_out[..., :W])
+            d_r = reversal(d_out[..., W:])
+
+        def run_forward(n):
+            return self._cell_backward(cache_f, d_f, dfinals[2 * layer])
+
+        def run_reverse(n):
+            return self._cell_backward(cache_r, d_r, dfinals[2 * layer + 1])
+
+        g_f, g_r = _both_directions(run_forward, run_reverse, self.num_threads)
+        d_in = g_f.dx + reversal(g_r.dx)
+        return [g_f, g_r], d_in
 
     def _check_backward(self):
         """Raise unless a forward pass made the caches and its inputs are unchanged."""
@@ -229,14 +440,12 @@ class _Stacked(Module):
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         self._check_inputs()
 
-    def _step_preactivation(self, layer, x, out, h, embedding):
-        """One decoding step's ``input @ W_x + h @ W_h + b`` for ``layer`` (a new array):
-        its input is x (floats or ids) for layer 0, else ``out``, the layer below's."""
-        W_x, W_h, b = self.layer_weights(layer)
-        z = self._step_projection(x, embedding) if layer == 0 else out @ W_x.data
-        z = z + h @ W_h.data
-        z += b.data
-        return z
+    def _initial_gradients(self, grads):
+        """The gradient w.r.t. the initial state, in the public layout."""
+        per_direction = [g for layer_grads in grads for g in layer_grads]
+        fields = [("dh0", "dc0")[i] for i in range(len(self.state_names))]
+        return self._pack_state([tuple(getattr(g, f) for f in fields)
+                                 for g in per_direction])
 
     def _dropout(self, hs, layer):
         if not self.training or self.dropout == 0 or layer == self.num_layers - 1:
@@ -245,36 +454,56 @@ class _Stacked(Module):
         mask /= 1 - self.dropout
         return hs * mask, mask
 
+    # --- torch -------------------------------------------------------------------------
+
     def to_torch_state_dict(self):
         """This layer's weights under torch's names and layout, as NumPy arrays
         (``{k: torch.from_numpy(v) for k, v in ...}`` loads them into torch)."""
         out = {}
         for layer in range(self.num_layers):
-            W_x, W_h, b = self.layer_weights(layer)
-            out[f"weight_ih_l{layer}"] = W_x.data.T.copy()
-            out[f"weight_hh_l{layer}"] = W_h.data.T.copy()
-            out[f"bias_ih_l{layer}"] = b.data.copy()
-            out[f"bias_hh_l{layer}"] = np.zeros_like(b.data)
+            for direction in range(self.num_directions):
+                suffix = parameter_name("", layer, direction)   # "_l0", "_l0_reverse"
+                params = dict(self.cell_parameters(layer, direction))
+                for name, p in params.items():
+                    if name in _TORCH_WEIGHT:
+                        out[_TORCH_WEIGHT[name] + suffix] = p.data.T.copy()
+                if "b" in params:    # one summed bias: torch's bias_hh is then zero
+                    out["bias_ih" + suffix] = params["b"].data.copy()
+                    out["bias_hh" + suffix] = np.zeros_like(params["b"].data)
+                else:
+                    out["bias_ih" + suffix] = params["b_x"].data.copy()
+                    out["bias_hh" + suffix] = params["b_h"].data.copy()
         return out
 
     def _load_torch(self, module):
         for layer in range(self.num_layers):
-            W_x, W_h, b = self.layer_weights(layer)
-            get = lambda name: getattr(module, f"{name}_l{layer}").detach().cpu().numpy()
-            W_x.data[...] = get("weight_ih").T
-            W_h.data[...] = get("weight_hh").T
-            b.data[...] = get("bias_ih") + get("bias_hh") if module.bias else 0
+            for direction in range(self.num_directions):
+                suffix = parameter_name("", layer, direction)
+
+                def get(name):
+                    return getattr(module, name + suffix).detach().cpu().numpy()
+
+                for name, p in self.cell_parameters(layer, direction):
+                    if name in _TORCH_WEIGHT:
+                        p.data[...] = get(_TORCH_WEIGHT[name]).T
+                    elif name == "b":
+                        p.data[...] = get("bias_ih") + get("bias_hh") if module.bias else 0
+                    else:
+                        torch_name = "bias_ih" if name == "b_x" else "bias_hh"
+                        p.data[...] = get(torch_name) if module.bias else 0
         return self
 
     @staticmethod
     def _torch_args(module, kind):
-        if getattr(module, "batch_first", False) or getattr(module, "bidirectional", False):
-            raise ValueError(f"from_torch supports time-major, unidirectional {kind}s only")
-        if getattr(module, "proj_size", 0):
-            raise ValueError("from_torch does not support proj_size")
+        if getattr(module, "batch_first", False):
+            raise ValueError(f"from_torch supports time-major {kind}s only "
+                             f"(batch_first=False)")
+        if getattr(module, "proj_size", 0) and kind != "LSTM":
+            raise ValueError("proj_size exists for LSTMs only")
         dtype = module.weight_ih_l0.detach().cpu().numpy().dtype
         return dict(input_size=module.input_size, hidden_size=module.hidden_size,
-                    num_layers=module.num_layers, dropout=module.dropout, dtype=dtype)
+                    num_layers=module.num_layers, dropout=module.dropout, dtype=dtype,
+                    bidirectional=bool(module.bidirectional))
 
 
 class LSTM(_Stacked):
@@ -283,34 +512,94 @@ class LSTM(_Stacked):
 
     ``forward(x, state=None, lengths=None, embedding=None) -> (hs, (h_n, c_n))`` with
     ``x`` (T, B, input_size) floats or (T, B) integer ids (see the module docstring),
-    ``h_n``, ``c_n`` of shape (num_layers, B, H); ``backward(dhs, dstate=None) ->
-    (dx, (dh0, dc0))`` with ``dstate = (dh_n, dc_n)`` or None (dx is None after a
-    forward on ids). Dropout (training mode only) applies to each layer's output except
-    the last's.
+    ``hs`` (T, B, num_directions * out), ``h_n`` (num_layers * num_directions, B, out),
+    ``c_n`` (num_layers * num_directions, B, H), where out = proj_size or H;
+    ``backward(dhs, dstate=None) -> (dx, (dh0, dc0))`` with ``dstate = (dh_n, dc_n)`` or
+    None (dx is None after a forward on ids). Dropout (training mode only) applies to
+    each layer's output except the last's.
+
+    With ``proj_size = P > 0`` (torch's LSTMP) each layer's output is projected:
+    ``h_t = (o * tanh(c_t)) W_hr_l{k}`` with ``W_hr_l{k}`` (H, P), and the recurrence
+    runs on the P-wide h: ``W_h_l{k}`` is (P, 4H).
 
     input_size : int >= 1;  hidden_size : int >= 1 (4 * hidden_size fits a 32-bit int)
     num_layers : int >= 1;  dropout : a number in [0, 1);  dtype : float32 or float64
     seed : None, an int >= 0, or a NumPy Generator/SeedSequence/BitGenerator
     init : "default" (PyTorch's) or "xavier";  backend : "auto", "cython" or "numpy"
     num_threads : None (every usable core) or an int >= 1
+    bidirectional : bool (see the module docstring);  proj_size : 0 or an int in
+    [1, hidden_size)
     """
 
     gates = 4
+    state_names = ("h", "c")
 
     def __init__(self, input_size, hidden_size, num_layers=1, dropout=0.0,
                  dtype=np.float32, seed=None, init="default", backend="auto",
-                 num_threads=None):
+                 num_threads=None, bidirectional=False, proj_size=0):
         a = self._checked(input_size, hidden_size, num_layers, dropout, dtype, seed, init,
-                          backend, num_threads)
+                          backend, num_threads, bidirectional)
+        proj_size = check_int("proj_size", proj_size, 0)
+        if proj_size >= a["hidden_size"]:
+            raise ValueError(f"proj_size must be 0 or smaller than hidden_size "
+                             f"({a['hidden_size']}), got {proj_size}")
+        self.proj_size = proj_size
         self.config = dict(input_size=a["input_size"], hidden_size=a["hidden_size"],
                            num_layers=a["num_layers"], dropout=a["dropout"],
-                           dtype=a["dtype"].name, init=a["init"])
+                           dtype=a["dtype"].name, init=a["init"],
+                           bidirectional=a["bidirectional"], proj_size=proj_size)
         super().__init__(**a)
+
+    @staticmethod
+    def _cell_shapes(D, H, P=0):
+        G = 4 * H
+        shapes = [("W_x", (D, G)), ("W_h", (P or H, G)), ("b", (G,))]
+        if P:
+            shapes.append(("W_hr", (H, P)))
+        return shapes
 
     @classmethod
     def from_torch(cls, module):
-        """An nn.LSTM with the weights of a ``torch.nn.LSTM``."""
-        return cls(**cls._torch_args(module, "LSTM"))._load_torch(module)
+        """An nn.LSTM with the weights of a ``torch.nn.LSTM`` (bidirectional and
+        projected ones too)."""
+        return cls(proj_size=getattr(module, "proj_size", 0),
+                   **cls._torch_args(module, "LSTM"))._load_torch(module)
+
+    @staticmethod
+    def _unpack_state(state):
+        if state is None:
+            return None, None
+        h0, c0 = state
+        return h0, c0
+
+    @staticmethod
+    def _pack_state(finals):
+        h, c = zip(*finals)
+        return np.stack(h), np.stack(c)
+
+    def _cell_forward(self, layer, direction, x, state0, lengths, num_threads):
+        p = self.layer_weights(layer, direction)
+        h0, c0 = state0
+        if self.proj_size:
+            W_x, W_h, b, W_hr = (q.data for q in p)
+            return lstmp_forward(x, W_x, W_h, b, W_hr, h0, c0, lengths=lengths,
+                                 backend=self.backend, num_threads=num_threads)
+        W_x, W_h, b = (q.data for q in p)
+        return lstm_forward(x, W_x, W_h, b, h0, c0, lengths=lengths, backend=self.backend,
+                            num_threads=num_threads)
+
+    def _cell_backward(self, cache, d_out, dfinal):
+        backward = lstmp_backward if self.proj_size else lstm_backward
+        return backward(d_out, cache, *dfinal)
+
+    def _lookup_forward(self, ids, table, state0, lengths):
+        return lstm_forward_lookup(ids, table, self.W_h_l0.data, self.b_l0.data, *state0,
+                                   lengths=lengths, num_threads=self.num_threads)
+
+    def _lookup_backward(self, d_out, cache, dfinal):
+        g = lstm_backward_lookup(d_out, cache, *dfinal)
+        self._table_backward(g.d_table)
+        return g
 
     @property
     def _lookup(self):
@@ -320,52 +609,37 @@ class LSTM(_Stacked):
     def forward(self, x, state=None, lengths=None, embedding=None):
         """x (T, B, input_size) floats, or (T, B) integer ids: one-hot inputs (ids in
         [0, input_size)), or rows of ``embedding`` (an ``nn.Embedding`` with input_size
-        columns, whose gradient the backward pass accumulates); state ``(h0, c0)`` each
-        (num_layers, B, H) or None -> ``(hs (T, B, H), (h_n, c_n))``."""
+        columns, whose gradient the backward pass accumulates); state ``(h0, c0)``,
+        h0 (num_layers * num_directions, B, out), c0 (num_layers * num_directions, B, H),
+        either None for zeros -> ``(hs (T, B, num_directions * out), (h_n, c_n))``."""
         ids = self._ids(x, embedding)
         self._ids_input = None
         if ids is None:
-            return self._forward(x, None, None, state, lengths)
+            return self._run_layers(x, state, lengths)
         W_x0 = self.W_x_l0.data
-        if self.backend != "numpy" and lookup_available(W_x0.dtype):
+        if (self.backend != "numpy" and not self.bidirectional and not self.proj_size
+                and lookup_available(W_x0.dtype)):
             if embedding is None:   # a one-hot input's projection is a row of W_x_l0
                 self._ids_input = _IdsInput(None, lookup=True)
-                return self._forward(None, ids, W_x0, state, lengths)
+                return self._run_layers(None, state, lengths, lookup=(ids, W_x0))
             distinct, index = np.unique(ids, return_inverse=True)
             # (nearly) every id distinct: the product per distinct id would save nothing
             if 2 * distinct.size <= ids.size:
                 rows = embedding(distinct)   # its backward scatters into these rows
                 table = _dense_ops.matmul(rows, W_x0, num_threads=self.num_threads)
                 self._ids_input = _IdsInput(embedding, lookup=True, rows=rows, source=W_x0)
-                return self._forward(None, index.reshape(ids.shape), table, state, lengths)
+                return self._run_layers(None, state, lengths,
+                                        lookup=(index.reshape(ids.shape), table))
         self._ids_input = _IdsInput(embedding)
-        return self._forward(self._gathered(ids, embedding), None, None, state, lengths)
-
-    def _forward(self, x, ids, table, state, lengths):
-        h0s = c0s = [None] * self.num_layers
-        if state is not None:
-            h0s, c0s = state
-
-        def run_layer(layer, out, W_x, W_h, b):
-            if layer == 0 and ids is not None:
-                return lstm_forward_lookup(ids, table, W_h.data, b.data, h0s[layer],
-                                           c0s[layer], lengths=lengths,
-                                           num_threads=self.num_threads)
-            return lstm_forward(out, W_x.data, W_h.data, b.data, h0s[layer], c0s[layer],
-                                lengths=lengths, backend=self.backend,
-                                num_threads=self.num_threads)
-
-        out, states = self._run_layers(x, run_layer)
-        h_n, c_n = zip(*states)
-        return out, (np.stack(h_n), np.stack(c_n))
+        return self._run_layers(self._gathered(ids, embedding), state, lengths)
 
     def step(self, x, state, embedding=None):
         """One time step for decoding, in NumPy, without input checks or a cache.
 
         x: an ndarray (B, input_size) of floats, or (B,) integer ids (one-hot, or rows of
-        ``embedding``) in range; state ``(h, c)``, each (num_layers, B, H). Returns
-        ``(h_top (B, H), (h, c))``. Inference only: no dropout, nothing kept for a
-        backward pass.
+        ``embedding``) in range; state ``(h, c)``, h (num_layers, B, out), c
+        (num_layers, B, H). Returns ``(h_top (B, out), (h, c))``. Inference only: no
+        dropout, nothing kept for a backward pass; unidirectional layers only.
         """
         h_prev, c_prev = state
         H = self.hidden_size
@@ -383,31 +657,23 @@ class LSTM(_Stacked):
             np.multiply(z[:, H:2 * H], c_prev[layer], out=c)
             c += z[:, :H] * g
             out = h_new[layer]
-            np.multiply(z[:, 3 * H:], np.tanh(c), out=out)
+            if self.proj_size:
+                np.matmul(z[:, 3 * H:] * np.tanh(c),
+                          getattr(self, parameter_name("W_hr", layer)).data, out=out)
+            else:
+                np.multiply(z[:, 3 * H:], np.tanh(c), out=out)
         return out, (h_new, c_new)
 
     def backward(self, dhs, dstate=None):
-        """dhs (T, B, H) or None, dstate ``(dh_n, dc_n)`` each (num_layers, B, H) or None
-        -> ``(dx, (dh0, dc0))``; accumulates into every parameter's ``.grad`` (and, after
-        a forward on ids with an embedding, into the embedding's; dx is then None: ids
-        have no gradient). Raises InputModifiedError, before any gradient is
-        accumulated, if the input or a weight changed in place since ``forward``."""
+        """dhs (T, B, num_directions * out) or None, dstate ``(dh_n, dc_n)`` shaped as
+        ``(h_n, c_n)`` (either None for zeros) or None -> ``(dx, (dh0, dc0))``;
+        accumulates into every parameter's ``.grad`` (and, after a forward on ids with
+        an embedding, into the embedding's; dx is then None: ids have no gradient).
+        Raises InputModifiedError, before any gradient is accumulated, if the input or a
+        weight changed in place since ``forward``."""
         self._check_backward()
-        L = self.num_layers
-        dh_n, dc_n = dstate if dstate is not None else ([None] * L, [None] * L)
-
-        def backward_layer(layer, d_out, W_x):
-            if layer == 0 and self._lookup:
-                g = lstm_backward_lookup(d_out, self._caches[layer], dh_n[layer],
-                                         dc_n[layer])
-                self._table_backward(g.d_table)
-                return g, d_out
-            g = lstm_backward(d_out, self._caches[layer], dh_n[layer], dc_n[layer])
-            W_x.grad += g.dW_x
-            return g, g.dx
-
-        d_out, grads = self._backward_layers(dhs, backward_layer)
-        return d_out, (np.stack([g.dh0 for g in grads]), np.stack([g.dc0 for g in grads]))
+        d_out, grads = self._backward_layers(dhs, dstate)
+        return d_out, self._initial_gradients(grads)
 
     def _table_backward(self, d_table):
         """W_x_l0's gradient, and the embedding's, from the lookup table's (V', 4H)."""
@@ -423,63 +689,164 @@ class LSTM(_Stacked):
                 d_table, W_x0.data, trans_b=True, num_threads=self.num_threads))
 
 
-class RNN(_Stacked):
-    """A stack of vanilla-RNN layers, ``h_t = act(x_t W_x + h_{t-1} W_h + b)``, weights
-    ``W_x_l{k}`` (D_k, H), ``W_h_l{k}`` (H, H), ``b_l{k}`` (H,).
+class _SingleState(_Stacked):
+    """The GRU and the RNN: one state h, ``forward(x, h0=None, lengths=None,
+    embedding=None) -> (hs, h_n)``, ``backward(dhs, dh_n=None) -> (dx, dh0)``."""
 
-    ``forward(x, h0=None, lengths=None, embedding=None) -> (hs, h_n)`` with h_n
-    (num_layers, B, H), x floats or integer ids as for ``LSTM`` (the RNN gathers the
-    rows ids stand for and runs on them: its kernels have no lookup);
-    ``backward(dhs, dh_n=None) -> (dx, dh0)``; ``bptt_truncate`` (None or k >= 0) is
-    applied in every layer's backward.
+    @staticmethod
+    def _unpack_state(state):
+        return (state,)
 
-    nonlinearity : "tanh" or "relu";  bptt_truncate : None (full BPTT) or an int >= 0;
-    the other arguments as for ``LSTM`` (hidden_size up to 2**31 - 1).
-    """
-
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh",
-                 dropout=0.0, bptt_truncate=None, dtype=np.float32, seed=None,
-                 init="default", backend="auto", num_threads=None):
-        nonlinearity = check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
-        bptt_truncate = check_bptt_truncate(bptt_truncate)
-        a = self._checked(input_size, hidden_size, num_layers, dropout, dtype, seed, init,
-                          backend, num_threads)
-        self.config = dict(input_size=a["input_size"], hidden_size=a["hidden_size"],
-                           num_layers=a["num_layers"], nonlinearity=nonlinearity,
-                           dropout=a["dropout"], bptt_truncate=bptt_truncate,
-                           dtype=a["dtype"].name, init=a["init"])
-        self.nonlinearity = nonlinearity
-        self.bptt_truncate = bptt_truncate
-        super().__init__(**a)
-
-    @classmethod
-    def from_torch(cls, module):
-        """An nn.RNN with the weights of a ``torch.nn.RNN``."""
-        return cls(nonlinearity=module.nonlinearity,
-                   **cls._torch_args(module, "RNN"))._load_torch(module)
+    @staticmethod
+    def _pack_state(finals):
+        return np.stack([f[0] for f in finals])
 
     def forward(self, x, h0=None, lengths=None, embedding=None):
         """x (T, B, input_size) floats or (T, B) integer ids (with ``embedding``, rows of
-        it; without, one-hot), h0 (num_layers, B, H) or None -> ``(hs, h_n)``."""
+        it; without, one-hot), h0 (num_layers * num_directions, B, H) or None ->
+        ``(hs (T, B, num_directions * H), h_n (num_layers * num_directions, B, H))``.
+        Ids are gathered into the rows they stand for."""
         ids = self._ids(x, embedding)
         self._ids_input = None
         if ids is not None:
             self._ids_input = _IdsInput(embedding)
             x = self._gathered(ids, embedding)
-        h0s = [None] * self.num_layers if h0 is None else h0
+        return self._run_layers(x, h0, lengths)
 
-        def run_layer(layer, out, W_x, W_h, b):
-            return rnn_forward(out, W_x.data, W_h.data, b.data, h0s[layer],
-                               nonlinearity=self.nonlinearity, lengths=lengths,
-                               backend=self.backend, num_threads=self.num_threads)
+    def backward(self, dhs, dh_n=None):
+        """dhs (T, B, num_directions * H) or None, dh_n shaped as h_n, or None ->
+        ``(dx, dh0)``; accumulates into every parameter's ``.grad`` (and, after a forward
+        on ids with an embedding, into the embedding's; dx is then None). Raises
+        InputModifiedError, before any gradient is accumulated, if the input or a weight
+        changed in place since ``forward``."""
+        self._check_backward()
+        d_out, grads = self._backward_layers(dhs, dh_n)
+        return d_out, self._initial_gradients(grads)
 
-        out, h_n = self._run_layers(x, run_layer)
-        return out, np.stack(h_n)
+
+class GRU(_SingleState):
+    """A stack of GRU layers (torch's formulation, gate order r, z, n), weights fused per
+    layer as ``W_x_l{k}`` (D_k, 3H), ``W_h_l{k}`` (H, 3H) and the two biases kept apart,
+    ``b_x_l{k}``, ``b_h_l{k}`` (3H,)::
+
+        r = sigmoid(x W_xr + b_xr + h W_hr + b_hr)
+        z = sigmoid(x W_xz + b_xz + h W_hz + b_hz)
+        n = tanh(x W_xn + b_xn + r * (h W_hn + b_hn))
+        h' = (1 - z) * n + z * h
+
+    ``forward(x, h0=None, lengths=None, embedding=None) -> (hs, h_n)``,
+    ``backward(dhs, dh_n=None) -> (dx, dh0)``, x floats or integer ids as for ``LSTM``
+    (gathered into their rows); bidirectional as for ``LSTM``.
+
+    The arguments as for ``LSTM`` (hidden_size up to (2**31 - 1) // 3, no proj_size).
+    """
+
+    gates = 3
+
+    def __init__(self, input_size, hidden_size, num_layers=1, dropout=0.0,
+                 dtype=np.float32, seed=None, init="default", backend="auto",
+                 num_threads=None, bidirectional=False):
+        a = self._checked(input_size, hidden_size, num_layers, dropout, dtype, seed, init,
+                          backend, num_threads, bidirectional)
+        self.config = dict(input_size=a["input_size"], hidden_size=a["hidden_size"],
+                           num_layers=a["num_layers"], dropout=a["dropout"],
+                           dtype=a["dtype"].name, init=a["init"],
+                           bidirectional=a["bidirectional"])
+        super().__init__(**a)
+
+    @staticmethod
+    def _cell_shapes(D, H, P=0):
+        G = 3 * H
+        return [("W_x", (D, G)), ("W_h", (H, G)), ("b_x", (G,)), ("b_h", (G,))]
+
+    @classmethod
+    def from_torch(cls, module):
+        """An nn.GRU with the weights of a ``torch.nn.GRU`` (bidirectional too)."""
+        return cls(**cls._torch_args(module, "GRU"))._load_torch(module)
+
+    def _cell_forward(self, layer, direction, x, state0, lengths, num_threads):
+        W_x, W_h, b_x, b_h = (p.data for p in self.layer_weights(layer, direction))
+        hs, h_n, cache = gru_forward(x, W_x, W_h, b_x, b_h, state0[0], lengths=lengths,
+                                     backend=self.backend, num_threads=num_threads)
+        return hs, (h_n,), cache
+
+    @staticmethod
+    def _cell_backward(cache, d_out, dfinal):
+        return gru_backward(d_out, cache, dfinal[0])
 
     def step(self, x, h, embedding=None):
         """One time step for decoding, in NumPy, without input checks or a cache:
         x an ndarray (B, input_size) of floats or (B,) integer ids (as for ``LSTM.step``),
-        h (num_layers, B, H). Returns ``(h_top (B, H), h_new)``."""
+        h (num_layers, B, H). Returns ``(h_top (B, H), h_new)``; unidirectional only."""
+        H = self.hidden_size
+        h_new = np.empty_like(h)
+        out = None
+        for layer in range(self.num_layers):
+            gx = self._step_input_projection(layer, x, out, embedding)
+            gx += getattr(self, parameter_name("b_x", layer)).data
+            gh = h[layer] @ getattr(self, parameter_name("W_h", layer)).data
+            gh += getattr(self, parameter_name("b_h", layer)).data
+            rz = 1 / (1 + np.exp(-(gx[:, :2 * H] + gh[:, :2 * H])))
+            r, z = rz[:, :H], rz[:, H:]
+            n = np.tanh(gx[:, 2 * H:] + r * gh[:, 2 * H:])
+            out = h_new[layer] = n + z * (h[layer] - n)
+        return out, h_new
+
+
+class RNN(_SingleState):
+    """A stack of vanilla-RNN layers, ``h_t = act(x_t W_x + h_{t-1} W_h + b)``, weights
+    ``W_x_l{k}`` (D_k, H), ``W_h_l{k}`` (H, H), ``b_l{k}`` (H,).
+
+    ``forward(x, h0=None, lengths=None, embedding=None) -> (hs, h_n)`` with h_n
+    (num_layers * num_directions, B, H), x floats or integer ids as for ``LSTM`` (the
+    RNN gathers the rows ids stand for and runs on them: its kernels have no lookup);
+    ``backward(dhs, dh_n=None) -> (dx, dh0)``; ``bptt_truncate`` (None or k >= 0) is
+    applied in every layer's backward (each direction along its own time order).
+
+    nonlinearity : "tanh" or "relu";  bptt_truncate : None (full BPTT) or an int >= 0;
+    the other arguments as for ``LSTM`` (hidden_size up to 2**31 - 1, no proj_size).
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh",
+                 dropout=0.0, bptt_truncate=None, dtype=np.float32, seed=None,
+                 init="default", backend="auto", num_threads=None, bidirectional=False):
+        nonlinearity = check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+        bptt_truncate = check_bptt_truncate(bptt_truncate)
+        a = self._checked(input_size, hidden_size, num_layers, dropout, dtype, seed, init,
+                          backend, num_threads, bidirectional)
+        self.config = dict(input_size=a["input_size"], hidden_size=a["hidden_size"],
+                           num_layers=a["num_layers"], nonlinearity=nonlinearity,
+                           dropout=a["dropout"], bptt_truncate=bptt_truncate,
+                           dtype=a["dtype"].name, init=a["init"],
+                           bidirectional=a["bidirectional"])
+        self.nonlinearity = nonlinearity
+        self.bptt_truncate = bptt_truncate
+        super().__init__(**a)
+
+    @staticmethod
+    def _cell_shapes(D, H, P=0):
+        return [("W_x", (D, H)), ("W_h", (H, H)), ("b", (H,))]
+
+    @classmethod
+    def from_torch(cls, module):
+        """An nn.RNN with the weights of a ``torch.nn.RNN`` (bidirectional too)."""
+        return cls(nonlinearity=module.nonlinearity,
+                   **cls._torch_args(module, "RNN"))._load_torch(module)
+
+    def _cell_forward(self, layer, direction, x, state0, lengths, num_threads):
+        W_x, W_h, b = (p.data for p in self.layer_weights(layer, direction))
+        hs, h_n, cache = rnn_forward(x, W_x, W_h, b, state0[0],
+                                     nonlinearity=self.nonlinearity, lengths=lengths,
+                                     backend=self.backend, num_threads=num_threads)
+        return hs, (h_n,), cache
+
+    def _cell_backward(self, cache, d_out, dfinal):
+        return rnn_backward(d_out, cache, dfinal[0], self.bptt_truncate)
+
+    def step(self, x, h, embedding=None):
+        """One time step for decoding, in NumPy, without input checks or a cache:
+        x an ndarray (B, input_size) of floats or (B,) integer ids (as for ``LSTM.step``),
+        h (num_layers, B, H). Returns ``(h_top (B, H), h_new)``; unidirectional only."""
         act = np.tanh if self.nonlinearity == "tanh" else (lambda z: np.maximum(z, 0))
         h_new = np.empty_like(h)
         out = None
@@ -487,20 +854,3 @@ class RNN(_Stacked):
             z = self._step_preactivation(layer, x, out, h[layer], embedding)
             out = h_new[layer] = act(z)
         return out, h_new
-
-    def backward(self, dhs, dh_n=None):
-        """dhs (T, B, H) or None, dh_n (num_layers, B, H) or None -> ``(dx, dh0)``;
-        accumulates into every parameter's ``.grad`` (and, after a forward on ids with an
-        embedding, into the embedding's; dx is then None). Raises InputModifiedError,
-        before any gradient is accumulated, if the input or a weight changed in place
-        since ``forward``."""
-        self._check_backward()
-        dh_n = [None] * self.num_layers if dh_n is None else dh_n
-
-        def backward_layer(layer, d_out, W_x):
-            g = rnn_backward(d_out, self._caches[layer], dh_n[layer], self.bptt_truncate)
-            W_x.grad += g.dW_x
-            return g, g.dx
-
-        d_out, grads = self._backward_layers(dhs, backward_layer)
-        return d_out, np.stack([g.dh0 for g in grads])
