@@ -19,7 +19,10 @@ def register_model(cls):
     constructor arguments). Returns ``cls``, so it works as a class decorator.
 
     A class with a ``parameter_shapes(**config)`` method yielding (name, shape) pairs has
-    its checkpoints checked against the config before anything is allocated."""
+    its checkpoints checked against the config before anything is allocated. A
+    ``config_choices`` dict ({field: (allowed values)}, e.g. {"cell": ("lstm", "gru")})
+    names the fields with a fixed set of values: ``load`` refuses others, and names the
+    field when the arrays are those of another of its values."""
     MODELS[cls.__name__] = cls
     return cls
 

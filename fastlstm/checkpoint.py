@@ -348,6 +348,30 @@ def _check_shape_arguments(r, cls, cfg, field):
             r.fail(f"{field}.{name}", f"expected an integer, got {value!r:.60}")
         elif value < 0:
             r.fail(f"{field}.{name}", f"expected an integer >= 0, got {value}")
+    for name, choices in getattr(cls, "config_choices", {}).items():
+        # type as well as value: 1 == True, but a cell is not a flag
+        if name in cfg and not any(type(cfg[name]) is type(c) and cfg[name] == c
+                                   for c in choices):
+            r.fail(f"{field}.{name}", f"expected one of {', '.join(map(repr, choices))}, "
+                                      f"got {cfg[name]!r:.60}")
+
+
+def _fitting_choice(cls, cfg, own, limit):
+    """(field, its value, another value) of a ``config_choices`` field whose other value
+    gives exactly the arrays ``own`` holds (a hand-edited cell, say), or None."""
+    defaults = inspect.signature(cls.parameter_shapes).parameters
+    for name, choices in getattr(cls, "config_choices", {}).items():
+        current = cfg.get(name, defaults[name].default if name in defaults else None)
+        for value in choices:
+            if value == current and type(value) is type(current):
+                continue
+            try:
+                other = _expected_shapes(cls, {**cfg, name: value}, limit)
+            except (_TooManyArrays, TypeError, ValueError):
+                continue
+            if other == {k: v.shape for k, v in own.items()}:
+                return name, current, value
+    return None
 
 
 def _check_shapes(r, cls, cfg, field, prefix, own):
@@ -383,14 +407,26 @@ def _check_shapes(r, cls, cfg, field, prefix, own):
                     break
         return " and ".join(found) or "the config"
 
+    def refuse_another_choice():
+        # The arrays are another cell's (or direction count's): name that field, not
+        # the sizes that the cell also happens to scale.
+        fit = _fitting_choice(cls, cfg, own, limit)
+        if fit is not None:
+            name, current, value = fit
+            r.fail(f"{field}.{name}", f"{current!r}, but the file holds the arrays of "
+                                      f"{name}={value!r}")
+
     try:
         expected = _expected_shapes(cls, cfg, limit)
     except _TooManyArrays:
+        refuse_another_choice()
         why = deciding(lambda other: other is not None)
         r.fail(field, f"{why} give{'s' * (' and ' not in why)} more than {len(own)} arrays, "
                       f"the number the file holds")
     except (TypeError, ValueError) as exc:
         r.fail(field, f"{cls.__name__}: {exc}")
+    if expected != {k: v.shape for k, v in own.items()}:
+        refuse_another_choice()
     missing = sorted(set(expected) - set(own))
     unexpected = sorted(set(own) - set(expected))
     if missing or unexpected:

@@ -1,8 +1,8 @@
 """The ``fastlstm`` command (also ``python -m fastlstm``).
 
-    fastlstm train char      [--text FILE] [--steps N] [--out DIR] [--resume] ...
-    fastlstm train word      [--text FILE] [--cell lstm|rnn] ...
-    fastlstm train sentiment --data PATH [--glove FILE] ...
+    fastlstm train char      [--text FILE] [--cell lstm|gru|rnn] [--steps N] [--out DIR] [--resume] ...
+    fastlstm train word      [--text FILE] [--cell lstm|gru|rnn] ...
+    fastlstm train sentiment --data PATH [--cell lstm|gru] [--bidirectional] [--glove FILE] ...
     fastlstm sample DIR_OR_CHECKPOINT [--prefix TEXT] [--length N] [--temperature T]
     fastlstm eval   DIR_OR_CHECKPOINT [--text FILE | --data PATH]
     fastlstm demo | config | --version
@@ -53,7 +53,8 @@ def _common_train_options(opt, task):
     d = LM_DEFAULTS.get(task, {})
     opt.add("--steps", type=integer(1), default=d.get("steps"), help="training steps in total")
     opt.add("--batch", type=integer(1), default=d.get("batch", 32), help="batch size B")
-    opt.add("--hidden", type=integer(1), default=d.get("hidden", 64), help="LSTM hidden size H")
+    opt.add("--hidden", type=integer(1), default=d.get("hidden", 64),
+            help="hidden size H of the recurrent cell")
     opt.add("--layers", type=integer(1), default=d.get("layers", 1), help="stacked layers")
     opt.add("--dropout", type=number(0, 1), default=0.0, help="dropout between layers")
     opt.add("--optimizer", choices=("adam", "adagrad", "sgd"), default="adam",
@@ -94,6 +95,24 @@ def _version_line():
     return f"fastlstm {__version__} (compiled kernels, {openmp})"
 
 
+class _Refused(argparse.Action):
+    """An option a task cannot take, refused as it is parsed (exit status 2) with the
+    reason, rather than argparse's bare "unrecognized arguments". Hidden from --help."""
+
+    def __init__(self, option_strings, dest, reason, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)
+        self.reason = reason
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise argparse.ArgumentError(self, self.reason)
+
+
+_NO_BIDIRECTIONAL_LM = ("a language model predicts each token from the ones before it; a "
+                        "reverse direction would read the very tokens it must predict "
+                        "(only 'fastlstm train sentiment' takes --bidirectional)")
+
+
 class _VersionAction(argparse.Action):
     # argparse's own "version" action re-wraps the text to the terminal width
     def __call__(self, parser, namespace, values, option_string=None):
@@ -115,26 +134,32 @@ def build_parser():
     tasks = train.add_subparsers(dest="task", metavar="TASK")
     tasks.required = True
 
-    p = tasks.add_parser("char", help="character-level LSTM language model",
-                         description="Train a character-level LSTM language model "
-                                     "(CharLM) with truncated BPTT.")
+    p = tasks.add_parser("char", help="character-level LSTM, GRU or RNN language model",
+                         description="Train a character-level language model (CharLM: "
+                                     "an LSTM, GRU or vanilla RNN) with truncated BPTT.")
     opt = options["char"] = _Options(p)
     opt.add("--text", metavar="FILE", help="UTF-8 text to learn "
             "(default: the built-in corpus of standard-library docstrings)")
     _common_train_options(opt, "char")
+    opt.add("--cell", choices=("lstm", "gru", "rnn"), default="lstm",
+            help="recurrent cell (rnn: vanilla, tanh)")
+    p.add_argument("--bidirectional", action=_Refused, reason=_NO_BIDIRECTIONAL_LM)
     opt.add("--embedding", type=integer(0), default=0,
             help="character embedding size (0: one-hot characters)")
     _lm_options(opt, "char")
 
-    p = tasks.add_parser("word", help="word-level LSTM or vanilla-RNN language model",
-                         description="Train a word-level language model (WordLM).")
+    p = tasks.add_parser("word", help="word-level LSTM, GRU or vanilla-RNN language model",
+                         description="Train a word-level language model (WordLM: an "
+                                     "LSTM, GRU or vanilla RNN).")
     opt = options["word"] = _Options(p)
     opt.add("--text", metavar="FILE", help="UTF-8 text to learn "
             "(default: the built-in corpus of standard-library docstrings)")
     _common_train_options(opt, "word")
-    opt.add("--cell", choices=("lstm", "rnn"), default="lstm", help="recurrent cell")
+    opt.add("--cell", choices=("lstm", "gru", "rnn"), default="lstm",
+            help="recurrent cell (rnn: vanilla, tanh)")
+    p.add_argument("--bidirectional", action=_Refused, reason=_NO_BIDIRECTIONAL_LM)
     opt.add("--bptt-truncate", type=integer(0), default=None,
-            help="vanilla RNN: gradient flows at most this many steps back "
+            help="with --cell rnn: gradient flows at most this many steps back "
                  "(default: the whole chunk)")
     opt.add("--embedding", type=integer(1), default=64, help="word embedding size")
     opt.add("--vocab-size", type=integer(4), default=8000,
@@ -142,15 +167,20 @@ def build_parser():
     opt.add("--min-freq", type=integer(1), default=2, help="rarer words become <unk>")
     _lm_options(opt, "word")
 
-    p = tasks.add_parser("sentiment", help="LSTM sentiment classifier on labelled reviews",
-                         description="Train an LSTM sentiment classifier (SentimentClassifier)"
-                                     " on an aclImdb folder, a CSV (text,label) or a JSONL "
-                                     "file.")
+    p = tasks.add_parser("sentiment", help="LSTM or GRU sentiment classifier on labelled "
+                                           "reviews",
+                         description="Train a sentiment classifier (SentimentClassifier: an "
+                                     "LSTM or GRU, one direction or both) on an aclImdb "
+                                     "folder, a CSV (text,label) or a JSONL file.")
     opt = options["sentiment"] = _Options(p)
     opt.add("--data", metavar="PATH",
             help="aclImdb folder (train/ for training, test/ for validation), or a .csv / "
                  ".jsonl file of (text, label)")
     _common_train_options(opt, "sentiment")
+    opt.add("--cell", choices=("lstm", "gru"), default="lstm", help="recurrent cell")
+    opt.add("--bidirectional", action="store_true", default=False,
+            help="read each review in both directions (the head sees 2 x --hidden "
+                 "features)")
     opt.add("--epochs", type=integer(1), default=5, help="passes over the training set "
             "(--steps, if given, counts steps instead)")
     opt.add("--glove", metavar="FILE", help="initialise the embedding from GloVe vectors")
@@ -159,7 +189,8 @@ def build_parser():
     opt.add("--embedding", type=integer(1), default=50,
             help="embedding size (without --glove)")
     opt.add("--pooling", choices=("last", "mean", "max"), default="mean",
-            help="how the LSTM's outputs over a review become one vector")
+            help="how the recurrent layer's outputs over a review become one vector "
+                 "(last: the final state, both directions' with --bidirectional)")
     opt.add("--vocab-size", type=integer(3), default=20000,
             help="largest vocabulary, <pad> <unk> included")
     opt.add("--min-freq", type=integer(1), default=2, help="rarer words become <unk>")
@@ -219,6 +250,7 @@ def main(argv=None):
         return demo.main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "train":
+        _check_combinations(args, options[args.task])
         from .distributed import context
         try:
             dist = context()
@@ -248,6 +280,17 @@ def main(argv=None):
 
 # --- train ------------------------------------------------------------------------------
 
+def _check_combinations(args, opt):
+    """Options that exclude each other, refused as they are parsed (exit status 2). What
+    a resumed run does not type comes from its checkpoint, whose settings were checked
+    when they were chosen."""
+    if args.task == "word" and args.bptt_truncate is not None:
+        cell = args.cell or (None if args.resume else opt.defaults["cell"])
+        if cell is not None and cell != "rnn":
+            opt.parser.error(f"argument --bptt-truncate: truncates a vanilla RNN's "
+                             f"backward pass: it needs --cell rnn, not {cell}")
+
+
 # Flags about this invocation only, never stored with the run.
 ONE_TIME = ("resume", "overwrite", "allow_changed_data")
 
@@ -261,11 +304,16 @@ def _settings(args, opt, stored=None):
     if stored is None:
         settings = {**opt.defaults, **typed}
     else:
-        conflicts = [f"--{k.replace('_', '-')}" for k, v in typed.items()
+        conflicts = [k for k, v in typed.items()
                      if k not in RESUMABLE and k in stored and stored[k] != v]
         if conflicts:
-            raise ValueError(f"{', '.join(conflicts)} cannot change when resuming (the "
-                             f"checkpoint fixes the model and the data)")
+            def shown(k, v):
+                flag = f"--{k.replace('_', '-')}"
+                return flag if v is True else f"{flag} {v}" if v is not False else f"no {flag}"
+            raise ValueError(
+                f"{', '.join('--' + k.replace('_', '-') for k in conflicts)} cannot change "
+                f"when resuming (the checkpoint fixes the model and the data): the run has "
+                f"{', '.join(shown(k, stored[k]) for k in conflicts)}")
         settings = {**opt.defaults, **stored,
                     **{k: v for k, v in typed.items() if k in RESUMABLE}}
     for key in ONE_TIME:
@@ -334,7 +382,8 @@ def _train(args, opt, dist=None):
     run = training.RunDirectory(out)
     try:
         ck = _open_run(args, opt, run, dist, stdout)
-        s = _settings(args, opt, ck.metadata["settings"] if ck else None)
+        # (a run of a version that stored no --cell gets its model's)
+        s = _settings(args, opt, tasks.stored_settings(ck) if ck else None)
         _check_settings(s, opt)
         tasks.resolve_data_paths(s, resumed=ck is not None)
         data = tasks.prepare_data(args.task, s, ck, args.allow_changed_data, dist.size,
@@ -381,7 +430,9 @@ def _open_run(args, opt, run, dist, stdout):
 def _announce(task, s, data, job, resumed, out, n_ranks, stdout):
     """The lines before the first step: model, baseline, length of the run."""
     threads, config = job.threads, job.config
-    print(f"model: {type(job.model).__name__}, {_n_params(job.model):,} parameters; "
+    from .tasks import describe_model
+    print(f"model: {type(job.model).__name__} ({describe_model(job.model)}), "
+          f"{_n_params(job.model):,} parameters; "
           f"{s['optimizer']} lr {job.optimizer.lr:g}, clip {s['clip']:g}, batch {s['batch']}"
           + (f", chunks of {s['seq']}" if task != "sentiment" else "")
           + f", {threads} thread{'s' * (threads > 1)}"

@@ -28,7 +28,8 @@ from .distributed import Context
 
 __all__ = ["TASKS", "TaskData", "Training", "read_text", "word_sentences", "detokenize",
            "lm_data", "reviews", "sentiment_data", "resolve_data_paths", "digest",
-           "check_data", "check_run_metadata", "load_checkpoint_everywhere",
+           "check_data", "check_run_metadata", "MODEL_SETTINGS", "model_settings",
+           "stored_settings", "describe_model", "load_checkpoint_everywhere",
            "prepare_data", "build_model", "make_optimizer", "set_threads",
            "prepare_training", "default_prefix", "render", "sample_text",
            "evaluate_checkpoint"]
@@ -36,6 +37,28 @@ __all__ = ["TASKS", "TaskData", "Training", "read_text", "word_sentences", "deto
 # The model class of each task.
 TASKS = {"char": models.CharLM, "word": models.WordLM,
          "sentiment": models.SentimentClassifier}
+
+# The settings of each task that are also its model's config fields of the same name.
+# The model (its config) is what a checkpoint rebuilds, so where a run's stored settings
+# lack one (runs of versions before it was an option) the model's value stands in.
+MODEL_SETTINGS = {"char": ("cell",), "word": ("cell",),
+                  "sentiment": ("cell", "bidirectional")}
+
+
+def model_settings(task, model):
+    """{setting: value} of ``MODEL_SETTINGS[task]`` as ``model`` was built."""
+    return {key: model.config[key] for key in MODEL_SETTINGS[task]}
+
+
+def stored_settings(ck):
+    """A run checkpoint's settings, completed by its model's (``MODEL_SETTINGS``)."""
+    return {**model_settings(ck.metadata["task"], ck.model), **ck.metadata["settings"]}
+
+
+def describe_model(model):
+    """``LSTM``, ``GRU``, ``RNN``, ``bidirectional GRU``: the model's recurrent layer."""
+    return (("bidirectional " if model.config.get("bidirectional") else "")
+            + model.config["cell"].upper())
 
 
 # --- reading data -----------------------------------------------------------------------
@@ -217,6 +240,12 @@ def check_run_metadata(path, ck):
     missing = [k for k in needed if k not in settings]
     if missing:
         raise CheckpointError(f"{path}: metadata.settings lacks {', '.join(missing)}")
+    for key, value in model_settings(task, ck.model).items():
+        if key in settings and (settings[key] != value
+                                or type(settings[key]) is not type(value)):
+            raise CheckpointError(f"{path}: metadata.settings.{key} is "
+                                  f"{settings[key]!r:.60}, but the model's {key} is "
+                                  f"{value!r}")
 
     def number(value):
         return (isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -329,7 +358,7 @@ def build_model(task, s, vocab, out=None):
     V = len(vocab)
     if task == "char":
         return models.CharLM(V, s["hidden"], s["layers"], s["embedding"] or None,
-                             s["dropout"], seed=s["seed"])
+                             s["dropout"], seed=s["seed"], cell=s["cell"])
     if task == "word":
         return models.WordLM(V, s["embedding"], s["hidden"], s["layers"], s["cell"],
                              s["dropout"], seed=s["seed"], bptt_truncate=s["bptt_truncate"])
@@ -341,7 +370,7 @@ def build_model(task, s, vocab, out=None):
     return models.SentimentClassifier(
         V, weight.shape[1] if weight is not None else s["embedding"], s["hidden"],
         s["layers"], s["pooling"], s["dropout"], s["freeze_embedding"], seed=s["seed"],
-        embedding_weight=weight)
+        embedding_weight=weight, cell=s["cell"], bidirectional=s["bidirectional"])
 
 
 def make_optimizer(name, params, lr):
@@ -356,7 +385,7 @@ def make_optimizer(name, params, lr):
 def set_threads(model, n, optimizer=None):
     """Run every compiled part of a training step on n threads (None: every core)."""
     model.num_threads = n
-    for name in ("rnn", "lstm", "head"):
+    for name in ("rnn", "lstm", "gru", "head"):
         if hasattr(model, name):
             getattr(model, name).num_threads = n
     if optimizer is not None:

@@ -752,7 +752,7 @@ ARGUMENTS = {   # constructor -> [(argument, [(bad value, exception)])]
     "CharLM": [("vocab_size", BAD_SIZES), ("hidden_size", BAD_SIZES),
                ("num_layers", BAD_SIZES), ("embedding_dim", BAD_OPTIONAL_SIZES),
                ("dropout", BAD_PROBABILITIES), ("dtype", BAD_DTYPES), ("seed", BAD_SEEDS),
-               ("num_threads", BAD_THREADS)],
+               ("num_threads", BAD_THREADS), ("cell", BAD_CHOICES + [("LSTM", ValueError)])],
     "WordLM": [("vocab_size", BAD_SIZES), ("embedding_dim", BAD_OPTIONAL_SIZES),
                ("hidden_size", BAD_SIZES), ("num_layers", BAD_SIZES),
                ("cell", BAD_CHOICES), ("dropout", BAD_PROBABILITIES),
@@ -765,7 +765,9 @@ ARGUMENTS = {   # constructor -> [(argument, [(bad value, exception)])]
         ("dtype", BAD_DTYPES), ("seed", BAD_SEEDS), ("num_threads", BAD_THREADS),
         ("embedding_weight", [(np.zeros((7, 4), np.float32), ValueError),
                               (np.zeros((7, 3), np.int32), TypeError),
-                              (np.zeros((7, 3), np.float64), TypeError)])],   # not float32
+                              (np.zeros((7, 3), np.float64), TypeError)]),   # not float32
+        ("cell", BAD_CHOICES + [("rnn", ValueError)]),   # the classifier has no vanilla RNN
+        ("bidirectional", BAD_FLAGS)],
 }
 
 
