@@ -183,6 +183,18 @@ EDITS = {
                          r"model\.config\.colour: not an argument of CharLM"),
     "a nested config value": (_model_config(dropout=[0.1]),
                               r"model\.config\.dropout: expected a number, string"),
+    "another cell": (_model_config(cell="gru"),
+                     r"model\.config\.cell: 'gru', but the file holds the arrays of "
+                     r"cell='lstm'"),
+    # the vanilla RNN's arrays have the LSTM's names: the shapes alone tell them apart
+    "an RNN cell over an LSTM's arrays": (_model_config(cell="rnn"),
+                                          r"model\.config\.cell: 'rnn', but the file holds "
+                                          r"the arrays of cell='lstm'"),
+    "an unknown cell": (_model_config(cell="transformer"),
+                        r"model\.config\.cell: expected one of 'lstm', 'gru', 'rnn', got "
+                        r"'transformer'"),
+    "a cell of the wrong type": (_model_config(cell=4),
+                                 r"model\.config\.cell: expected a string, got 4"),
     "an invalid dropout": (_model_config(dropout=1.5),
                            r"model\.config: CharLM\(.*\) fails: .*dropout"),
     "an unknown class": (lambda c, a: c["model"].update({"class": "Popen"}),
@@ -263,6 +275,15 @@ def test_the_unedited_file_loads(tmp_path):
     (models.WordLM, dict(vocab_size=9, embedding_dim=3, hidden_size=4, num_layers=2)),
     (models.SentimentClassifier, dict(vocab_size=9, embedding_dim=3, hidden_size=4,
                                       freeze_embedding=True)),
+    (models.CharLM, dict(vocab_size=9, hidden_size=4, num_layers=2, cell="gru")),
+    (models.CharLM, dict(vocab_size=9, hidden_size=4, embedding_dim=3, cell="rnn")),
+    (models.WordLM, dict(vocab_size=9, embedding_dim=3, hidden_size=4, cell="gru")),
+    (models.SentimentClassifier, dict(vocab_size=9, embedding_dim=3, hidden_size=4,
+                                      num_layers=2, bidirectional=True)),
+    (models.SentimentClassifier, dict(vocab_size=9, embedding_dim=3, hidden_size=4,
+                                      num_layers=2, cell="gru")),
+    (models.SentimentClassifier, dict(vocab_size=9, embedding_dim=3, hidden_size=4,
+                                      cell="gru", bidirectional=True)),
 ])
 def test_parameter_shapes_match_what_the_constructor_builds(cls, args):
     module = cls(**args)
@@ -279,3 +300,97 @@ def test_one_hot_word_models_and_numpy_metadata_round_trip(tmp_path):
     assert ck.metadata == {"loss": 2.5, "step": 7}
     with pytest.raises(TypeError, match="metadata must be JSON"):
         save(tmp_path / "x.npz", m, weights=np.zeros(3))
+
+
+# --- every cell -----------------------------------------------------------------------
+
+ROUND_TRIPS = {
+    "char-lstm": lambda: models.CharLM(9, 8, embedding_dim=4, seed=0),
+    "char-gru": lambda: models.CharLM(9, 8, num_layers=2, seed=1, cell="gru"),
+    "char-rnn": lambda: models.CharLM(9, 8, seed=2, cell="rnn"),
+    "word-lstm": lambda: models.WordLM(9, 4, 8, num_layers=2, seed=3),
+    "word-gru": lambda: models.WordLM(9, 4, 8, cell="gru", seed=4),
+    "word-rnn": lambda: models.WordLM(9, 4, 8, cell="rnn", seed=5, bptt_truncate=3),
+    "sentiment-lstm": lambda: models.SentimentClassifier(9, 4, 6, pooling="max", seed=6),
+    "sentiment-bilstm": lambda: models.SentimentClassifier(9, 4, 6, num_layers=2, seed=7,
+                                                           bidirectional=True),
+    "sentiment-gru": lambda: models.SentimentClassifier(9, 4, 6, pooling="mean", seed=8,
+                                                        cell="gru"),
+    "sentiment-bigru": lambda: models.SentimentClassifier(9, 4, 6, seed=9, cell="gru",
+                                                          bidirectional=True),
+}
+
+
+def _outputs(model, ids, lengths):
+    """The model's forward output on ids (T, B): logits, and a language model's state."""
+    model.eval()
+    if isinstance(model, models.SentimentClassifier):
+        return [model(ids, lengths)]
+    logits, state = model(ids)
+    return [logits, *(state if isinstance(state, tuple) else (state,))]
+
+
+@pytest.mark.parametrize("name", list(ROUND_TRIPS))
+def test_every_model_round_trips_bitwise_with_its_optimizer(tmp_path, name):
+    m = ROUND_TRIPS[name]()
+    opt = optim.Adam(m.parameters(), lr=0.01)
+    _step(opt, opt.params, 0)
+    save(tmp_path / "m.npz", m, opt, step=1)
+    ck = load(tmp_path / "m.npz")
+    assert type(ck.model) is type(m) and ck.model.config == m.config
+    assert list(ck.model.state_dict()) == list(m.state_dict())
+    _assert_same_state(opt, ck.optimizer)
+    ids = np.random.default_rng(1).integers(0, 9, (5, 3))
+    lengths = np.array([5, 2, 4])
+    for got, want in zip(_outputs(ck.model, ids, lengths), _outputs(m, ids, lengths)):
+        np.testing.assert_array_equal(got, want)
+
+
+def _with_model_config(tmp_path, model, edit):
+    """A copy of ``model``'s checkpoint whose model config ``edit`` changed in place."""
+    with np.load(save(tmp_path / "good.npz", model)) as raw:
+        arrays = {k: raw[k] for k in raw.files}
+    config = json.loads(str(arrays["config"]))
+    edit(config["model"]["config"])
+    arrays["config"] = np.array(json.dumps(config))
+    np.savez(tmp_path / "edited.npz", **arrays)
+    return tmp_path / "edited.npz"
+
+
+@pytest.mark.parametrize("name", ["char-lstm", "sentiment-lstm"])
+def test_a_config_without_cell_is_an_lstm(tmp_path, name):
+    """Checkpoints written before the cell was a config field load as they did."""
+    m = ROUND_TRIPS[name]()
+
+    def forget_cell(config):
+        del config["cell"]
+        config.pop("bidirectional", None)
+
+    again = load(_with_model_config(tmp_path, m, forget_cell)).model
+    assert again.config == m.config and again.config["cell"] == "lstm"
+    ids = np.random.default_rng(2).integers(0, 9, (4, 2))
+    for got, want in zip(_outputs(again, ids, None), _outputs(m, ids, None)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name,edit,message", [
+    ("sentiment-bilstm", dict(bidirectional=False),
+     r"model\.config\.bidirectional: False, but the file holds the arrays of "
+     r"bidirectional=True"),
+    ("sentiment-lstm", dict(bidirectional=True),       # more arrays than the file holds
+     r"model\.config\.bidirectional: True, but the file holds the arrays of "
+     r"bidirectional=False"),
+    ("sentiment-bigru", dict(cell="lstm"),
+     r"model\.config\.cell: 'lstm', but the file holds the arrays of cell='gru'"),
+    ("sentiment-lstm", dict(cell="rnn"),
+     r"model\.config\.cell: expected one of 'lstm', 'gru', got 'rnn'"),
+    ("sentiment-lstm", dict(bidirectional=1),
+     r"model\.config\.bidirectional: expected true or false, got 1"),
+    ("word-rnn", dict(cell="gru"),
+     r"model\.config\.cell: 'gru', but the file holds the arrays of cell='rnn'"),
+])
+def test_load_names_a_hand_edited_cell_or_direction(tmp_path, name, edit, message):
+    path = _with_model_config(tmp_path, ROUND_TRIPS[name](), lambda c: c.update(edit))
+    with pytest.raises(CheckpointError, match=message) as info:
+        load(path)
+    assert str(info.value).startswith(f"{path}: ")

@@ -289,3 +289,141 @@ def test_sentiment_with_frozen_glove_vectors(tmp_path):
     assert table.shape[1] == 6
     for word in ("great", "awful", "movie", "the"):
         np.testing.assert_allclose(table[vocab.stoi[word]], vectors[word], rtol=1e-6)
+
+
+# --- every cell ---------------------------------------------------------------------------
+
+def in_process(*args):
+    """``fastlstm ARGS`` run by ``cli.main`` in this process (no interpreter to start):
+    (exit status, stdout, stderr)."""
+    import contextlib
+    import io
+    from fastlstm import cli
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli.main([str(a) for a in args])
+    return status, out.getvalue(), err.getvalue()
+
+
+CELL_RUNS = [("char", "lstm", False), ("char", "gru", False), ("char", "rnn", False),
+             ("word", "lstm", False), ("word", "gru", False), ("word", "rnn", False),
+             ("sentiment", "lstm", True), ("sentiment", "gru", False),
+             ("sentiment", "gru", True)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task,cell,bidirectional", CELL_RUNS,
+                         ids=[f"{t}-{'bi' * b}{c}" for t, c, b in CELL_RUNS])
+def test_every_cell_trains_resumes_samples_and_evaluates(tmp_path, text_file, task, cell,
+                                                         bidirectional):
+    run = tmp_path / "run"
+    if task == "sentiment":
+        data = tmp_path / "reviews.jsonl"
+        data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n"
+                                for t, y in _reviews(120, 5)))
+        options = ["--data", data, "--hidden", 8, "--embedding", 8, "--batch", 16,
+                   "--lr", 0.02, "--min-freq", 1, "--pooling", "last", "--threads", 1,
+                   "--no-progress"]
+    else:
+        options = ["--text", text_file, "--sample-every", 6, "--sample-length", 10, *TINY]
+        if task == "word":
+            options += ["--min-freq", 1, "--embedding", 8]
+    out = fastlstm_cli("train", task, "--cell", cell, *["--bidirectional"] * bidirectional,
+                       "--steps", 12, "--save-every", 6, "--log-every", 3, "--out", run,
+                       *options, cwd=tmp_path).stdout
+    kind = "bidirectional " * bidirectional + cell.upper()
+    assert f"({kind}), " in out and "done: 12 steps" in out, out
+    losses = [float(r["train_loss"]) for r in log_rows(run) if r["train_loss"]]
+    assert len(losses) == 4 and np.isfinite(losses).all() and losses[-1] < losses[0], losses
+    ck = fastlstm.load(run / "checkpoint.npz")
+    assert ck.model.config["cell"] == cell and ck.metadata["settings"]["cell"] == cell
+    if task == "sentiment":
+        assert ck.model.config["bidirectional"] is bidirectional
+        assert ck.metadata["settings"]["bidirectional"] is bidirectional
+
+    more = fastlstm_cli("train", task, "--out", run, "--resume", "--steps", 15,
+                        "--no-progress", cwd=tmp_path).stdout
+    assert "resuming at step 12 of 15" in more and f"({kind}), " in more
+    assert "done: 15 steps" in more, more
+    ck = fastlstm.load(run / "checkpoint.npz")
+    assert ck.metadata["step"] == 15 and ck.model.config["cell"] == cell
+
+    # eval rebuilds the same model: it reproduces the run's last validation loss
+    status, ev, _ = in_process("eval", run)
+    assert status == 0 and "validation split" in ev
+    last_valid = [r for r in log_rows(run) if r["valid_loss"]][-1]
+    assert int(last_valid["step"]) == 15
+    assert float(ev.split("loss ")[1].split()[0].rstrip(",")) == pytest.approx(
+        float(last_valid["valid_loss"]), rel=1e-4)
+    if task != "sentiment":
+        prefix = "the q" if task == "char" else "the quick"
+        status, a, _ = in_process("sample", run, "--prefix", prefix, "--length", 8,
+                                  "--seed", 1)
+        assert status == 0 and a.startswith(prefix) and len(a) > len(prefix) + 1
+        assert in_process("sample", run, "--prefix", prefix, "--length", 8,
+                          "--seed", 1)[1] == a
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["char", "--bidirectional"], "argument --bidirectional: a language model predicts"),
+    (["word", "--bidirectional", "--cell", "gru"],
+     "argument --bidirectional: a language model predicts"),
+    (["word", "--bptt-truncate", 2],
+     "argument --bptt-truncate: truncates a vanilla RNN's backward pass: it needs --cell "
+     "rnn, not lstm"),
+    (["word", "--cell", "gru", "--bptt-truncate", 2], "it needs --cell rnn, not gru"),
+    (["word", "--resume", "--cell", "lstm", "--bptt-truncate", 2],
+     "it needs --cell rnn, not lstm"),
+    (["sentiment", "--cell", "rnn"], "argument --cell: invalid choice: 'rnn'"),
+    (["char", "--cell", "transformer"], "argument --cell: invalid choice"),
+])
+def test_cell_options_that_cannot_go_together_are_refused_as_parsed(tmp_path, argv, message):
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        in_process("train", *argv, "--out", run)
+    assert exit_info.value.code == 2
+    proc = fastlstm_cli("train", *argv, "--out", run, cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not run.exists()
+
+
+@pytest.mark.slow
+def test_resume_refuses_another_cell_or_direction(tmp_path, text_file):
+    run = tmp_path / "run"
+    fastlstm_cli("train", "char", "--text", text_file, "--steps", 2, "--out", run,
+                 "--sample-every", 0, *TINY, cwd=tmp_path)
+    status, _, err = in_process("train", "char", "--out", run, "--resume", "--steps", 3,
+                                "--cell", "gru")
+    assert status == 1 and "--cell cannot change when resuming" in err
+    assert "the run has --cell lstm" in err
+
+    # A run of a version without --cell stored neither setting nor config field: its
+    # model's (an LSTM) stands in, so another cell is still refused.
+    path = run / "checkpoint.npz"
+    with np.load(path) as raw:
+        arrays = {k: raw[k] for k in raw.files}
+    config = json.loads(str(arrays["config"]))
+    del config["model"]["config"]["cell"], config["metadata"]["settings"]["cell"]
+    arrays["config"] = np.array(json.dumps(config))
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    status, _, err = in_process("train", "char", "--out", run, "--resume", "--steps", 3,
+                                "--cell", "rnn")
+    assert status == 1 and "the run has --cell lstm" in err, err
+    status, out, _ = in_process("train", "char", "--out", run, "--resume", "--steps", 3,
+                                "--no-progress")
+    assert status == 0 and "(LSTM)" in out and "done: 3 steps" in out
+    assert fastlstm.load(path).metadata["settings"]["cell"] == "lstm"
+
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n"
+                            for t, y in _reviews(40, 6)))
+    sentiment = tmp_path / "sentiment"
+    status, _, _ = in_process("train", "sentiment", "--data", data, "--steps", 2,
+                              "--hidden", 4, "--embedding", 4, "--min-freq", 1, "--out",
+                              sentiment, "--threads", 1, "--no-progress")
+    assert status == 0
+    status, _, err = in_process("train", "sentiment", "--out", sentiment, "--resume",
+                                "--steps", 3, "--bidirectional")
+    assert status == 1 and "--bidirectional cannot change when resuming" in err
+    assert "the run has no --bidirectional" in err

@@ -393,6 +393,8 @@ def _edit_metadata(path, edit):
     (lambda m: m["settings"].pop("seq"), "metadata.settings lacks seq"),
     (lambda m: m["settings"].update(optimizer="lbfgs"),
      "metadata.settings.optimizer must be one of adam, adagrad, sgd"),
+    (lambda m: m["settings"].update(cell="gru"),
+     "metadata.settings.cell is 'gru', but the model's cell is 'lstm'"),
     (lambda m: m.update(tokens="many"), "metadata.tokens: unexpected value 'many'"),
     (lambda m: m.update(seconds=None), "metadata.seconds: unexpected value None"),
     (lambda m: m.update(data_sha256=5), "metadata.data_sha256: unexpected value 5"),
