@@ -66,7 +66,7 @@ if importlib.util.find_spec("fastlstm") is None:   # built in place, not install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 BENCH_FILES = "bench_*.py"
-BASELINES = (("torch", "vs torch"), ("reference", "vs ref"))
+BASELINES = (("torch", "vs torch"), ("reference", "vs ref"), ("one direction", "vs 1-dir"))
 
 
 def pytest_collect_file(file_path, parent):

@@ -275,6 +275,22 @@ cdef inline int _check_sequence_args(object lengths, const int *lengths_ptr, int
     return 0
 
 
+cdef inline int _check_pair_call(int typenum, int k_typenum, int T0, int T, int B0, int B,
+                                 int H0, int H, int n_threads, bint split_units) except -1:
+    """One call of a pair (two calls run one per thread in one parallel region, each
+    thread its whole call): the first call's float type and sizes, so that both threads
+    pass the same barriers, and planned for one thread."""
+    if k_typenum != typenum:
+        raise TypeError("the calls of a pair must have one float dtype")
+    if T != T0 or B != B0 or H != H0:
+        raise ValueError(f"the calls of a pair need the same T, B, H, got ({T0}, {B0}, "
+                         f"{H0}) and ({T}, {B}, {H})")
+    if n_threads != 1 or split_units:
+        raise ValueError("each call of a pair runs on one thread: n_threads 1, no unit "
+                         "split")
+    return 0
+
+
 cdef inline int _check_ids(object ids, const int *ids_ptr, int T, int B,
                            int n_rows) except -1:
     """A lookup's ``ids``: (T*B,) rows of a table of ``n_rows``."""

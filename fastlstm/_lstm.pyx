@@ -381,7 +381,14 @@ def lstm_forward_kernel(x, W_x, W_h, b, gates, h_states, c_states, hs, lengths, 
     module docstring); ``n_threads`` is taken as given (the caller caps it).
     """
     cdef _Forward a
-    cdef int typenum = _forward_arrays(&a, W_h, b, gates, h_states, c_states, hs, lengths,
+    _forward_run(&a, _forward_call(&a, x, W_x, W_h, b, gates, h_states, c_states, hs,
+                                   lengths, packed, split_units, n_threads))
+
+
+cdef int _forward_call(_Forward *a, x, W_x, W_h, b, gates, h_states, c_states, hs, lengths,
+                       packed, bint split_units, int n_threads) except -1:
+    """lstm_forward_kernel's arguments, checked, into ``a``; returns the float type."""
+    cdef int typenum = _forward_arrays(a, W_h, b, gates, h_states, c_states, hs, lengths,
                                        packed, split_units, n_threads)
     a.D = <int>_dim(x, 2)
     a.x = _data(x, typenum, 3, False, "x")
@@ -389,9 +396,30 @@ def lstm_forward_kernel(x, W_x, W_h, b, gates, h_states, c_states, hs, lengths, 
     a.ids = NULL
     a.table = NULL
     _check_dims(x, "x", a.T, a.B, a.D)
-    _check_forward_dims(&a, W_h, b, h_states, c_states, hs, lengths, packed)
+    _check_forward_dims(a, W_h, b, h_states, c_states, hs, lengths, packed)
     _check_dims(W_x, "W_x", a.D, 4 * a.H)
-    _forward_run(&a, typenum)
+    return typenum
+
+
+def lstm_forward_pair_kernel(tuple first, tuple second):
+    """Two lstm_forward_kernel calls, each given as the tuple of its arguments, in one
+    parallel region of two threads, one call per thread: the two directions of a
+    bidirectional layer, at once. Each call must be planned for one thread
+    (``n_threads`` 1, no unit split) and both must have the same T, B, H and dtype (each
+    thread passes the same barriers)."""
+    cdef _Forward a[2]
+    cdef int typenum = 0, k, k_type
+    for k, call in enumerate((first, second)):
+        if len(call) != 12:
+            raise TypeError(f"a call of lstm_forward_pair_kernel has 12 arguments, got "
+                            f"{len(call)}")
+        k_type = _forward_call(&a[k], call[0], call[1], call[2], call[3], call[4], call[5],
+                               call[6], call[7], call[8], call[9], call[10], call[11])
+        if k == 0:
+            typenum = k_type
+        _check_pair_call(typenum, k_type, a[0].T, a[k].T, a[0].B, a[k].B, a[0].H, a[k].H,
+                         a[k].n_threads, a[k].split_units)
+    _forward_pair_run(a, typenum)
 
 
 def lstm_forward_lookup_kernel(ids, table, W_h, b, gates, h_states, c_states, hs, lengths,
@@ -423,6 +451,36 @@ cdef void _forward_run(_Forward *a, int typenum) noexcept:
         _forward_parallel(a, <float>0)
     else:
         _forward_parallel(a, <double>0)
+
+
+cdef void _forward_pair_run(_Forward *a, int typenum) noexcept:
+    cdef fl_step_barrier step_barrier[2]
+    cdef int k
+    for k in range(2):
+        fl_step_barrier_init(&step_barrier[k])
+        a[k].step_barrier = &step_barrier[k]
+        if typenum != cnp.NPY_FLOAT or not fl_gemm_packed_available():
+            a[k].packed = NULL
+    if typenum == cnp.NPY_FLOAT:
+        _forward_pair_parallel(a, <float>0)
+    else:
+        _forward_pair_parallel(a, <double>0)
+
+
+cdef void _forward_pair_parallel(const _Forward *a, floating dtype_tag) noexcept:
+    cdef float *a_scratch = NULL
+    with nogil, parallel(num_threads=2):
+        # each thread runs a whole call, every row of it (split_units=True sizes for that)
+        a_scratch = _thread_scratch(a[0].packed != NULL or a[1].packed != NULL, a[0].B,
+                                    True, 1, a[0].H)
+        try:
+            if fl_num_threads() == 1:   # the runtime granted one thread: one after the other
+                _forward_worker(&a[0], 0, 1, a_scratch, NULL, dtype_tag)
+                _forward_worker(&a[1], 0, 1, a_scratch, NULL, dtype_tag)
+            else:
+                _forward_worker(&a[threadid()], 0, 1, a_scratch, NULL, dtype_tag)
+        finally:
+            fl_aligned_free(a_scratch)
 
 
 cdef void _forward_parallel(const _Forward *a, floating dtype_tag) noexcept:
@@ -621,7 +679,16 @@ def lstm_backward_kernel(x, W_x, W_h, gates, h_states, c_states, dhs, lengths, d
     for the forward.
     """
     cdef _Backward a
-    cdef int typenum = _backward_arrays(&a, W_h, gates, h_states, c_states, dhs, lengths,
+    _backward_run(&a, _backward_call(&a, x, W_x, W_h, gates, h_states, c_states, dhs,
+                                     lengths, dh, dc, dh_scratch, d_gates, dx, dW_x, dW_h,
+                                     db_acc, small_m_gemm, split_units, n_threads))
+
+
+cdef int _backward_call(_Backward *a, x, W_x, W_h, gates, h_states, c_states, dhs, lengths,
+                        dh, dc, dh_scratch, d_gates, dx, dW_x, dW_h, db_acc,
+                        bint small_m_gemm, bint split_units, int n_threads) except -1:
+    """lstm_backward_kernel's arguments, checked, into ``a``; returns the float type."""
+    cdef int typenum = _backward_arrays(a, W_h, gates, h_states, c_states, dhs, lengths,
                                         dh, dc, dh_scratch, d_gates, dW_h, db_acc,
                                         small_m_gemm, split_units, n_threads)
     a.D = <int>_dim(x, 2)
@@ -635,9 +702,33 @@ def lstm_backward_kernel(x, W_x, W_h, gates, h_states, c_states, dhs, lengths, d
     _check_dims(dx, "dx", a.T, a.B, a.D)
     _check_dims(W_x, "W_x", a.D, 4 * a.H)
     _check_dims(dW_x, "dW_x", a.D, 4 * a.H)
-    _check_backward_dims(&a, W_h, h_states, c_states, dhs, lengths, dh, dc, dh_scratch,
+    _check_backward_dims(a, W_h, h_states, c_states, dhs, lengths, dh, dc, dh_scratch,
                          d_gates, dW_h, db_acc)
-    _backward_run(&a, typenum)
+    return typenum
+
+
+def lstm_backward_pair_kernel(tuple first, tuple second):
+    """Two lstm_backward_kernel calls, each given as the tuple of its arguments, in one
+    parallel region of two threads, one call per thread (as lstm_forward_pair_kernel;
+    both calls must also have the same chunk of steps, d_gates' first size)."""
+    cdef _Backward a[2]
+    cdef int typenum = 0, k, k_type
+    for k, call in enumerate((first, second)):
+        if len(call) != 19:
+            raise TypeError(f"a call of lstm_backward_pair_kernel has 19 arguments, got "
+                            f"{len(call)}")
+        k_type = _backward_call(&a[k], call[0], call[1], call[2], call[3], call[4], call[5],
+                                call[6], call[7], call[8], call[9], call[10], call[11],
+                                call[12], call[13], call[14], call[15], call[16], call[17],
+                                call[18])
+        if k == 0:
+            typenum = k_type
+        _check_pair_call(typenum, k_type, a[0].T, a[k].T, a[0].B, a[k].B, a[0].H, a[k].H,
+                         a[k].n_threads, a[k].split_units)
+        if a[k].chunk_T != a[0].chunk_T:
+            raise ValueError(f"the calls of a pair need the same chunk of steps, got "
+                             f"{a[0].chunk_T} and {a[k].chunk_T}")
+    _backward_pair_run(a, typenum)
 
 
 def lstm_backward_lookup_kernel(ids, table, W_h, gates, h_states, c_states, dhs, lengths,
@@ -676,6 +767,34 @@ cdef void _backward_run(_Backward *a, int typenum) noexcept:
         _backward_parallel(a, <float>0)
     else:
         _backward_parallel(a, <double>0)
+
+
+cdef void _backward_pair_run(_Backward *a, int typenum) noexcept:
+    cdef fl_step_barrier step_barrier[2]
+    cdef int k
+    for k in range(2):
+        fl_step_barrier_init(&step_barrier[k])
+        a[k].step_barrier = &step_barrier[k]
+        a[k].scratch_rows = 64
+    if typenum == cnp.NPY_FLOAT:
+        _backward_pair_parallel(a, <float>0)
+    else:
+        _backward_pair_parallel(a, <double>0)
+
+
+cdef void _backward_pair_parallel(const _Backward *a, floating dtype_tag) noexcept:
+    cdef float *a_scratch = NULL
+    with nogil, parallel(num_threads=2):
+        a_scratch = _thread_scratch(a[0].use_kernel or a[1].use_kernel, a[0].B, True,
+                                    a[0].scratch_rows, 4 * a[0].H)
+        try:
+            if fl_num_threads() == 1:
+                _backward_worker(&a[0], 0, 1, a_scratch, dtype_tag)
+                _backward_worker(&a[1], 0, 1, a_scratch, dtype_tag)
+            else:
+                _backward_worker(&a[threadid()], 0, 1, a_scratch, dtype_tag)
+        finally:
+            fl_aligned_free(a_scratch)
 
 
 cdef void _backward_parallel(const _Backward *a, floating dtype_tag) noexcept:

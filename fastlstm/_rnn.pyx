@@ -139,6 +139,40 @@ def rnn_forward_kernel(x, W_x, W_h, b, h_states, hs, lengths, packed, bint relu,
     C-contiguous of one float dtype; lengths (B,) intc or None. ``packed`` (float32 only:
     packed_size(H) floats, or None) turns on the packed recurrent GEMM."""
     cdef _Forward a
+    cdef int typenum = _forward_call(&a, x, W_x, W_h, b, h_states, hs, lengths, packed,
+                                     relu, n_threads)
+    if typenum == cnp.NPY_FLOAT:
+        _forward_parallel(&a, <float>0)
+    else:
+        _forward_parallel(&a, <double>0)
+
+
+def rnn_forward_pair_kernel(tuple first, tuple second):
+    """Two rnn_forward_kernel calls, each given as the tuple of its arguments, in one
+    parallel region of two threads, one call per thread: the two directions of a
+    bidirectional layer, at once. Each call must have ``n_threads`` 1, and both the same
+    T, B, H and dtype (each thread passes the same barriers)."""
+    cdef _Forward a[2]
+    cdef int typenum = 0, k, k_type
+    for k, call in enumerate((first, second)):
+        if len(call) != 10:
+            raise TypeError(f"a call of rnn_forward_pair_kernel has 10 arguments, got "
+                            f"{len(call)}")
+        k_type = _forward_call(&a[k], call[0], call[1], call[2], call[3], call[4], call[5],
+                               call[6], call[7], call[8], call[9])
+        if k == 0:
+            typenum = k_type
+        _check_pair_call(typenum, k_type, a[0].T, a[k].T, a[0].B, a[k].B, a[0].H, a[k].H,
+                         a[k].n_threads, False)
+    if typenum == cnp.NPY_FLOAT:
+        _forward_pair_parallel(a, <float>0)
+    else:
+        _forward_pair_parallel(a, <double>0)
+
+
+cdef int _forward_call(_Forward *a, x, W_x, W_h, b, h_states, hs, lengths, packed,
+                       bint relu, int n_threads) except -1:
+    """rnn_forward_kernel's arguments, checked, into ``a``; returns the float type."""
     cdef int typenum = _float_typenum(x, "x")
     a.x = _data(x, typenum, 3, False, "x")
     a.W_x = _data(W_x, typenum, 2, False, "W_x")
@@ -166,10 +200,23 @@ def rnn_forward_kernel(x, W_x, W_h, b, h_states, hs, lengths, packed, bint relu,
                          f"packed_size(H) = {fl_packed_size(H, H)}")
     if not fl_gemm_packed_available() or typenum != cnp.NPY_FLOAT:
         a.packed = NULL
-    if typenum == cnp.NPY_FLOAT:
-        _forward_parallel(&a, <float>0)
-    else:
-        _forward_parallel(&a, <double>0)
+    return typenum
+
+
+cdef void _forward_pair_parallel(const _Forward *a, floating dtype_tag) noexcept:
+    cdef float *a_scratch = NULL
+    with nogil, parallel(num_threads=2):
+        # each thread runs a whole call, every row of it (split_units=True sizes for that)
+        a_scratch = _thread_scratch(a[0].packed != NULL or a[1].packed != NULL, a[0].B,
+                                    True, 1, a[0].H)
+        try:
+            if fl_num_threads() == 1:   # the runtime granted one thread: one after the other
+                _forward_worker(&a[0], 0, 1, a_scratch, dtype_tag)
+                _forward_worker(&a[1], 0, 1, a_scratch, dtype_tag)
+            else:
+                _forward_worker(&a[threadid()], 0, 1, a_scratch, dtype_tag)
+        finally:
+            fl_aligned_free(a_scratch)
 
 
 cdef void _forward_parallel(const _Forward *a, floating dtype_tag) noexcept:
@@ -331,6 +378,54 @@ def rnn_backward_kernel(x, W_x, W_h, h_states, dhs, dh_n, lengths, dh, dh_scratc
     """
     cdef _Backward a
     cdef int alloc_failed
+    cdef int typenum = _backward_call(&a, x, W_x, W_h, h_states, dhs, dh_n, lengths, dh,
+                                      dh_scratch, d_pre, dx, dW_x, dW_h, db_acc, relu,
+                                      bptt_truncate, small_m_gemm, n_threads)
+    if typenum == cnp.NPY_FLOAT:
+        alloc_failed = _backward_parallel(&a, <float *>NULL)
+    else:
+        alloc_failed = _backward_parallel(&a, <double *>NULL)
+    if alloc_failed:
+        _raise_no_slots(bptt_truncate, a.H)
+
+
+def rnn_backward_pair_kernel(tuple first, tuple second):
+    """Two rnn_backward_kernel calls, each given as the tuple of its arguments, in one
+    parallel region of two threads, one call per thread (as rnn_forward_pair_kernel; both
+    calls must also have the same chunk of steps and the same bptt_truncate)."""
+    cdef _Backward a[2]
+    cdef int typenum = 0, k, k_type, alloc_failed
+    for k, call in enumerate((first, second)):
+        if len(call) != 18:
+            raise TypeError(f"a call of rnn_backward_pair_kernel has 18 arguments, got "
+                            f"{len(call)}")
+        k_type = _backward_call(&a[k], call[0], call[1], call[2], call[3], call[4], call[5],
+                                call[6], call[7], call[8], call[9], call[10], call[11],
+                                call[12], call[13], call[14], call[15], call[16], call[17])
+        if k == 0:
+            typenum = k_type
+        _check_pair_call(typenum, k_type, a[0].T, a[k].T, a[0].B, a[k].B, a[0].H, a[k].H,
+                         a[k].n_threads, False)
+        if a[k].chunk_T != a[0].chunk_T or a[k].k != a[0].k:
+            raise ValueError("the calls of a pair need the same chunk of steps and "
+                             "bptt_truncate")
+    if typenum == cnp.NPY_FLOAT:
+        alloc_failed = _backward_pair_parallel(a, <float *>NULL)
+    else:
+        alloc_failed = _backward_pair_parallel(a, <double *>NULL)
+    if alloc_failed:
+        _raise_no_slots(a[0].k, a[0].H)
+
+
+cdef int _raise_no_slots(int k, int H) except -1:
+    raise MemoryError(f"bptt_truncate={k}: no memory for the {2 * (k + 1)} in-flight "
+                      f"gradient slots of (rows, H={H}) per thread")
+
+
+cdef int _backward_call(_Backward *a, x, W_x, W_h, h_states, dhs, dh_n, lengths, dh,
+                        dh_scratch, d_pre, dx, dW_x, dW_h, db_acc, bint relu,
+                        int bptt_truncate, bint small_m_gemm, int n_threads) except -1:
+    """rnn_backward_kernel's arguments, checked, into ``a``; returns the float type."""
     cdef int typenum = _float_typenum(x, "x")
     a.x = _data(x, typenum, 3, False, "x")
     a.W_x = _data(W_x, typenum, 2, False, "W_x")
@@ -375,14 +470,35 @@ def rnn_backward_kernel(x, W_x, W_h, h_states, dhs, dh_n, lengths, dh, dh_scratc
                          f"got {a.chunk_T}")
     _check_dims(d_pre, "d_pre", a.chunk_T, B, H)
     _check_sequence_args(lengths, a.lengths, T, B, n_threads)
-    if typenum == cnp.NPY_FLOAT:
-        alloc_failed = _backward_parallel(&a, <float *>NULL)
-    else:
-        alloc_failed = _backward_parallel(&a, <double *>NULL)
-    if alloc_failed:
-        k = bptt_truncate
-        raise MemoryError(f"bptt_truncate={k}: no memory for the {2 * (k + 1)} in-flight "
-                          f"gradient slots of (rows, H={H}) per thread")
+    return typenum
+
+
+cdef int _backward_pair_parallel(const _Backward *a, floating *slots) noexcept:
+    """_backward_parallel for a pair: each thread runs a whole call, every row of it."""
+    cdef float *a_scratch = NULL
+    cdef int alloc_failed[1]
+    alloc_failed[0] = 0
+    with nogil, parallel(num_threads=2):
+        a_scratch = _thread_scratch(a[0].use_kernel or a[1].use_kernel, a[0].B, True,
+                                    a[0].scratch_rows, a[0].H)
+        slots = NULL
+        if a[0].k >= 0:
+            slots = <floating *>fl_aligned_alloc(<size_t>(2 * (a[0].k + 1)) * a[0].B
+                                                 * a[0].H * sizeof(floating))
+            if slots == NULL:
+                alloc_failed[0] = 1
+        fl_barrier()   # every thread sees whether every allocation succeeded
+        try:
+            if not alloc_failed[0]:
+                if fl_num_threads() == 1:
+                    _backward_worker(&a[0], 0, 1, a_scratch, slots)
+                    _backward_worker(&a[1], 0, 1, a_scratch, slots)
+                else:
+                    _backward_worker(&a[threadid()], 0, 1, a_scratch, slots)
+        finally:
+            fl_aligned_free(a_scratch)
+            fl_aligned_free(slots)
+    return alloc_failed[0]
 
 
 cdef int _backward_parallel(const _Backward *a, floating *slots) noexcept:

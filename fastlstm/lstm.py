@@ -79,21 +79,62 @@ def lstm_forward(x, W_x, W_h, b, h0=None, c0=None, *, lengths=None, backend="aut
     """
     args = validate_lstm_forward(x, W_x, W_h, b, h0, c0, lengths, backend, num_threads)
     if not _backend.use_compiled(args.backend):
-        return reference.lstm_forward(args.x, args.W_x, args.W_h, args.b, args.h0, args.c0,
-                                      lengths=args.lengths, num_threads=args.num_threads)
-    x, W_x, W_h = args.x, args.W_x, args.W_h
-    T, B, _ = x.shape
-    H = W_h.shape[0]
-    dtype = x.dtype
-    gates, h_states, c_states, hs, plan, packed = _forward_buffers(T, B, H, dtype, args)
+        return _reference_forward(args)
+    call = _ForwardCall(args)
     with blas_threads(1):
-        _timed_kernel(plan, ("forward", T, B, x.shape[2], H, dtype.char),
-                      _backend.lstm_kernels.lstm_forward_kernel, x, W_x, W_h, args.b, gates,
-                      h_states, c_states, hs, args.lengths, packed, plan.split_units,
-                      plan.n_threads)
-    cache = LSTMCache(x, W_x, W_h, gates, h_states, c_states, args.lengths,
-                      args.num_threads, "cython")
-    return hs, (h_states[T].copy(), c_states[T].copy()), cache
+        _timed_kernel(call.plan, call.key, _backend.lstm_kernels.lstm_forward_kernel,
+                      *call.arguments)
+    return call.result()
+
+
+def _reference_forward(args):
+    return reference.lstm_forward(args.x, args.W_x, args.W_h, args.b, args.h0, args.c0,
+                                  lengths=args.lengths, num_threads=args.num_threads)
+
+
+class _ForwardCall:
+    """One compiled forward call: its buffers, plan and kernel arguments; ``result()``
+    once the kernel ran."""
+
+    def __init__(self, args):
+        x, W_x, W_h = args.x, args.W_x, args.W_h
+        T, B, D = x.shape
+        H = W_h.shape[0]
+        gates, h_states, c_states, hs, plan, packed = _forward_buffers(T, B, H, x.dtype,
+                                                                       args)
+        self.args, self.plan, self.key = args, plan, ("forward", T, B, D, H, x.dtype.char)
+        self.arguments = (x, W_x, W_h, args.b, gates, h_states, c_states, hs, args.lengths,
+                          packed, plan.split_units, plan.n_threads)
+
+    def result(self):
+        args = self.args
+        _, _, _, _, gates, h_states, c_states, hs = self.arguments[:8]
+        cache = LSTMCache(args.x, args.W_x, args.W_h, gates, h_states, c_states,
+                          args.lengths, args.num_threads, "cython")
+        return hs, (h_states[-1].copy(), c_states[-1].copy()), cache
+
+
+def _pairable(first, second, sizes):
+    """Whether two validated calls can run as a pair (one thread each, one parallel
+    region): compiled, one dtype, the same sizes."""
+    return (_backend.use_compiled(first.backend) and _backend.use_compiled(second.backend)
+            and first.num_threads == second.num_threads == 1
+            and sizes(first) == sizes(second))
+
+
+def lstm_forward_pair(first, second):
+    """Two ``lstm_forward`` calls at once, one thread each, in one parallel region: the
+    two directions of a bidirectional layer. ``first``, ``second``: dicts of every
+    argument of ``lstm_forward`` (x, W_x, W_h, b, h0, c0, lengths, backend,
+    num_threads=1). Returns the two results. Calls that cannot pair (the NumPy backend,
+    other thread counts, different sizes or dtypes) run one after the other."""
+    a, b = validate_lstm_forward(**first), validate_lstm_forward(**second)
+    if not _pairable(a, b, lambda v: (v.x.shape[:2], v.W_h.shape, v.x.dtype)):
+        return lstm_forward(**first), lstm_forward(**second)
+    calls = [_ForwardCall(a), _ForwardCall(b)]
+    with blas_threads(1):
+        _backend.lstm_kernels.lstm_forward_pair_kernel(*(c.arguments for c in calls))
+    return calls[0].result(), calls[1].result()
 
 
 def lstm_backward(dhs, cache, dh_n=None, dc_n=None):
@@ -120,23 +161,52 @@ def lstm_backward(dhs, cache, dh_n=None, dc_n=None):
     dhs, dh_n, dc_n = validate_lstm_backward(dhs, cache, dh_n, dc_n)
     if not _backend.use_compiled_for(cache):
         return reference.lstm_backward(dhs, cache, dh_n, dc_n)
-    x, W_x, W_h = cache.x, cache.W_x, cache.W_h
-    T, B, D, H = cache.sizes
-    dtype = cache.dtype
-    dh, dc, dh_scratch, plan, small_m_gemm = _backward_state(cache, B, H, dtype, dh_n, dc_n)
-    chunk_T = _backward_chunk_steps(T, B)
-    d_gates = _empty((chunk_T, B, 4 * H), dtype)
-    dx = _empty((T, B, D), dtype)
-    dW_x = _empty((D, 4 * H), dtype)
-    dW_h = _empty((H, 4 * H), dtype)
-    db_acc = np.zeros(4 * H, np.float64)
+    call = _BackwardCall(dhs, cache, dh_n, dc_n)
     with blas_threads(1):
-        _timed_kernel(plan, ("backward", T, B, D, H, dtype.char),
-                      _backend.lstm_kernels.lstm_backward_kernel, x, W_x, W_h, cache.gates,
-                      cache.h_states, cache.c_states, dhs, cache.lengths, dh, dc,
-                      dh_scratch, d_gates, dx, dW_x, dW_h, db_acc, small_m_gemm,
-                      plan.split_units, plan.n_threads)
-    return LSTMGrads(dx, dh, dc, dW_x, dW_h, db_acc.astype(dtype))
+        _timed_kernel(call.plan, call.key, _backend.lstm_kernels.lstm_backward_kernel,
+                      *call.arguments)
+    return call.result()
+
+
+class _BackwardCall:
+    """One compiled backward call: its buffers, plan and kernel arguments; ``result()``
+    once the kernel ran."""
+
+    def __init__(self, dhs, cache, dh_n, dc_n):
+        T, B, D, H = cache.sizes
+        dtype = cache.dtype
+        dh, dc, dh_scratch, plan, small_m_gemm = _backward_state(cache, B, H, dtype, dh_n,
+                                                                 dc_n)
+        chunk_T = _backward_chunk_steps(T, B)
+        self.plan, self.key = plan, ("backward", T, B, D, H, dtype.char)
+        self.arguments = (cache.x, cache.W_x, cache.W_h, cache.gates, cache.h_states,
+                          cache.c_states, dhs, cache.lengths, dh, dc, dh_scratch,
+                          _empty((chunk_T, B, 4 * H), dtype), _empty((T, B, D), dtype),
+                          _empty((D, 4 * H), dtype), _empty((H, 4 * H), dtype),
+                          np.zeros(4 * H, np.float64), small_m_gemm, plan.split_units,
+                          plan.n_threads)
+
+    def result(self):
+        dh, dc, _, _, dx, dW_x, dW_h, db_acc = self.arguments[8:16]
+        return LSTMGrads(dx, dh, dc, dW_x, dW_h, db_acc.astype(dW_h.dtype))
+
+
+def lstm_backward_pair(first, second):
+    """Two ``lstm_backward`` calls at once, one thread each (see ``lstm_forward_pair``):
+    ``first``, ``second`` are ``(dhs, cache, dh_n, dc_n)``. Returns the two LSTMGrads."""
+    checked = [validate_lstm_backward(*call) for call in (first, second)]
+    caches = (first[1], second[1])
+    if not (all(_backend.use_compiled_for(c) for c in caches)
+            and caches[0].num_threads == caches[1].num_threads == 1
+            and caches[0].sizes[:2] == caches[1].sizes[:2]
+            and caches[0].sizes[3] == caches[1].sizes[3]
+            and caches[0].dtype == caches[1].dtype):
+        return tuple(lstm_backward(*call) for call in (first, second))
+    calls = [_BackwardCall(dhs, cache, dh_n, dc_n)
+             for (dhs, dh_n, dc_n), cache in zip(checked, caches)]
+    with blas_threads(1):
+        _backend.lstm_kernels.lstm_backward_pair_kernel(*(c.arguments for c in calls))
+    return tuple(c.result() for c in calls)
 
 
 def lookup_available(dtype):

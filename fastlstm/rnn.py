@@ -44,27 +44,62 @@ def rnn_forward(x, W_x, W_h, b, h0=None, *, nonlinearity="tanh", lengths=None,
     args = validate_rnn_forward(x, W_x, W_h, b, h0, nonlinearity, lengths, backend,
                                 num_threads)
     if not _backend.use_compiled(args.backend):
-        return reference.rnn_forward(args.x, args.W_x, args.W_h, args.b, args.h0,
-                                     nonlinearity=args.nonlinearity, lengths=args.lengths,
-                                     num_threads=args.num_threads)
-    x, W_x, W_h = args.x, args.W_x, args.W_h
-    T, B, _ = x.shape
-    H = W_h.shape[0]
-    dtype = x.dtype
-    n_threads = _threads_for(args.num_threads, B)
-    h_states = aligned_empty((T + 1, B, H), dtype)
-    h_states[0] = 0 if args.h0 is None else args.h0
-    hs = aligned_empty((T, B, H), dtype)
-    packed = None
-    if own_step_gemm(dtype, T * -(-B // n_threads)):
-        packed = aligned_empty((_backend.rnn_kernels.packed_size(H),), np.float32)
+        return _reference_forward(args)
+    call = _ForwardCall(args, _threads_for(args.num_threads, args.x.shape[1]))
     with blas_threads(1):
-        _backend.rnn_kernels.rnn_forward_kernel(x, W_x, W_h, args.b, h_states, hs,
-                                                args.lengths, packed,
-                                                args.nonlinearity == "relu", n_threads)
-    cache = RNNCache(x, W_x, W_h, h_states, args.lengths, args.nonlinearity,
-                     args.num_threads, "cython")
-    return hs, h_states[T].copy(), cache
+        _backend.rnn_kernels.rnn_forward_kernel(*call.arguments)
+    return call.result()
+
+
+def _reference_forward(args):
+    return reference.rnn_forward(args.x, args.W_x, args.W_h, args.b, args.h0,
+                                 nonlinearity=args.nonlinearity, lengths=args.lengths,
+                                 num_threads=args.num_threads)
+
+
+class _ForwardCall:
+    """One compiled forward call on ``n_threads``: its buffers and kernel arguments;
+    ``result()`` once the kernel ran."""
+
+    def __init__(self, args, n_threads):
+        x = args.x
+        T, B, _ = x.shape
+        H = args.W_h.shape[0]
+        dtype = x.dtype
+        h_states = aligned_empty((T + 1, B, H), dtype)
+        h_states[0] = 0 if args.h0 is None else args.h0
+        packed = None
+        if own_step_gemm(dtype, T * -(-B // n_threads)):
+            packed = aligned_empty((_backend.rnn_kernels.packed_size(H),), np.float32)
+        self.args = args
+        self.arguments = (x, args.W_x, args.W_h, args.b, h_states,
+                          aligned_empty((T, B, H), dtype), args.lengths, packed,
+                          args.nonlinearity == "relu", n_threads)
+
+    def result(self):
+        args = self.args
+        h_states, hs = self.arguments[4:6]
+        cache = RNNCache(args.x, args.W_x, args.W_h, h_states, args.lengths,
+                         args.nonlinearity, args.num_threads, "cython")
+        return hs, h_states[-1].copy(), cache
+
+
+def rnn_forward_pair(first, second):
+    """Two ``rnn_forward`` calls at once, one thread each, in one parallel region: the
+    two directions of a bidirectional layer. ``first``, ``second``: dicts of every
+    argument of ``rnn_forward`` (x, W_x, W_h, b, h0, nonlinearity, lengths, backend,
+    num_threads=1). Returns the two results. Calls that cannot pair (the NumPy backend,
+    other thread counts, different sizes or dtypes) run one after the other."""
+    a, b = validate_rnn_forward(**first), validate_rnn_forward(**second)
+    if not (_backend.use_compiled(a.backend) and _backend.use_compiled(b.backend)
+            and a.num_threads == b.num_threads == 1
+            and (a.x.shape[:2], a.W_h.shape, a.x.dtype) == (b.x.shape[:2], b.W_h.shape,
+                                                            b.x.dtype)):
+        return rnn_forward(**first), rnn_forward(**second)
+    calls = [_ForwardCall(a, 1), _ForwardCall(b, 1)]
+    with blas_threads(1):
+        _backend.rnn_kernels.rnn_forward_pair_kernel(*(c.arguments for c in calls))
+    return calls[0].result(), calls[1].result()
 
 
 def rnn_backward(dhs, cache, dh_n=None, bptt_truncate=None):
@@ -90,31 +125,62 @@ def rnn_backward(dhs, cache, dh_n=None, bptt_truncate=None):
     dhs, dh_n, k = validate_rnn_backward(dhs, cache, dh_n, bptt_truncate)
     if not _backend.use_compiled_for(cache):
         return reference.rnn_backward(dhs, cache, dh_n, k)
-    x, W_x, W_h = cache.x, cache.W_x, cache.W_h
-    T, B, D, H = cache.sizes
-    dtype = cache.dtype
-    n_threads = _threads_for(cache.num_threads, B)
-    truncated = k is not None and k < T - 1
-    if truncated:
-        # dh_n enters at each row's last step inside the kernel; rows of length 0 have
-        # none, and their h_n is h0 itself.
-        dh = np.zeros((B, H), dtype)
-        if dh_n is not None and cache.lengths is not None:
-            empty = cache.lengths == 0
-            dh[empty] = dh_n[empty]
-    else:
-        dh = np.zeros((B, H), dtype) if dh_n is None else dh_n.copy()
-    dh_scratch = aligned_empty((B, H), dtype)
-    chunk_T = backward_chunk_steps(T, B)
-    d_pre = aligned_empty((chunk_T, B, H), dtype)
-    dx = aligned_empty((T, B, D), dtype)
-    dW_x = aligned_empty((D, H), dtype)
-    dW_h = aligned_empty((H, H), dtype)
-    db_acc = np.zeros(H, np.float64)
-    small_m_gemm = own_backward_gemm(dtype, -(-B // n_threads))
+    call = _BackwardCall(dhs, cache, dh_n, k)
     with blas_threads(1):
-        _backend.rnn_kernels.rnn_backward_kernel(
-            x, W_x, W_h, cache.h_states, dhs, dh_n if truncated else None, cache.lengths,
-            dh, dh_scratch, d_pre, dx, dW_x, dW_h, db_acc, cache.nonlinearity == "relu",
-            k if truncated else -1, small_m_gemm, n_threads)
-    return RNNGrads(dx, dh, dW_x, dW_h, db_acc.astype(dtype))
+        _backend.rnn_kernels.rnn_backward_kernel(*call.arguments)
+    return call.result()
+
+
+class _BackwardCall:
+    """One compiled backward call: its buffers and kernel arguments; ``result()`` once
+    the kernel ran."""
+
+    def __init__(self, dhs, cache, dh_n, k):
+        T, B, D, H = cache.sizes
+        dtype = cache.dtype
+        n_threads = _threads_for(cache.num_threads, B)
+        truncated = k is not None and k < T - 1
+        if truncated:
+            # dh_n enters at each row's last step inside the kernel; rows of length 0
+            # have none, and their h_n is h0 itself.
+            dh = np.zeros((B, H), dtype)
+            if dh_n is not None and cache.lengths is not None:
+                empty = cache.lengths == 0
+                dh[empty] = dh_n[empty]
+        else:
+            dh = np.zeros((B, H), dtype) if dh_n is None else dh_n.copy()
+        chunk_T = backward_chunk_steps(T, B)
+        self.arguments = (
+            cache.x, cache.W_x, cache.W_h, cache.h_states, dhs,
+            dh_n if truncated else None, cache.lengths, dh, aligned_empty((B, H), dtype),
+            aligned_empty((chunk_T, B, H), dtype), aligned_empty((T, B, D), dtype),
+            aligned_empty((D, H), dtype), aligned_empty((H, H), dtype),
+            np.zeros(H, np.float64), cache.nonlinearity == "relu",
+            k if truncated else -1, own_backward_gemm(dtype, -(-B // n_threads)),
+            n_threads)
+
+    def result(self):
+        dh = self.arguments[7]
+        dx, dW_x, dW_h, db_acc = self.arguments[10:14]
+        return RNNGrads(dx, dh, dW_x, dW_h, db_acc.astype(dW_h.dtype))
+
+
+def rnn_backward_pair(first, second):
+    """Two ``rnn_backward`` calls at once, one thread each (see ``rnn_forward_pair``):
+    ``first``, ``second`` are ``(dhs, cache, dh_n, bptt_truncate)``. Returns the two
+    RNNGrads."""
+    checked = [validate_rnn_backward(*call) for call in (first, second)]
+    caches = (first[1], second[1])
+    T = caches[0].sizes[0]
+    truncation = [k if k is not None and k < T - 1 else -1 for _, _, k in checked]
+    if not (all(_backend.use_compiled_for(c) for c in caches)
+            and caches[0].num_threads == caches[1].num_threads == 1
+            and caches[0].sizes[:2] == caches[1].sizes[:2]
+            and caches[0].sizes[3] == caches[1].sizes[3]
+            and caches[0].dtype == caches[1].dtype and truncation[0] == truncation[1]):
+        return rnn_backward(*first), rnn_backward(*second)
+    calls = [_BackwardCall(dhs, cache, dh_n, k)
+             for (dhs, dh_n, k), cache in zip(checked, caches)]
+    with blas_threads(1):
+        _backend.rnn_kernels.rnn_backward_pair_kernel(*(c.arguments for c in calls))
+    return calls[0].result(), calls[1].result()

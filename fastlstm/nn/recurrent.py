@@ -30,10 +30,10 @@ from .. import _dense_ops
 from .._containers import InputModifiedError, changed_array, fingerprint
 from .._threads import resolve_num_threads, usable_cores
 from ..gru import gru_backward, gru_forward
-from ..lstm import (lookup_available, lstm_backward, lstm_backward_lookup, lstm_forward,
-                    lstm_forward_lookup)
+from ..lstm import (lookup_available, lstm_backward, lstm_backward_lookup,
+                    lstm_backward_pair, lstm_forward, lstm_forward_lookup, lstm_forward_pair)
 from ..lstmp import lstmp_backward, lstmp_forward
-from ..rnn import rnn_backward, rnn_forward
+from ..rnn import rnn_backward, rnn_backward_pair, rnn_forward, rnn_forward_pair
 from .._validation import (BACKENDS, NONLINEARITIES, check_bptt_truncate, check_choice,
                            check_flag, check_float_dtype, check_int, check_lengths,
                            check_num_threads, check_probability, make_rng)
@@ -90,22 +90,26 @@ def _directions_pool():
     return _pool
 
 
-def _both_directions(run_forward, run_reverse, num_threads):
-    """``(run_forward(n_f), run_reverse(n_r))``. With two threads or more the two run at
-    once, each on its own share of the threads (the kernels release the GIL): at small
-    batches a direction cannot use many threads well, and at large ones splitting the
-    threads between two independent recursions costs nothing."""
-    n = resolve_num_threads(num_threads)
-    if n < 2:
-        return run_forward(1), run_reverse(1)
-    n_reverse = n // 2
+def _both_directions(run_forward, run_reverse, n_threads, at_once):
+    """``(run_forward(n), run_reverse(n))``: one after the other, each on ``n_threads``,
+    or, ``at_once``, both at the same time in two Python threads (the kernels release
+    the GIL), each on its own share of the threads."""
+    if not at_once:
+        return run_forward(n_threads), run_reverse(n_threads)
+    n_reverse = n_threads // 2
     future = _directions_pool().submit(run_reverse, n_reverse)
     try:
-        forward = run_forward(n - n_reverse)
+        forward = run_forward(n_threads - n_reverse)
     except BaseException:
         concurrent.futures.wait([future])
         raise
     return forward, future.result()
+
+
+def _normalised(result):
+    """A forward function's ``(hs, final, cache)`` with ``final`` as a tuple of states."""
+    hs, final, cache = result
+    return hs, final if isinstance(final, tuple) else (final,), cache
 
 
 class _IdsInput:
@@ -130,8 +134,9 @@ class _Stacked(Module):
 
     A subclass says what its cell is: ``gates`` (how many H-wide blocks W_x has),
     ``state_names`` (("h", "c") or ("h",)), ``_cell_shapes`` (its parameters for one
-    layer and direction), ``_cell_forward`` / ``_cell_backward`` (one layer and
-    direction through the functional API, the final state as a tuple) and
+    layer and direction), ``_forward_call`` / ``_backward_call`` (one layer and
+    direction as a call of the functional API), ``_pair_functions`` (the API's
+    functions that run both directions at once, if it has them) and
     ``_pack_state`` / ``_unpack_state`` (its public state as per-layer tuples and
     back)."""
 
@@ -362,23 +367,52 @@ class _Stacked(Module):
             self._masks.append(mask)
         return out, self._pack_state(finals)
 
+    def _directions_plan(self, B):
+        """How a bidirectional layer of B sequences runs its two directions: ``("pair",
+        1)`` one thread each in one parallel region (the kernels' pair entry points),
+        ``("threads", n)`` at once in two Python threads sharing n threads, or
+        ``("sequential", n)`` one after the other on n threads each. Small batches
+        cannot keep many threads busy with one direction; large ones can."""
+        n = resolve_num_threads(self.num_threads)
+        if n < 2:
+            return "sequential", 1
+        if self._pair_functions() is not None and (n == 2 or B < n):
+            return "pair", 1
+        return ("threads", n) if B < n else ("sequential", n)
+
+    def _pair_functions(self):
+        """(forward_pair, backward_pair) of this cell's functional API, or None."""
+        return None
+
+    def _cell_forward(self, layer, direction, x, state0, lengths, num_threads):
+        function, kwargs = self._forward_call(layer, direction, x, state0, lengths,
+                                              num_threads)
+        return _normalised(function(**kwargs))
+
+    def _cell_backward(self, cache, d_out, dfinal):
+        function, args = self._backward_call(cache, d_out, dfinal)
+        return function(*args)
+
     def _bidirectional_forward(self, layer, inputs, states0, lengths, finals):
         """One bidirectional layer: both directions, the outputs concatenated."""
         reversal = self._reversal
-
-        def run_forward(n):
-            return self._cell_forward(layer, 0, inputs, states0[2 * layer], lengths, n)
-
-        def run_reverse(n):
-            hs, final, cache = self._cell_forward(layer, 1, reversal(inputs),
-                                                  states0[2 * layer + 1], lengths, n)
-            return reversal(hs), final, cache
-
-        (hs_f, final_f, cache_f), (hs_r, final_r, cache_r) = _both_directions(
-            run_forward, run_reverse, self.num_threads)
+        reversed_inputs = reversal(inputs)
+        how, n = self._directions_plan(inputs.shape[1])
+        s_f, s_r = states0[2 * layer], states0[2 * layer + 1]
+        if how == "pair":
+            _, kw_f = self._forward_call(layer, 0, inputs, s_f, lengths, 1)
+            _, kw_r = self._forward_call(layer, 1, reversed_inputs, s_r, lengths, 1)
+            result_f, result_r = (_normalised(r) for r in
+                                  self._pair_functions()[0](kw_f, kw_r))
+        else:
+            result_f, result_r = _both_directions(
+                lambda n: self._cell_forward(layer, 0, inputs, s_f, lengths, n),
+                lambda n: self._cell_forward(layer, 1, reversed_inputs, s_r, lengths, n),
+                n, how == "threads")
+        (hs_f, final_f, cache_f), (hs_r, final_r, cache_r) = result_f, result_r
         self._caches.append([cache_f, cache_r])
         finals += [final_f, final_r]
-        return np.concatenate([hs_f, hs_r], axis=-1)
+        return np.concatenate([hs_f, reversal(hs_r)], axis=-1)
 
     def _backward_layers(self, dhs, dstate):
         """The stacked backward pass, top layer first. Accumulates every parameter's
@@ -423,14 +457,16 @@ class _Stacked(Module):
         if d_out is not None:
             d_f = np.ascontiguousarray(d_out[..., :W])
             d_r = reversal(d_out[..., W:])
-
-        def run_forward(n):
-            return self._cell_backward(cache_f, d_f, dfinals[2 * layer])
-
-        def run_reverse(n):
-            return self._cell_backward(cache_r, d_r, dfinals[2 * layer + 1])
-
-        g_f, g_r = _both_directions(run_forward, run_reverse, self.num_threads)
+        call_f = self._backward_call(cache_f, d_f, dfinals[2 * layer])
+        call_r = self._backward_call(cache_r, d_r, dfinals[2 * layer + 1])
+        how, n = self._directions_plan(cache_f.sizes[1])
+        if how == "pair":
+            g_f, g_r = self._pair_functions()[1](call_f[1], call_r[1])
+        else:
+            # a cache runs its backward on the threads its forward had
+            g_f, g_r = _both_directions(lambda n: call_f[0](*call_f[1]),
+                                        lambda n: call_r[0](*call_r[1]), n,
+                                        how == "threads")
         d_in = g_f.dx + reversal(g_r.dx)
         return [g_f, g_r], d_in
 
@@ -577,20 +613,17 @@ class LSTM(_Stacked):
         h, c = zip(*finals)
         return np.stack(h), np.stack(c)
 
-    def _cell_forward(self, layer, direction, x, state0, lengths, num_threads):
-        p = self.layer_weights(layer, direction)
-        h0, c0 = state0
-        if self.proj_size:
-            W_x, W_h, b, W_hr = (q.data for q in p)
-            return lstmp_forward(x, W_x, W_h, b, W_hr, h0, c0, lengths=lengths,
-                                 backend=self.backend, num_threads=num_threads)
-        W_x, W_h, b = (q.data for q in p)
-        return lstm_forward(x, W_x, W_h, b, h0, c0, lengths=lengths, backend=self.backend,
-                            num_threads=num_threads)
+    def _forward_call(self, layer, direction, x, state0, lengths, num_threads):
+        kwargs = {name: p.data for name, p in self.cell_parameters(layer, direction)}
+        kwargs.update(x=x, h0=state0[0], c0=state0[1], lengths=lengths,
+                      backend=self.backend, num_threads=num_threads)
+        return (lstmp_forward if self.proj_size else lstm_forward), kwargs
 
-    def _cell_backward(self, cache, d_out, dfinal):
-        backward = lstmp_backward if self.proj_size else lstm_backward
-        return backward(d_out, cache, *dfinal)
+    def _backward_call(self, cache, d_out, dfinal):
+        return (lstmp_backward if self.proj_size else lstm_backward), (d_out, cache) + dfinal
+
+    def _pair_functions(self):
+        return None if self.proj_size else (lstm_forward_pair, lstm_backward_pair)
 
     def _lookup_forward(self, ids, table, state0, lengths):
         return lstm_forward_lookup(ids, table, self.W_h_l0.data, self.b_l0.data, *state0,
@@ -764,15 +797,15 @@ class GRU(_SingleState):
         """An nn.GRU with the weights of a ``torch.nn.GRU`` (bidirectional too)."""
         return cls(**cls._torch_args(module, "GRU"))._load_torch(module)
 
-    def _cell_forward(self, layer, direction, x, state0, lengths, num_threads):
-        W_x, W_h, b_x, b_h = (p.data for p in self.layer_weights(layer, direction))
-        hs, h_n, cache = gru_forward(x, W_x, W_h, b_x, b_h, state0[0], lengths=lengths,
-                                     backend=self.backend, num_threads=num_threads)
-        return hs, (h_n,), cache
+    def _forward_call(self, layer, direction, x, state0, lengths, num_threads):
+        kwargs = {name: p.data for name, p in self.cell_parameters(layer, direction)}
+        kwargs.update(x=x, h0=state0[0], lengths=lengths, backend=self.backend,
+                      num_threads=num_threads)
+        return gru_forward, kwargs
 
     @staticmethod
-    def _cell_backward(cache, d_out, dfinal):
-        return gru_backward(d_out, cache, dfinal[0])
+    def _backward_call(cache, d_out, dfinal):
+        return gru_backward, (d_out, cache, dfinal[0])
 
     def step(self, x, h, embedding=None):
         """One time step for decoding, in NumPy, without input checks or a cache:
@@ -833,15 +866,17 @@ class RNN(_SingleState):
         return cls(nonlinearity=module.nonlinearity,
                    **cls._torch_args(module, "RNN"))._load_torch(module)
 
-    def _cell_forward(self, layer, direction, x, state0, lengths, num_threads):
-        W_x, W_h, b = (p.data for p in self.layer_weights(layer, direction))
-        hs, h_n, cache = rnn_forward(x, W_x, W_h, b, state0[0],
-                                     nonlinearity=self.nonlinearity, lengths=lengths,
-                                     backend=self.backend, num_threads=num_threads)
-        return hs, (h_n,), cache
+    def _forward_call(self, layer, direction, x, state0, lengths, num_threads):
+        kwargs = {name: p.data for name, p in self.cell_parameters(layer, direction)}
+        kwargs.update(x=x, h0=state0[0], nonlinearity=self.nonlinearity, lengths=lengths,
+                      backend=self.backend, num_threads=num_threads)
+        return rnn_forward, kwargs
 
-    def _cell_backward(self, cache, d_out, dfinal):
-        return rnn_backward(d_out, cache, dfinal[0], self.bptt_truncate)
+    def _backward_call(self, cache, d_out, dfinal):
+        return rnn_backward, (d_out, cache, dfinal[0], self.bptt_truncate)
+
+    def _pair_functions(self):
+        return rnn_forward_pair, rnn_backward_pair
 
     def step(self, x, h, embedding=None):
         """One time step for decoding, in NumPy, without input checks or a cache:
