@@ -134,7 +134,7 @@ def build_parser():
     tasks = train.add_subparsers(dest="task", metavar="TASK")
     tasks.required = True
 
-    p = tasks.add_parser("char", help="character-level LSTM, GRU or RNN language model",
+    p = tasks.add_parser("char", help="character-level LSTM, GRU or vanilla-RNN language model",
                          description="Train a character-level language model (CharLM: "
                                      "an LSTM, GRU or vanilla RNN) with truncated BPTT.")
     opt = options["char"] = _Options(p)
@@ -167,8 +167,8 @@ def build_parser():
     opt.add("--min-freq", type=integer(1), default=2, help="rarer words become <unk>")
     _lm_options(opt, "word")
 
-    p = tasks.add_parser("sentiment", help="LSTM or GRU sentiment classifier on labelled "
-                                           "reviews",
+    p = tasks.add_parser("sentiment", help="LSTM or GRU sentiment classifier, one direction "
+                                           "or both, on labelled reviews",
                          description="Train a sentiment classifier (SentimentClassifier: an "
                                      "LSTM or GRU, one direction or both) on an aclImdb "
                                      "folder, a CSV (text,label) or a JSONL file.")

@@ -57,6 +57,10 @@ def test_version_and_help(tmp_path):
     usage = fastlstm_cli("train", "char", "--help", cwd=tmp_path).stdout
     for option in ("--text", "--steps", "--out", "--resume", "--seed", "(default: 2500)"):
         assert option in usage
+    assert "--cell {lstm,gru,rnn}" in usage and "(default: lstm)" in usage
+    assert "--bidirectional" not in usage      # refused with a reason, not offered
+    usage = fastlstm_cli("train", "sentiment", "--help", cwd=tmp_path).stdout
+    assert "--cell {lstm,gru}" in usage and "--bidirectional" in usage
 
 
 @pytest.mark.slow
