@@ -1,8 +1,8 @@
 """The ``fastlstm`` command (also ``python -m fastlstm``).
 
-    fastlstm train char      [--text FILE] [--cell lstm|gru|rnn] [--steps N] [--out DIR] [--resume] ...
-    fastlstm train word      [--text FILE] [--cell lstm|gru|rnn] ...
-    fastlstm train sentiment --data PATH [--cell lstm|gru] [--bidirectional] [--glove FILE] ...
+    fastlstm train char      [--text FILE] [--cell lstm|gru|rnn] [--out DIR] [--resume] ...
+    fastlstm train word      [--text FILE] [--cell lstm|gru|rnn] [--bptt-truncate K] ...
+    fastlstm train sentiment --data PATH [--cell lstm|gru] [--bidirectional] ...
     fastlstm sample DIR_OR_CHECKPOINT [--prefix TEXT] [--length N] [--temperature T]
     fastlstm eval   DIR_OR_CHECKPOINT [--text FILE | --data PATH]
     fastlstm demo | config | --version
@@ -307,18 +307,28 @@ def _settings(args, opt, stored=None):
         conflicts = [k for k, v in typed.items()
                      if k not in RESUMABLE and k in stored and stored[k] != v]
         if conflicts:
-            def shown(k, v):
-                flag = f"--{k.replace('_', '-')}"
-                return flag if v is True else f"{flag} {v}" if v is not False else f"no {flag}"
             raise ValueError(
-                f"{', '.join('--' + k.replace('_', '-') for k in conflicts)} cannot change "
-                f"when resuming (the checkpoint fixes the model and the data): the run has "
-                f"{', '.join(shown(k, stored[k]) for k in conflicts)}")
+                f"{', '.join(_flag(k) for k in conflicts)} cannot change when resuming "
+                f"(the checkpoint fixes the model and the data): the run has "
+                f"{', '.join(_as_typed(k, stored[k]) for k in conflicts)}")
         settings = {**opt.defaults, **stored,
                     **{k: v for k, v in typed.items() if k in RESUMABLE}}
     for key in ONE_TIME:
         settings.pop(key, None)
     return settings
+
+
+def _flag(key):
+    """The option of a setting: ``--bptt-truncate`` for bptt_truncate."""
+    return f"--{key.replace('_', '-')}"
+
+
+def _as_typed(key, value):
+    """A setting's value as the command line says it: ``--hidden 64``,
+    ``--bidirectional``, ``no --bidirectional`` (False, or None: not given)."""
+    if value is True:
+        return _flag(key)
+    return f"no {_flag(key)}" if value is False or value is None else f"{_flag(key)} {value}"
 
 
 def _check_settings(s, opt, where="--"):
