@@ -7,10 +7,31 @@ docs/design.md)::
     z = sigmoid(x W_xz + b_xz + h W_hz + b_hz)
     n = tanh(x W_xn + b_xn + r * (h W_hn + b_hn))
     h' = (1 - z) * n + z * h
+
+Both backends share one cache layout (``GRUCache``), so ``gru_backward`` runs with the
+backend that made the cache. The compiled kernels (fastlstm._gru) share a call out as
+the LSTM's do (``fastlstm._schedule``: batch slices, or hidden units for small batches
+of wide layers; fastlstm's own float32 step products where they pay).
 """
-from . import reference
+import warnings
+
+import numpy as np
+
+from . import _backend, reference
+from ._buffers import aligned_empty as _empty, backward_chunk_steps as _backward_chunk_steps
 from ._containers import GRUCache, GRUGrads
+from ._schedule import (own_backward_gemm, own_step_gemm, plan_for as _plan_for,
+                        timed_kernel as _timed_kernel)
+from ._threads import blas_threads
 from ._validation import validate_gru_backward, validate_gru_forward
+
+try:
+    from . import _gru as _kernels
+    _IMPORT_ERROR = None
+except ImportError as exc:  # pragma: no cover - exercised only in broken installs
+    _kernels = None
+    _IMPORT_ERROR = exc
+_warned = False
 
 __all__ = ["gru_forward", "gru_backward", "GRUGrads", "GRUCache"]
 
@@ -39,8 +60,31 @@ def gru_forward(x, W_x, W_h, b_x, b_h, h0=None, *, lengths=None, backend="auto",
         backward pass (``gru_backward`` raises ``InputModifiedError`` if they did)
     """
     args = validate_gru_forward(x, W_x, W_h, b_x, b_h, h0, lengths, backend, num_threads)
-    return reference.gru_forward(args.x, args.W_x, args.W_h, args.b_x, args.b_h, args.h0,
-                                 lengths=args.lengths, num_threads=args.num_threads)
+    if not _use_compiled(args.backend):
+        return reference.gru_forward(args.x, args.W_x, args.W_h, args.b_x, args.b_h,
+                                     args.h0, lengths=args.lengths,
+                                     num_threads=args.num_threads)
+    x, W_x, W_h = args.x, args.W_x, args.W_h
+    T, B, D = x.shape
+    H = W_h.shape[0]
+    dtype = x.dtype
+    gx = _empty((T, B, 3 * H), dtype)
+    gates = _empty((T, B, 4 * H), dtype)
+    h_states = _empty((T + 1, B, H), dtype)
+    h_states[0] = 0 if args.h0 is None else args.h0
+    hs = _empty((T, B, H), dtype)
+    plan = _plan_for(B, H, args.num_threads)
+    packed = None
+    if plan.rows_per_thread > 1 and own_step_gemm(dtype, T * plan.rows_per_thread):
+        packed = _empty((_kernels.packed_size(H, plan.split_units),), np.float32)
+    with blas_threads(1):
+        _timed_kernel(plan, ("gru-forward", T, B, D, H, dtype.char),
+                      _kernels.gru_forward_kernel, x, W_x, W_h, args.b_x, args.b_h, gx,
+                      gates, h_states, hs, args.lengths, packed, plan.split_units,
+                      plan.n_threads)
+    cache = GRUCache(x, W_x, W_h, gates, h_states, args.lengths, args.num_threads,
+                     "cython")
+    return hs, h_states[T].copy(), cache
 
 
 def gru_backward(dhs, cache, dh_n=None):
@@ -62,4 +106,45 @@ def gru_backward(dhs, cache, dh_n=None):
     place since the forward pass.
     """
     dhs, dh_n = validate_gru_backward(dhs, cache, dh_n)
-    return reference.gru_backward(dhs, cache, dh_n)
+    if cache.backend == "numpy" or not _use_compiled("cython"):
+        return reference.gru_backward(dhs, cache, dh_n)
+    x, W_x, W_h = cache.x, cache.W_x, cache.W_h
+    T, B, D, H = cache.sizes
+    dtype = cache.dtype
+    dh = np.zeros((B, H), dtype) if dh_n is None else dh_n.copy()
+    dh_scratch = _empty((B, H), dtype)
+    plan = _plan_for(B, H, cache.num_threads, backward=True)
+    chunk_T = _backward_chunk_steps(T, B)
+    d_gx = _empty((chunk_T, B, 3 * H), dtype)
+    d_gh = _empty((chunk_T, B, 3 * H), dtype)
+    dx = _empty((T, B, D), dtype)
+    dW_x = _empty((D, 3 * H), dtype)
+    dW_h = _empty((H, 3 * H), dtype)
+    db_x = np.zeros(3 * H, np.float64)
+    db_h = np.zeros(3 * H, np.float64)
+    with blas_threads(1):
+        _timed_kernel(plan, ("gru-backward", T, B, D, H, dtype.char),
+                      _kernels.gru_backward_kernel, x, W_x, W_h, cache.gates,
+                      cache.h_states, dhs, cache.lengths, dh, dh_scratch, d_gx, d_gh, dx,
+                      dW_x, dW_h, db_x, db_h, own_backward_gemm(dtype, plan.rows_per_thread),
+                      plan.split_units, plan.n_threads)
+    return GRUGrads(dx, dh, dW_x, dW_h, db_x.astype(dtype), db_h.astype(dtype))
+
+
+def _use_compiled(backend):
+    """True to run the compiled kernels for ``backend`` (validated): as for the other
+    cells (``_backend.use_compiled``), with the GRU's own extension required too."""
+    global _warned
+    if not _backend.use_compiled(backend):
+        return False
+    if _kernels is not None:
+        return True
+    if backend == "cython":
+        raise ImportError(f"backend='cython' needs the compiled GRU kernels "
+                          f"(fastlstm._gru failed to load: {_IMPORT_ERROR}); build them "
+                          f"with 'pip install .' or 'python setup.py build_ext --inplace'")
+    if not _warned:
+        warnings.warn(f"fastlstm._gru failed to load ({_IMPORT_ERROR}); falling back to "
+                      f"the slow NumPy reference", RuntimeWarning, stacklevel=3)
+        _warned = True
+    return False
