@@ -216,7 +216,7 @@ def test_reference_length_zero_rows_against_torch_on_the_others():
 
 import json  # noqa: E402
 
-from fastlstm import _schedule  # noqa: E402
+from fastlstm import _schedule, gru as gru_module  # noqa: E402
 from conftest import isa_limited, run_child  # noqa: E402
 
 compiled = pytest.mark.skipif(not fastlstm.config()["compiled"],
@@ -332,9 +332,17 @@ def test_every_path_matches_reference(monkeypatch, shape, split, own_kernels, is
     if split == "units":   # every batch split into units
         monkeypatch.setattr(_schedule, "UNIT_SPLIT_MAX_ROWS", 1 << 20)
         monkeypatch.setattr(_schedule, "UNIT_SPLIT_MIN_H", 1)
+        monkeypatch.setattr(gru_module, "ONE_SEQUENCE_SPLIT_MIN_H", 1)
     elif split == "rows":
         monkeypatch.setattr(_schedule, "UNIT_SPLIT_MAX_ROWS", 0)
         monkeypatch.setattr(_schedule, "UNIT_SPLIT_IDLE_MIN_H", 1 << 20)
+    # (a busy machine would otherwise let the stall guard run unit splits on one thread)
+    monkeypatch.setattr(_schedule.stall_guard, "backing_off", lambda now=None: False)
+    if split is not None:
+        for backward in (False, True):
+            plan = gru_module._plan(B, H, 2, backward)
+            assert plan.split_units == (split == "units")
+            assert plan.n_threads == (1 if split == "rows" and B == 1 else 2)
     p = gru_problem(T, B, D, H, np.float32, seed=3)
     L = mixed_lengths(T, B)
     with contextlib_isa(isa):
