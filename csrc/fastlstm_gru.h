@@ -6,9 +6,11 @@
  *   h_t = (1 - z) * n + z * h_{t-1},   a_x = x W_x + b_x,   a_h = h_{t-1} W_h + b_h
  *
  * Layouts, per row (one sequence at one step):
- *   gx     3H  a_x, the input projection with b_x (computed for all steps up front)
- *   gates  4H  in (forward): columns [0, 3H) hold h_{t-1} W_h without b_h;
- *              out: r, z, n and a_hn = h_{t-1} W_hn + b_hn (the backward's dr needs it)
+ *   gates  4H  in (forward): columns [0, 3H) hold a_x, the input projection with b_x
+ *              (computed for all steps up front); out: r, z, n and
+ *              a_hn = h_{t-1} W_hn + b_hn (the backward's dr needs it)
+ *   gh     3H  the step's product h_{t-1} W_h, without b_h (a thread's small scratch,
+ *              reused every step)
  *   d_gx   3H  gradient w.r.t. a_x
  *   d_gh   3H  gradient w.r.t. a_h: d_gx but for the n block, d a_hn = d a_xn * r
  * A call covers hidden units [u0, u0 + nu) of n_rows rows (the unit split gives each
@@ -24,16 +26,16 @@
  * the loops vectorise without run-time alias checks. */
 #define FL_DEFINE_GRU_CELL(SUFFIX, REAL, SIGMOID, TANH)                                          \
 FL_INLINE void fl_gru_row_forward_##SUFFIX(                                                     \
-    int nu, const REAL *FL_RESTRICT xr, const REAL *FL_RESTRICT xz, const REAL *FL_RESTRICT xn, \
+    int nu, const REAL *FL_RESTRICT hr, const REAL *FL_RESTRICT hz, const REAL *FL_RESTRICT hnp, \
     const REAL *FL_RESTRICT br, const REAL *FL_RESTRICT bz, const REAL *FL_RESTRICT bn,         \
     REAL *FL_RESTRICT gr, REAL *FL_RESTRICT gz, REAL *FL_RESTRICT gn, REAL *FL_RESTRICT ghn,    \
     const REAL *FL_RESTRICT hp, REAL *FL_RESTRICT hn, REAL *FL_RESTRICT ho)                     \
 {                                                                                               \
     for (int j = 0; j < nu; j++) {                                                              \
-        REAL r = SIGMOID(xr[j] + gr[j] + br[j]);                                                \
-        REAL z = SIGMOID(xz[j] + gz[j] + bz[j]);                                                \
-        REAL a_hn = gn[j] + bn[j];                                                              \
-        REAL n = TANH(xn[j] + r * a_hn);                                                        \
+        REAL r = SIGMOID(gr[j] + hr[j] + br[j]);                                                \
+        REAL z = SIGMOID(gz[j] + hz[j] + bz[j]);                                                \
+        REAL a_hn = hnp[j] + bn[j];                                                             \
+        REAL n = TANH(gn[j] + r * a_hn);                                                        \
         REAL h = n + z * (hp[j] - n);                                                           \
         gr[j] = r;                                                                              \
         gz[j] = z;                                                                              \
@@ -45,11 +47,11 @@ FL_INLINE void fl_gru_row_forward_##SUFFIX(                                     
 }                                                                                               \
                                                                                                 \
 FL_INLINE void fl_gru_cell_forward_##SUFFIX##_body(                                            \
-    int n_rows, int H, int u0, int nu, const REAL *gx, const REAL *b_h, REAL *gates,            \
+    int n_rows, int H, int u0, int nu, const REAL *gh, const REAL *b_h, REAL *gates,            \
     const REAL *h_prev, REAL *h_next, REAL *hs, const int *lengths, int t)                      \
 {                                                                                               \
     for (int r = 0; r < n_rows; r++) {                                                          \
-        const REAL *ax = gx + (size_t)r * 3 * H + u0;                                           \
+        const REAL *ah = gh + (size_t)r * 3 * H + u0;                                           \
         REAL *g = gates + (size_t)r * 4 * H + u0;                                               \
         size_t off = (size_t)r * H + u0;                                                        \
         if (lengths && t >= lengths[r]) {                                                       \
@@ -57,15 +59,15 @@ FL_INLINE void fl_gru_cell_forward_##SUFFIX##_body(                             
             memset(hs + off, 0, (size_t)nu * sizeof(REAL));                                     \
             continue;                                                                           \
         }                                                                                       \
-        fl_gru_row_forward_##SUFFIX(nu, ax, ax + H, ax + 2 * H, b_h + u0, b_h + H + u0,         \
+        fl_gru_row_forward_##SUFFIX(nu, ah, ah + H, ah + 2 * H, b_h + u0, b_h + H + u0,         \
                                     b_h + 2 * H + u0, g, g + H, g + 2 * H, g + 3 * H,           \
                                     h_prev + off, h_next + off, hs + off);                      \
     }                                                                                           \
 }                                                                                               \
 FL_ISA_VERSIONS_VOID(fl_gru_cell_forward_##SUFFIX,                                              \
-    (int n_rows, int H, int u0, int nu, const REAL *gx, const REAL *b_h, REAL *gates,           \
+    (int n_rows, int H, int u0, int nu, const REAL *gh, const REAL *b_h, REAL *gates,           \
      const REAL *h_prev, REAL *h_next, REAL *hs, const int *lengths, int t),                    \
-    (n_rows, H, u0, nu, gx, b_h, gates, h_prev, h_next, hs, lengths, t))                        \
+    (n_rows, H, u0, nu, gh, b_h, gates, h_prev, h_next, hs, lengths, t))                        \
                                                                                                 \
 /* g = dh (+ dhs) reaches h_t; dh_prev leaves with g * z, the direct path to h_{t-1}; the    \
  * caller adds d_gh W_h^T to it. */                                                            \

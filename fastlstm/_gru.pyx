@@ -4,11 +4,12 @@
 PyTorch's GRU, gate blocks r, z, n (see fastlstm.reference and csrc/fastlstm_gru.h):
 ``n = tanh(a_xn + r * (h W_hn + b_hn))`` keeps the recurrent product of the n block
 apart from the input one, so unlike the LSTM the step product cannot be added onto the
-input projection: the forward writes ``h_{t-1} W_h`` (B x 3H) into the step's gate rows
-and the cell adds both biases' and the projection's parts.
+input projection: each thread writes ``h_{t-1} W_h`` for its rows (or units) into a small
+scratch of its own, reused every step, and the cell adds it, b_h and the projection.
 
 As for the LSTM (see _lstm.pyx): one OpenMP region per call; the input projection
-``x W_x + b_x`` and the weight/input gradients as GEMMs over many (step, sequence) rows;
+``x W_x + b_x`` (written into the gate rows, which the cell then overwrites with the
+activated gates) and the weight/input gradients as GEMMs over many (step, sequence) rows;
 the recursion shared out by batch slices, or for small batches of wide layers by hidden
 units (one barrier per step); BLAS single-threaded inside the region; float32 step
 products on fastlstm's own kernels (csrc/fastlstm_gemm.h) where the CPU has them.
@@ -30,10 +31,10 @@ from ._kernel_common cimport *
 from ._runtime cimport fl_isa_bind, isa_level_for
 
 cdef extern from "fastlstm_gru.h" nogil:
-    void fl_gru_cell_forward_f32(int n_rows, int H, int u0, int nu, const float *gx,
+    void fl_gru_cell_forward_f32(int n_rows, int H, int u0, int nu, const float *gh,
                                  const float *b_h, float *gates, const float *h_prev,
                                  float *h_next, float *hs, const int *lengths, int t)
-    void fl_gru_cell_forward_f64(int n_rows, int H, int u0, int nu, const double *gx,
+    void fl_gru_cell_forward_f64(int n_rows, int H, int u0, int nu, const double *gh,
                                  const double *b_h, double *gates, const double *h_prev,
                                  double *h_next, double *hs, const int *lengths, int t)
     void fl_gru_cell_backward_f32(int n_rows, int H, int u0, int nu, const float *gates,
@@ -64,15 +65,15 @@ def packed_size(int H, bint split_units):
     return fl_packed_size(H, 3 * H)
 
 
-cdef inline void _cell_forward(int n_rows, int H, int u0, int nu, const floating *gx,
+cdef inline void _cell_forward(int n_rows, int H, int u0, int nu, const floating *gh,
                                const floating *b_h, floating *gates, const floating *h_prev,
                                floating *h_next, floating *hs, const int *lengths,
                                int t) noexcept nogil:
     if floating is float:
-        fl_gru_cell_forward_f32(n_rows, H, u0, nu, gx, b_h, gates, h_prev, h_next, hs,
+        fl_gru_cell_forward_f32(n_rows, H, u0, nu, gh, b_h, gates, h_prev, h_next, hs,
                                 lengths, t)
     else:
-        fl_gru_cell_forward_f64(n_rows, H, u0, nu, gx, b_h, gates, h_prev, h_next, hs,
+        fl_gru_cell_forward_f64(n_rows, H, u0, nu, gh, b_h, gates, h_prev, h_next, hs,
                                 lengths, t)
 
 
@@ -141,8 +142,8 @@ cdef struct _Forward:
     const void *W_h         # (H, 3H)
     const void *b_x         # (3H,)
     const void *b_h         # (3H,)
-    void *gx                # (T, B, 3H) scratch: x W_x + b_x of every step
-    void *gates             # (T, B, 4H) out: r, z, n, a_hn = h_{t-1} W_hn + b_hn
+    void *gates             # (T, B, 4H) out: r, z, n, a_hn = h_{t-1} W_hn + b_hn (first
+                            # x W_x + b_x in columns [0, 3H))
     void *h_states          # (T+1, B, H) in: [0] = h0; out: [t+1] = state after step t
     void *hs                # (T, B, H) out: outputs, 0 past a sequence's length
     const int *lengths      # (B,) intc, or NULL: every sequence runs T steps
@@ -152,13 +153,14 @@ cdef struct _Forward:
 
 
 cdef void _forward_worker(const _Forward *a, Py_ssize_t tid, Py_ssize_t n_threads,
-                          float *a_scratch, floating dtype_tag) noexcept nogil:
+                          float *a_scratch, floating *gh) noexcept nogil:
+    """``gh``: this thread's (rows, 3H) scratch for the step product h_{t-1} W_h, rows its
+    share of the batch (all B rows in a unit split)."""
     cdef int T = a.T, B = a.B, D = a.D, H = a.H
     cdef bint split_units = a.split_units
     cdef const floating *W_h = <const floating *>a.W_h
     cdef const floating *b_x = <const floating *>a.b_x
     cdef const floating *b_h = <const floating *>a.b_h
-    cdef floating *gx = <floating *>a.gx
     cdef floating *gates = <floating *>a.gates
     cdef floating *h_states = <floating *>a.h_states
     cdef floating *hs = <floating *>a.hs
@@ -169,14 +171,15 @@ cdef void _forward_worker(const _Forward *a, Py_ssize_t tid, Py_ssize_t n_thread
     cdef Py_ssize_t block = 0
     cdef float *packed_gate = NULL
 
-    # 1. The input projection of every step, gx = x W_x + b_x, a block of rows per
-    #    thread; meanwhile this thread's share of W_h is packed (float32 kernels only).
+    # 1. The input projection of every step, x W_x + b_x, into columns [0, 3H) of the
+    #    gate rows, a block of rows per thread; meanwhile this thread's share of W_h is
+    #    packed (float32 kernels only).
     _split(<Py_ssize_t>T * B, tid, n_threads, &r0, &r1)
     for r in range(r0, r1):
-        memcpy(gx + r * G3, b_x, G3 * sizeof(floating))
+        memcpy(gates + r * G4, b_x, G3 * sizeof(floating))
     gemm(False, False, <int>(r1 - r0), <int>G3, D, <floating>1.0,
          <const floating *>a.x + r0 * D, D, <const floating *>a.W_x, <int>G3,
-         <floating>1.0, gx + r0 * G3, <int>G3)
+         <floating>1.0, gates + r0 * G4, <int>G4)
     if split_units:
         _split_aligned(H, FL_NR if packed != NULL else UNIT_ALIGN, tid, n_threads, &u0, &u1)
         nu = u1 - u0
@@ -204,9 +207,8 @@ cdef void _forward_worker(const _Forward *a, Py_ssize_t tid, Py_ssize_t n_thread
                     # h_{t-1} is packed for the kernel by the first gate's call only
                     _forward_step_gemm(B, <int>nu, H, h_states + t * BH, H,
                                        W_h + gate * H + u0, <int>G3, packed_gate,
-                                       gates + t * B * G4 + gate * H + u0, <int>G4,
-                                       a_scratch, gate > 0)
-                _cell_forward(B, H, <int>u0, <int>nu, gx + t * B * G3, b_h,
+                                       gh + gate * H + u0, <int>G3, a_scratch, gate > 0)
+                _cell_forward(B, H, <int>u0, <int>nu, gh, b_h,
                               gates + t * B * G4, h_states + t * BH, h_states + (t + 1) * BH,
                               hs + t * BH, lengths, <int>t)
             fl_step_barrier_wait(a.step_barrier, <int>n_threads)   # h_t is whole before use
@@ -219,28 +221,27 @@ cdef void _forward_worker(const _Forward *a, Py_ssize_t tid, Py_ssize_t n_thread
     for t in range(T):
         at = t * B + b0
         _forward_step_gemm(<int>nb, <int>G3, H, h_states + at * H, H, W_h, <int>G3, packed,
-                           gates + at * G4, <int>G4, a_scratch, False)
-        _cell_forward(<int>nb, H, 0, H, gx + at * G3, b_h, gates + at * G4,
+                           gh, <int>G3, a_scratch, False)
+        _cell_forward(<int>nb, H, 0, H, gh, b_h, gates + at * G4,
                       h_states + at * H, h_states + (at + B) * H, hs + at * H,
                       lengths + b0 if lengths != NULL else NULL, <int>t)
 
 
-def gru_forward_kernel(x, W_x, W_h, b_x, b_h, gx, gates, h_states, hs, lengths, packed,
+def gru_forward_kernel(x, W_x, W_h, b_x, b_h, gates, h_states, hs, lengths, packed,
                        bint split_units, int n_threads):
-    """Fill gates (T,B,4H), h_states (T+1,B,H; index 0 preset to h0) and hs (T,B,H);
-    gx (T,B,3H) is scratch. All arrays C-contiguous of one float dtype; lengths (B,) intc
-    or None. ``packed`` (float32 only: packed_size(H, split_units) floats, or None) turns
+    """Fill gates (T,B,4H), h_states (T+1,B,H; index 0 preset to h0) and hs (T,B,H).
+    All arrays C-contiguous of one float dtype; lengths (B,) intc or None. ``packed`` (float32 only: packed_size(H, split_units) floats, or None) turns
     on the packed recurrent GEMM; ``split_units`` shares the recursion out by hidden
     units instead of batch rows; ``n_threads`` is taken as given (the caller caps it)."""
     cdef _Forward a
     cdef fl_step_barrier step_barrier
+    cdef int alloc_failed
     cdef int typenum = _float_typenum(x, "x")
     a.x = _data(x, typenum, 3, False, "x")
     a.W_x = _data(W_x, typenum, 2, False, "W_x")
     a.W_h = _data(W_h, typenum, 2, False, "W_h")
     a.b_x = _data(b_x, typenum, 1, False, "b_x")
     a.b_h = _data(b_h, typenum, 1, False, "b_h")
-    a.gx = _data(gx, typenum, 3, True, "gx")
     a.gates = _data(gates, typenum, 3, True, "gates")
     a.h_states = _data(h_states, typenum, 3, True, "h_states")
     a.hs = _data(hs, typenum, 3, True, "hs")
@@ -257,7 +258,6 @@ def gru_forward_kernel(x, W_x, W_h, b_x, b_h, gx, gates, h_states, hs, lengths, 
     _check_dims(W_x, "W_x", a.D, 3 * H)
     _check_dims(b_x, "b_x", 3 * H)
     _check_dims(b_h, "b_h", 3 * H)
-    _check_dims(gx, "gx", T, B, 3 * H)
     _check_dims(gates, "gates", T, B, 4 * H)
     _check_dims(h_states, "h_states", T + 1, B, H)
     _check_dims(hs, "hs", T, B, H)
@@ -270,19 +270,34 @@ def gru_forward_kernel(x, W_x, W_h, b_x, b_h, gx, gates, h_states, hs, lengths, 
     fl_step_barrier_init(&step_barrier)
     a.step_barrier = &step_barrier
     if typenum == cnp.NPY_FLOAT:
-        _forward_parallel(&a, <float>0)
+        alloc_failed = _forward_parallel(&a, <float *>NULL)
     else:
-        _forward_parallel(&a, <double>0)
+        alloc_failed = _forward_parallel(&a, <double *>NULL)
+    if alloc_failed:
+        raise MemoryError(f"no memory for the step products' scratch (rows x 3H={3 * H})")
 
 
-cdef void _forward_parallel(const _Forward *a, floating dtype_tag) noexcept:
+cdef int _forward_parallel(const _Forward *a, floating *gh) noexcept:
+    """Returns 1 if a thread's scratch could not be allocated (nothing ran). (``gh``
+    comes in NULL, of the call's float type: each thread allocates its own.)"""
     cdef float *a_scratch = NULL
+    cdef int rows
+    cdef int alloc_failed[1]
+    alloc_failed[0] = 0
     with nogil, parallel(num_threads=a.n_threads):
         a_scratch = _thread_scratch(a.packed != NULL, a.B, a.split_units, 1, a.H)
+        rows = a.B if a.split_units else (a.B + fl_num_threads() - 1) // fl_num_threads()
+        gh = <floating *>fl_aligned_alloc(<size_t>rows * 3 * a.H * sizeof(floating))
+        if gh == NULL:
+            alloc_failed[0] = 1
+        fl_barrier()   # every thread sees whether every allocation succeeded
         try:
-            _forward_worker(a, threadid(), fl_num_threads(), a_scratch, dtype_tag)
+            if not alloc_failed[0]:
+                _forward_worker(a, threadid(), fl_num_threads(), a_scratch, gh)
         finally:
             fl_aligned_free(a_scratch)
+            fl_aligned_free(gh)
+    return alloc_failed[0]
 
 
 cdef struct _Backward:

@@ -83,7 +83,6 @@ def gru_forward(x, W_x, W_h, b_x, b_h, h0=None, *, lengths=None, backend="auto",
     T, B, D = x.shape
     H = W_h.shape[0]
     dtype = x.dtype
-    gx = _empty((T, B, 3 * H), dtype)
     gates = _empty((T, B, 4 * H), dtype)
     h_states = _empty((T + 1, B, H), dtype)
     h_states[0] = 0 if args.h0 is None else args.h0
@@ -94,8 +93,8 @@ def gru_forward(x, W_x, W_h, b_x, b_h, h0=None, *, lengths=None, backend="auto",
         packed = _empty((_kernels.packed_size(H, plan.split_units),), np.float32)
     with blas_threads(1):
         _timed_kernel(plan, ("gru-forward", T, B, D, H, dtype.char),
-                      _kernels.gru_forward_kernel, x, W_x, W_h, args.b_x, args.b_h, gx,
-                      gates, h_states, hs, args.lengths, packed, plan.split_units,
+                      _kernels.gru_forward_kernel, x, W_x, W_h, args.b_x, args.b_h, gates,
+                      h_states, hs, args.lengths, packed, plan.split_units,
                       plan.n_threads)
     cache = GRUCache(x, W_x, W_h, gates, h_states, args.lengths, args.num_threads,
                      "cython")
