@@ -17,6 +17,7 @@ from ._containers import (InputModifiedError, LSTMCache, LSTMGrads, LSTMLookupCa
                           LSTMLookupGrads, RNNCache, RNNGrads, set_debug_checks)
 from .lstm import lstm_backward, lstm_backward_lookup, lstm_forward, lstm_forward_lookup
 from .rnn import rnn_backward, rnn_forward
+from .gru import GRUCache, GRUGrads, gru_backward, gru_forward
 from . import nn, optim
 from .checkpoint import Checkpoint, CheckpointError, load, save
 from .gradcheck import gradcheck
@@ -25,4 +26,5 @@ __all__ = ["lstm_forward", "lstm_backward", "lstm_forward_lookup", "lstm_backwar
            "rnn_forward", "rnn_backward", "LSTMGrads", "LSTMCache", "LSTMLookupGrads",
            "LSTMLookupCache", "RNNGrads", "RNNCache", "nn", "optim", "gradcheck", "save", "load",
            "Checkpoint", "CheckpointError", "show_config", "config", "__version__",
-           "InputModifiedError", "set_debug_checks"]
+           "InputModifiedError", "set_debug_checks",
+           "gru_forward", "gru_backward", "GRUGrads", "GRUCache"]

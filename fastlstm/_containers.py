@@ -349,3 +349,48 @@ class RNNCache(_KernelCache):
 
     def __repr__(self):
         return f"RNNCache({self._describe()}, nonlinearity={self.nonlinearity!r})"
+
+
+class GRUGrads(NamedTuple):
+    """Gradients of a GRU call; every array has the dtype of the forward inputs.
+
+    dx   (T, B, D)   gradient w.r.t. the inputs ``x``
+    dh0  (B, H)      gradient w.r.t. the initial hidden state
+    dW_x (D, 3H)     gradient w.r.t. the input weights (gate blocks r, z, n)
+    dW_h (H, 3H)     gradient w.r.t. the recurrent weights
+    db_x (3H,)       gradient w.r.t. the input-side bias
+    db_h (3H,)       gradient w.r.t. the recurrent-side bias (its n block differs from
+                     db_x's: b_hn sits inside the reset gate's product)
+    """
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dW_x: np.ndarray
+    dW_h: np.ndarray
+    db_x: np.ndarray
+    db_h: np.ndarray
+
+
+class GRUCache(_KernelCache):
+    """What ``gru_backward`` needs from ``gru_forward``; treat it as opaque.
+
+      x         (T, B, D)     the inputs (referenced, not copied)
+      W_x, W_h                the weights (referenced, not copied)
+      gates     (T, B, 4H)    per step, blocks of H: r, z, n (activated) and
+                              a_hn = h_{t-1} W_hn + b_hn (the product the reset gate
+                              scales, which dr needs)
+      h_states  (T+1, B, H)   h_states[0] = h0, h_states[t+1] = state after step t
+      lengths   (B,) intc or None
+    For steps past a sequence's length the states are carried unchanged and the
+    gate values are unspecified. The biases are not kept: the backward needs neither.
+    """
+
+    __slots__ = ("gates",)
+
+    def __init__(self, x, W_x, W_h, gates, h_states, lengths, num_threads: Optional[int],
+                 backend: str):
+        super().__init__(x, W_x, W_h, h_states, lengths, num_threads, backend)
+        self.gates = gates
+
+    def __repr__(self):
+        return f"GRUCache({self._describe()})"

@@ -440,3 +440,60 @@ def validate_rnn_backward(dhs, cache, dh_n, bptt_truncate):
     dhs, dh_n = _optional_arrays(dtype, ("dhs", dhs, (T, B, H), "(T, B, H)"),
                                  ("dh_n", dh_n, (B, H), "(B, H)"))
     return dhs, dh_n, check_bptt_truncate(bptt_truncate)
+
+
+# --- GRU ------------------------------------------------------------------------------
+from ._containers import GRUCache  # noqa: E402
+
+
+class GRUForwardArgs(NamedTuple):
+    x: np.ndarray
+    W_x: np.ndarray
+    W_h: np.ndarray
+    b_x: np.ndarray
+    b_h: np.ndarray
+    h0: Optional[np.ndarray]
+    lengths: Optional[np.ndarray]
+    backend: str
+    num_threads: Optional[int]
+
+
+def validate_gru_forward(x, W_x, W_h, b_x, b_h, h0, lengths, backend, num_threads):
+    """Check the arguments of ``gru_forward``; see docs/design.md for the contract."""
+    backend = check_backend(backend)
+    num_threads = check_num_threads(num_threads)
+    x = _checked_x(x)
+    dtype = x.dtype
+    W_h = float_array("W_h", W_h, dtype)
+    if W_h.ndim != 2 or W_h.shape[1] != 3 * W_h.shape[0]:
+        raise ValueError(f"W_h must have shape (H, 3H) (gate blocks r, z, n), "
+                         f"got {_describe(W_h)}")
+    T, B, D = x.shape
+    H = W_h.shape[0]
+    _check_sizes(T, B, D, H, gates=3)
+    W_x = float_array("W_x", W_x, dtype)
+    check_shape("W_x", W_x, (D, 3 * H), "(D, 3H)")
+    b_x = float_array("b_x", b_x, dtype)
+    check_shape("b_x", b_x, (3 * H,), "(3H,)")
+    b_h = float_array("b_h", b_h, dtype)
+    check_shape("b_h", b_h, (3 * H,), "(3H,)")
+    (h0,) = _optional_arrays(dtype, ("h0", h0, (B, H), "(B, H)"))
+    lengths = check_lengths(lengths, T, B)
+    return GRUForwardArgs(x, W_x, W_h, b_x, b_h, h0, lengths, backend, num_threads)
+
+
+def validate_gru_backward(dhs, cache, dh_n):
+    """Check the arguments of ``gru_backward``; returns ``(dhs, dh_n)``."""
+    if not isinstance(cache, GRUCache):
+        raise TypeError(f"cache must be the GRUCache returned by gru_forward, "
+                        f"got {type(cache).__name__}")
+    g = cache.gates
+    if not (isinstance(g, np.ndarray) and g.dtype in _FLOAT_DTYPES and g.flags.c_contiguous):
+        raise TypeError("cache.gates must be a C-contiguous float32/float64 array")
+    T, B, H, dtype = _checked_cache(cache, GRUCache, 3, "gru_forward", "gru_backward")
+    if g.shape != (T, B, 4 * H) or g.dtype != dtype:
+        raise ValueError(f"cache.gates has shape {g.shape} and dtype {g.dtype}, expected "
+                         f"{(T, B, 4 * H)} and {dtype} from cache.x and cache.W_h")
+    dhs, dh_n = _optional_arrays(dtype, ("dhs", dhs, (T, B, H), "(T, B, H)"),
+                                 ("dh_n", dh_n, (B, H), "(B, H)"))
+    return dhs, dh_n
