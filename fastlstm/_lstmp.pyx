@@ -228,6 +228,17 @@ cdef void _forward_worker(const _Forward *a, Py_ssize_t tid, Py_ssize_t n_thread
                 lengths, <int>t)
 
 
+cdef int _check_projection(W_h, W_hr, int H, int P) except -1:
+    """W_hr (H, P) sets the sizes; W_h must be (P, 4H) (a transposed W_hr shows here)."""
+    if H < 1 or P < 1:
+        raise ValueError(f"kernel argument W_hr must be (H, P) with H, P >= 1, got "
+                         f"{W_hr.shape}")
+    if _dim(W_h, 0) != P or _dim(W_h, 1) != 4 * H:
+        raise ValueError(f"kernel arguments W_h {W_h.shape} and W_hr {W_hr.shape} disagree: "
+                         f"W_h must be (P, 4H) = ({P}, {4 * H}) for W_hr (H, P)")
+    return 0
+
+
 def lstmp_forward_kernel(x, W_x, W_h, b, W_hr, gates, h_states, c_states, m_states, hs,
                          lengths, packed, int n_threads):
     """Fill gates (T,B,4H), h_states (T+1,B,P) and c_states (T+1,B,H) (index 0 preset
@@ -257,11 +268,8 @@ def lstmp_forward_kernel(x, W_x, W_h, b, W_hr, gates, h_states, c_states, m_stat
     a.P = <int>_dim(W_hr, 1)
     a.n_threads = n_threads
     cdef int T = a.T, B = a.B, H = a.H, P = a.P
-    if H < 1 or P < 1:
-        raise ValueError(f"kernel argument W_hr must be (H, P) with H, P >= 1, got "
-                         f"{W_hr.shape}")
+    _check_projection(W_h, W_hr, H, P)
     _check_dims(W_x, "W_x", a.D, 4 * H)
-    _check_dims(W_h, "W_h", P, 4 * H)
     _check_dims(b, "b", 4 * H)
     _check_dims(gates, "gates", T, B, 4 * H)
     _check_dims(h_states, "h_states", T + 1, B, P)
@@ -451,14 +459,11 @@ def lstmp_backward_kernel(x, W_x, W_h, W_hr, gates, h_states, c_states, m_states
     a.n_threads = n_threads
     a.scratch_rows = 64   # dx's NT product runs in blocks of (at least) this many rows
     cdef int T = a.T, B = a.B, D = a.D, H = a.H, P = a.P, G = 4 * a.H
-    if H < 1 or P < 1:
-        raise ValueError(f"kernel argument W_hr must be (H, P) with H, P >= 1, got "
-                         f"{W_hr.shape}")
+    _check_projection(W_h, W_hr, H, P)
     _check_dims(x, "x", T, B, D)
     _check_dims(dx, "dx", T, B, D)
     _check_dims(W_x, "W_x", D, G)
     _check_dims(dW_x, "dW_x", D, G)
-    _check_dims(W_h, "W_h", P, G)
     _check_dims(dW_h, "dW_h", P, G)
     _check_dims(dW_hr, "dW_hr", H, P)
     _check_dims(db_acc, "db_acc", G)
