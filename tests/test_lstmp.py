@@ -304,6 +304,7 @@ SHAPES = {
     "one-seq": (9, 1, 5, 13, 5),          # the GEMV / dot-product path
     "odd": (11, 5, 7, 13, 5),             # B not divisible by 2 threads, H not by 8
     "P>H": (6, 4, 3, 5, 12),
+    "P>4H": (5, 4, 3, 2, 11),            # scratch sized by P, not 4H
     "wide": (12, 6, 9, 130, 64),          # packed kernels (T * rows >= 32), H > 4 panels
     "chunks": (40, 8, 6, 9, 4),           # the backward in 5 chunks of 8 steps
 }
@@ -328,7 +329,7 @@ def test_compiled_matches_reference(shape, dtype, num_threads, lengths):
 
 @compiled_only
 @pytest.mark.parametrize("paths", ["blas", "own-kernels"])
-@pytest.mark.parametrize("shape", ["odd", "wide"])
+@pytest.mark.parametrize("shape", ["odd", "P>4H", "wide"])
 def test_compiled_paths_match_reference(shape, paths, monkeypatch):
     """float32 with the step products forced onto BLAS, or onto fastlstm's packed kernels
     at any size (the heuristics pick one of them by size)."""
