@@ -17,12 +17,13 @@ not change what is computed here.
 """
 import numpy as np
 
-from ._containers import LSTMCache, LSTMGrads, RNNCache, RNNGrads
+from ._containers import LSTMCache, LSTMGrads, LSTMPCache, LSTMPGrads, RNNCache, RNNGrads
 from ._validation import (validate_lstm_backward, validate_lstm_forward,
+                          validate_lstmp_backward, validate_lstmp_forward,
                           validate_rnn_backward, validate_rnn_forward)
 
-__all__ = ["lstm_forward", "lstm_backward", "rnn_forward", "rnn_backward", "sigmoid",
-           "LSTMGrads", "RNNGrads"]
+__all__ = ["lstm_forward", "lstm_backward", "lstmp_forward", "lstmp_backward",
+           "rnn_forward", "rnn_backward", "sigmoid", "LSTMGrads", "LSTMPGrads", "RNNGrads"]
 
 
 def sigmoid(z):
@@ -149,6 +150,134 @@ def lstm_backward(dhs, cache, dh_n=None, dc_n=None):
     dW_h = cache.h_states[:-1].reshape(T * B, H).T @ da_all
     db = da_all.sum(axis=0)
     return LSTMGrads(dx, dh_next, dc_next, dW_x, dW_h, db)
+
+
+# --- projected LSTM (LSTMP, torch's proj_size) ---------------------------------------
+#
+#     a_t = x_t W_x + h_{t-1} W_h + b        W_h (P, 4H): the recurrence reads h, not m
+#     c_t = f * c_{t-1} + i * g              (gates as in the LSTM)
+#     m_t = o * tanh(c_t)                    (B, H)
+#     h_t = m_t W_hr                         (B, P), W_hr (H, P) = torch's weight_hr_l0.T
+
+def lstmp_forward(x, W_x, W_h, b, W_hr, h0=None, c0=None, *, lengths=None,
+                  backend="numpy", num_threads=None):
+    """Run a projected LSTM over a time-major batch.
+
+    Parameters
+    ----------
+    x : (T, B, D) float32 or float64
+    W_x : (D, 4H), W_h : (P, 4H), b : (4H,), W_hr : (H, P)  same dtype as ``x``;
+        gate blocks i, f, g, o
+    h0 : (B, P) or None, c0 : (B, H) or None (zeros)
+    lengths : (B,) ints in [0, T] or None (every sequence has length T)
+
+    Returns
+    -------
+    hs : (T, B, P)  projected hidden state of every step (zero past a sequence's length)
+    (h_n, c_n) : (B, P), (B, H), every sequence's state after its own last step
+    cache : LSTMPCache for ``lstmp_backward``
+    """
+    args = validate_lstmp_forward(x, W_x, W_h, b, W_hr, h0, c0, lengths, backend,
+                                  num_threads)
+    x, W_x, W_h, b, W_hr = args.x, args.W_x, args.W_h, args.b, args.W_hr
+    T, B, D = x.shape
+    H, P = W_hr.shape
+    dtype = x.dtype
+
+    h_states = np.zeros((T + 1, B, P), dtype)
+    c_states = np.zeros((T + 1, B, H), dtype)
+    m_states = np.zeros((T, B, H), dtype)
+    if args.h0 is not None:
+        h_states[0] = args.h0
+    if args.c0 is not None:
+        c_states[0] = args.c0
+    mask = _step_mask(args.lengths, T, B)
+
+    x_proj = (x.reshape(T * B, D) @ W_x + b).reshape(T, B, 4 * H)
+    gates = np.empty((T, B, 4 * H), dtype)
+    for t in range(T):
+        a = x_proj[t] + h_states[t] @ W_h
+        i = sigmoid(a[:, 0 * H:1 * H])
+        f = sigmoid(a[:, 1 * H:2 * H])
+        g = np.tanh(a[:, 2 * H:3 * H])
+        o = sigmoid(a[:, 3 * H:4 * H])
+        c = f * c_states[t] + i * g
+        m = o * np.tanh(c)
+        h = m @ W_hr
+        if mask is not None:
+            c = np.where(mask[t], c, c_states[t])
+            h = np.where(mask[t], h, h_states[t])
+            m = np.where(mask[t], m, 0)
+        gates[t] = np.concatenate([i, f, g, o], axis=1)
+        c_states[t + 1] = c
+        h_states[t + 1] = h
+        m_states[t] = m
+
+    hs = _zero_frozen(h_states[1:], mask, dtype)
+    cache = LSTMPCache(x, W_x, W_h, W_hr, gates, h_states, c_states, m_states,
+                       args.lengths, args.num_threads, "numpy")
+    return hs, (h_states[T].copy(), c_states[T].copy()), cache
+
+
+def lstmp_backward(dhs, cache, dh_n=None, dc_n=None):
+    """Backpropagate through ``lstmp_forward``.
+
+    Parameters
+    ----------
+    dhs : (T, B, P) or None  gradient of the loss w.r.t. ``hs`` (None: zeros)
+    cache : the LSTMPCache returned by ``lstmp_forward`` (either backend)
+    dh_n : (B, P) or None, dc_n : (B, H) or None  gradients w.r.t. ``h_n``, ``c_n``
+
+    Returns
+    -------
+    LSTMPGrads(dx (T,B,D), dh0 (B,P), dc0 (B,H), dW_x (D,4H), dW_h (P,4H), db (4H,),
+               dW_hr (H,P))
+    """
+    dhs, dh_n, dc_n = validate_lstmp_backward(dhs, cache, dh_n, dc_n)
+    x, W_x, W_h, W_hr, gates = cache.x, cache.W_x, cache.W_h, cache.W_hr, cache.gates
+    T, B, D, H, P = cache.sizes
+    dtype = cache.dtype
+    mask = _step_mask(cache.lengths, T, B)
+
+    dh_next = np.zeros((B, P), dtype) if dh_n is None else dh_n.copy()
+    dc_next = np.zeros((B, H), dtype) if dc_n is None else dc_n.copy()
+    d_gates = np.empty((T, B, 4 * H), dtype)   # gradient w.r.t. the pre-activations a_t
+    d_h = np.empty((T, B, P), dtype)           # gradient w.r.t. h_t = m_t W_hr
+    for t in reversed(range(T)):
+        i = gates[t, :, 0 * H:1 * H]
+        f = gates[t, :, 1 * H:2 * H]
+        g = gates[t, :, 2 * H:3 * H]
+        o = gates[t, :, 3 * H:4 * H]
+        c_prev, c = cache.c_states[t], cache.c_states[t + 1]
+        dh = dh_next if dhs is None else dh_next + dhs[t]
+        dm = dh @ W_hr.T
+        tanh_c = np.tanh(c)
+        dc = dc_next + dm * o * (1 - tanh_c**2)
+        da = np.concatenate([dc * g * i * (1 - i),
+                             dc * c_prev * f * (1 - f),
+                             dc * i * (1 - g**2),
+                             dm * tanh_c * o * (1 - o)], axis=1)
+        dc_prev = dc * f
+        if mask is not None:
+            # A frozen step computed nothing: gradients pass through it unchanged (dhs
+            # there meets hs[t] = 0, a constant, and is dropped).
+            da = _zero_frozen(da, mask[t], dtype)
+            dh = _zero_frozen(dh, mask[t], dtype)
+            dc_prev = np.where(mask[t], dc_prev, dc_next)
+            dh_prev = np.where(mask[t], da @ W_h.T, dh_next)
+        else:
+            dh_prev = da @ W_h.T
+        d_gates[t] = da
+        d_h[t] = dh
+        dh_next, dc_next = dh_prev, dc_prev
+
+    da_all = d_gates.reshape(T * B, 4 * H)
+    dx = (da_all @ W_x.T).reshape(T, B, D)
+    dW_x = x.reshape(T * B, D).T @ da_all
+    dW_h = cache.h_states[:-1].reshape(T * B, P).T @ da_all
+    db = da_all.sum(axis=0)
+    dW_hr = cache.m_states.reshape(T * B, H).T @ d_h.reshape(T * B, P)
+    return LSTMPGrads(dx, dh_next, dc_next, dW_x, dW_h, db, dW_hr)
 
 
 # --- vanilla RNN --------------------------------------------------------------------

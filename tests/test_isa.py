@@ -14,7 +14,8 @@ from conftest import TESTS_DIR, child_env
 pytestmark = pytest.mark.skipif(not _backend.compiled_available(),
                                 reason="the compiled kernels are not built")
 
-EXTENSIONS = ["fastlstm._lstm", "fastlstm._rnn", "fastlstm._dense", "fastlstm._gru"]
+EXTENSIONS = ["fastlstm._lstm", "fastlstm._rnn", "fastlstm._dense", "fastlstm._gru",
+              "fastlstm._lstmp"]
 
 
 def run_python(code, **env):
@@ -67,9 +68,9 @@ def test_level_above_the_cpu_is_an_error_naming_the_variable():
 
 
 def test_set_isa_changes_all_extensions_together_and_restores():
-    from fastlstm import _dense, _gru, _lstm, _rnn, _runtime
+    from fastlstm import _dense, _gru, _lstm, _lstmp, _rnn, _runtime
     assert sorted(_runtime.isa_readers()) == sorted(m.__name__ for m in (_lstm, _rnn, _dense,
-                                                                         _gru))
+                                                                         _gru, _lstmp))
     before = _isa.current()
     with _isa.isa("generic"):
         assert _runtime.isa_level() == 0
