@@ -63,12 +63,13 @@ extensions = [
         include_dirs=["csrc", numpy.get_include()],
         depends=["csrc/fastlstm_kernels.h", "csrc/fastlstm_gemm.h", "csrc/fastlstm_dense.h",
                  "fastlstm/_blas.pxd", "fastlstm/_kernel_common.pxd",
-                 "fastlstm/_runtime.pxd", "csrc/fastlstm_isa.h"],
+                 "fastlstm/_runtime.pxd", "csrc/fastlstm_isa.h", "csrc/fastlstm_gru.h",
+                 "csrc/fastlstm_lstmp.h"],
         extra_compile_args=extra_compile,
         extra_link_args=omp_link,
         define_macros=define_macros,
     )
-    for name in ("_runtime", "_lstm", "_rnn", "_dense")
+    for name in ("_runtime", "_lstm", "_rnn", "_dense", "_gru", "_lstmp")
 ]
 
 setup(

@@ -17,7 +17,9 @@ reference with NumPy's BLAS limited to n threads (threadpoolctl), torch with
 call, so its cost stays out of the timings.
 
 FLOPs: forward = 2*T*B*(D+H)*4H (the two GEMMs of every step), forward+backward = 3x
-that. ``extra_info`` carries T, B, D, H, threads, impl, mode, flops and GFLOP/s (from
+that. ``test_projected`` measures the projected LSTM (``lstmp_forward`` /
+``lstmp_backward`` against ``torch.nn.LSTM(proj_size=P)``), forward+backward, with
+forward FLOPs 2*T*B*((D+P)*4H + H*P). ``extra_info`` carries T, B, D, H, threads, impl, mode, flops and GFLOP/s (from
 the mean time); benchmarks/conftest.py prints the comparison table at the end.
 Timings are never asserted.
 """
@@ -257,3 +259,120 @@ def test_memory(benchmark, bench_log, case):
     benchmark.pedantic(traced, rounds=1, iterations=1)
     bench_log.record_memory(benchmark, case=case_label(case), threads=MEMORY_THREADS,
                             peak_bytes=peak["bytes"], keep_bytes=must_keep_bytes(T, B, D, H))
+
+
+# --- the projected LSTM (LSTMP, torch's proj_size) -----------------------------------
+
+ALL_PROJECTED_CASES = [  # (T, B, D, H, P)
+    (100, 64, 256, 512, 128),
+    (25, 1, 65, 100, 50),    # the char-LM tutorial's shape, projected
+]
+PROJECTED_CASES = ALL_PROJECTED_CASES[1:] if QUICK else ALL_PROJECTED_CASES
+
+
+def projected_flops(T, B, D, H, P):
+    """forward+backward: 3x the forward's 2*T*B*((D+P)*4H + H*P)."""
+    return 3 * 2 * T * B * ((D + P) * 4 * H + H * P)
+
+
+def projected_label(case):
+    return "T{} B{} D{} H{} P{}".format(*case)
+
+
+@functools.lru_cache(maxsize=1)
+def projected_problem(case, seed=0):
+    """Inputs with PyTorch's initial weight magnitudes, and a random dhs (T, B, P)."""
+    T, B, D, H, P = case
+    rng = np.random.default_rng(seed)
+    k = 1 / np.sqrt(H)
+    return SimpleNamespace(
+        x=rng.standard_normal((T, B, D)).astype(DTYPE),
+        W_x=rng.uniform(-k, k, (D, 4 * H)).astype(DTYPE),
+        W_h=rng.uniform(-k, k, (P, 4 * H)).astype(DTYPE),
+        b=rng.uniform(-k, k, 4 * H).astype(DTYPE),
+        W_hr=rng.uniform(-k, k, (H, P)).astype(DTYPE),
+        dhs=rng.standard_normal((T, B, P)).astype(DTYPE),
+    )
+
+
+def projected_compiled_impl(case, n):
+    p = projected_problem(case)
+
+    def forward_backward():
+        _, _, cache = fastlstm.lstmp_forward(p.x, p.W_x, p.W_h, p.b, p.W_hr,
+                                             backend="cython", num_threads=n)
+        fastlstm.lstmp_backward(p.dhs, cache)
+
+    return forward_backward, contextlib.nullcontext
+
+
+def projected_reference_impl(case, n):
+    p = projected_problem(case)
+
+    def forward_backward():
+        _, _, cache = reference.lstmp_forward(p.x, p.W_x, p.W_h, p.b, p.W_hr)
+        reference.lstmp_backward(p.dhs, cache)
+
+    return forward_backward, functools.partial(threadpool_limits, limits=n, user_api="blas")
+
+
+@functools.lru_cache(maxsize=1)
+def torch_projected_lstm(case):
+    """A float32 torch.nn.LSTM(D, H, proj_size=P) with the problem's weights, checked
+    once against the compiled forward."""
+    torch = import_torch()
+    p = projected_problem(case)
+    T, B, D, H, P = case
+    lstm = torch.nn.LSTM(D, H, proj_size=P).float()
+    with torch.no_grad():
+        lstm.weight_ih_l0.copy_(torch.from_numpy(np.ascontiguousarray(p.W_x.T)))
+        lstm.weight_hh_l0.copy_(torch.from_numpy(np.ascontiguousarray(p.W_h.T)))
+        lstm.weight_hr_l0.copy_(torch.from_numpy(np.ascontiguousarray(p.W_hr.T)))
+        lstm.bias_ih_l0.copy_(torch.from_numpy(p.b))
+        lstm.bias_hh_l0.zero_()
+        out, _ = lstm(torch.from_numpy(p.x))
+    hs, _, _ = fastlstm.lstmp_forward(p.x, p.W_x, p.W_h, p.b, p.W_hr, backend="cython")
+    np.testing.assert_allclose(out.numpy(), hs, rtol=1e-3, atol=1e-4,
+                               err_msg="torch.nn.LSTM(proj_size) set-up differs from fastlstm")
+    return lstm
+
+
+def projected_torch_impl(case, n):
+    torch = import_torch()
+    p = projected_problem(case)
+    lstm = torch_projected_lstm(case)
+    xg = torch.from_numpy(p.x).requires_grad_(True)
+    dhs = torch.from_numpy(p.dhs)
+
+    def forward_backward():
+        lstm.zero_grad(set_to_none=True)
+        xg.grad = None
+        out, _ = lstm(xg)
+        out.backward(dhs)
+
+    return forward_backward, torch_thread_limit(n)
+
+
+PROJECTED_IMPLS = {"compiled": projected_compiled_impl, "reference": projected_reference_impl,
+                   "torch": projected_torch_impl}
+PROJECTED_PARAMS = [
+    pytest.param(case, threads, impl,
+                 id=f"T{case[0]}-B{case[1]}-D{case[2]}-H{case[3]}-P{case[4]}-{threads}thr-{impl}")
+    for case in PROJECTED_CASES for threads in THREADS for impl in PROJECTED_IMPLS
+]
+
+
+# torch runs projections on its generic path and says so once
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported")
+@pytest.mark.parametrize("case, threads, impl", PROJECTED_PARAMS)
+def test_projected(benchmark, bench_log, case, threads, impl):
+    T, B, D, H, P = case
+    run, thread_limit = PROJECTED_IMPLS[impl](case, threads)
+    flops = projected_flops(*case)
+    benchmark.group = f"LSTMP {projected_label(case)} {FORWARD_BACKWARD}, {threads} thread(s)"
+    benchmark.extra_info.update(T=T, B=B, D=D, H=H, P=P, threads=threads, impl=impl,
+                                mode=FORWARD_BACKWARD, flops=flops)
+    with thread_limit():
+        benchmark(run)
+    bench_log.record(benchmark, case=projected_label(case), threads=threads,
+                     mode=FORWARD_BACKWARD, impl=impl, flops=flops)

@@ -14,15 +14,20 @@ __version__ = "0.1.0"
 from . import _isa  # noqa: F401  (applies FASTLSTM_ISA, or the CPU's best, to every kernel)
 from ._config import config, show_config
 from ._containers import (InputModifiedError, LSTMCache, LSTMGrads, LSTMLookupCache,
-                          LSTMLookupGrads, RNNCache, RNNGrads, set_debug_checks)
+                          LSTMLookupGrads, LSTMPCache, LSTMPGrads, RNNCache, RNNGrads,
+                          set_debug_checks)
 from .lstm import lstm_backward, lstm_backward_lookup, lstm_forward, lstm_forward_lookup
+from .lstmp import lstmp_backward, lstmp_forward
 from .rnn import rnn_backward, rnn_forward
+from .gru import GRUCache, GRUGrads, gru_backward, gru_forward
 from . import nn, optim
 from .checkpoint import Checkpoint, CheckpointError, load, save
 from .gradcheck import gradcheck
 
 __all__ = ["lstm_forward", "lstm_backward", "lstm_forward_lookup", "lstm_backward_lookup",
+           "lstmp_forward", "lstmp_backward", "LSTMPGrads", "LSTMPCache",
            "rnn_forward", "rnn_backward", "LSTMGrads", "LSTMCache", "LSTMLookupGrads",
            "LSTMLookupCache", "RNNGrads", "RNNCache", "nn", "optim", "gradcheck", "save", "load",
            "Checkpoint", "CheckpointError", "show_config", "config", "__version__",
-           "InputModifiedError", "set_debug_checks"]
+           "InputModifiedError", "set_debug_checks",
+           "gru_forward", "gru_backward", "GRUGrads", "GRUCache"]

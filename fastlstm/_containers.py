@@ -313,6 +313,75 @@ class LSTMLookupCache(InputsRecord):
                 f"lengths={'yes' if self.lengths is not None else 'no'})")
 
 
+class LSTMPGrads(NamedTuple):
+    """Gradients of a projected-LSTM call (``lstmp_forward``); every array has the dtype
+    of the forward inputs (H cell units, P projected outputs).
+
+    dx   (T, B, D)  gradient w.r.t. the inputs ``x``
+    dh0  (B, P)     gradient w.r.t. the initial (projected) hidden state
+    dc0  (B, H)     gradient w.r.t. the initial cell state
+    dW_x (D, 4H)    gradient w.r.t. the input weights (gate blocks i, f, g, o)
+    dW_h (P, 4H)    gradient w.r.t. the recurrent weights
+    db   (4H,)      gradient w.r.t. the bias
+    dW_hr (H, P)    gradient w.r.t. the projection weights
+    """
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dc0: np.ndarray
+    dW_x: np.ndarray
+    dW_h: np.ndarray
+    db: np.ndarray
+    dW_hr: np.ndarray
+
+
+class LSTMPCache(_KernelCache):
+    """What ``lstmp_backward`` needs from ``lstmp_forward``; treat it as opaque.
+
+    Arrays (T steps, batch B, input D, H cell units, P projected outputs):
+      x         (T, B, D)     the inputs (referenced, not copied)
+      W_x (D, 4H), W_h (P, 4H), W_hr (H, P)   the weights (referenced, not copied)
+      gates     (T, B, 4H)    activated gates i, f, g, o of every step
+      h_states  (T+1, B, P)   h_states[0] = h0, h_states[t+1] = projected state after step t
+      c_states  (T+1, B, H)   the same for the cell state
+      m_states  (T, B, H)     m_t = o * tanh(c_t), the unprojected output of step t
+      lengths   (B,) intc or None
+    For steps past a sequence's length the states are carried unchanged, ``m_states``
+    is 0 and the gate values are unspecified.
+    """
+
+    __slots__ = ("W_hr", "gates", "c_states", "m_states")
+    INPUT_NAMES = ("x", "W_x", "W_h", "W_hr")
+
+    def __init__(self, x, W_x, W_h, W_hr, gates, h_states, c_states, m_states, lengths,
+                 num_threads: Optional[int], backend: str):
+        # (not _KernelCache.__init__: its fingerprint would miss W_hr, and computing
+        # one twice costs a full read of every array under set_debug_checks)
+        self.x, self.W_x, self.W_h, self.W_hr = x, W_x, W_h, W_hr
+        self.gates, self.h_states, self.c_states, self.m_states = (gates, h_states,
+                                                                   c_states, m_states)
+        self.lengths = lengths
+        self.num_threads = num_threads
+        self.backend = backend
+        self._record_inputs()
+
+    def _inputs(self):
+        return (self.x, self.W_x, self.W_h, self.W_hr)
+
+    @property
+    def sizes(self):
+        """``(T, B, D, H, P)``: steps, batch, input, cell and projected sizes."""
+        T, B, D = self.x.shape
+        H, P = self.W_hr.shape
+        return T, B, D, H, P
+
+    def __repr__(self):
+        T, B, D, H, P = self.sizes
+        return (f"LSTMPCache(T={T}, B={B}, D={D}, H={H}, P={P}, dtype={self.x.dtype}, "
+                f"backend={self.backend!r}, "
+                f"lengths={'yes' if self.lengths is not None else 'no'})")
+
+
 class RNNGrads(NamedTuple):
     """Gradients of a vanilla-RNN call; every array has the dtype of the forward inputs.
 
@@ -349,3 +418,48 @@ class RNNCache(_KernelCache):
 
     def __repr__(self):
         return f"RNNCache({self._describe()}, nonlinearity={self.nonlinearity!r})"
+
+
+class GRUGrads(NamedTuple):
+    """Gradients of a GRU call; every array has the dtype of the forward inputs.
+
+    dx   (T, B, D)   gradient w.r.t. the inputs ``x``
+    dh0  (B, H)      gradient w.r.t. the initial hidden state
+    dW_x (D, 3H)     gradient w.r.t. the input weights (gate blocks r, z, n)
+    dW_h (H, 3H)     gradient w.r.t. the recurrent weights
+    db_x (3H,)       gradient w.r.t. the input-side bias
+    db_h (3H,)       gradient w.r.t. the recurrent-side bias (its n block differs from
+                     db_x's: b_hn sits inside the reset gate's product)
+    """
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dW_x: np.ndarray
+    dW_h: np.ndarray
+    db_x: np.ndarray
+    db_h: np.ndarray
+
+
+class GRUCache(_KernelCache):
+    """What ``gru_backward`` needs from ``gru_forward``; treat it as opaque.
+
+      x         (T, B, D)     the inputs (referenced, not copied)
+      W_x, W_h                the weights (referenced, not copied)
+      gates     (T, B, 4H)    per step, blocks of H: r, z, n (activated) and
+                              a_hn = h_{t-1} W_hn + b_hn (the product the reset gate
+                              scales, which dr needs)
+      h_states  (T+1, B, H)   h_states[0] = h0, h_states[t+1] = state after step t
+      lengths   (B,) intc or None
+    For steps past a sequence's length the states are carried unchanged and the
+    gate values are unspecified. The biases are not kept: the backward needs neither.
+    """
+
+    __slots__ = ("gates",)
+
+    def __init__(self, x, W_x, W_h, gates, h_states, lengths, num_threads: Optional[int],
+                 backend: str):
+        super().__init__(x, W_x, W_h, h_states, lengths, num_threads, backend)
+        self.gates = gates
+
+    def __repr__(self):
+        return f"GRUCache({self._describe()})"

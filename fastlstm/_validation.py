@@ -8,7 +8,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from ._containers import LSTMCache, LSTMLookupCache, RNNCache
+from ._containers import LSTMCache, LSTMLookupCache, LSTMPCache, RNNCache
 
 BACKENDS = ("auto", "cython", "numpy")
 NONLINEARITIES = ("tanh", "relu")
@@ -386,6 +386,92 @@ def validate_lstm_backward_lookup(dhs, cache, dh_n, dc_n):
                                   ("dc_n", dc_n, (B, H), "(B, H)"), reference="table"))
 
 
+class LSTMPForwardArgs(NamedTuple):
+    x: np.ndarray
+    W_x: np.ndarray
+    W_h: np.ndarray
+    b: np.ndarray
+    W_hr: np.ndarray
+    h0: Optional[np.ndarray]
+    c0: Optional[np.ndarray]
+    lengths: Optional[np.ndarray]
+    backend: str
+    num_threads: Optional[int]
+
+
+def validate_lstmp_forward(x, W_x, W_h, b, W_hr, h0, c0, lengths, backend, num_threads):
+    """Check the arguments of ``lstmp_forward`` (the rules of ``lstm_forward``; W_hr
+    (H, P) sets the cell size H and the projected size P)."""
+    backend = check_backend(backend)
+    num_threads = check_num_threads(num_threads)
+    x = _checked_x(x)
+    dtype = x.dtype
+    W_hr = float_array("W_hr", W_hr, dtype)
+    if W_hr.ndim != 2 or W_hr.shape[0] < 1 or W_hr.shape[1] < 1:
+        raise ValueError(f"W_hr must have shape (H, P) (cell units to projected outputs) "
+                         f"with H, P >= 1, got {_describe(W_hr)}")
+    H, P = W_hr.shape
+    T, B, D = x.shape
+    _check_sizes(T, B, D, H)
+    if P > _BLAS_INT_MAX:
+        raise ValueError(f"P (W_hr.shape[1]) = {P} exceeds the 32-bit BLAS limit "
+                         f"{_BLAS_INT_MAX}")
+    W_h = float_array("W_h", W_h, dtype)
+    check_shape("W_h", W_h, (P, 4 * H), "(P, 4H) (gate blocks i, f, g, o)")
+    W_x = float_array("W_x", W_x, dtype)
+    check_shape("W_x", W_x, (D, 4 * H), "(D, 4H)")
+    b = float_array("b", b, dtype)
+    check_shape("b", b, (4 * H,), "(4H,)")
+    h0, c0 = _optional_arrays(dtype, ("h0", h0, (B, P), "(B, P)"),
+                              ("c0", c0, (B, H), "(B, H)"))
+    lengths = check_lengths(lengths, T, B)
+    return LSTMPForwardArgs(x, W_x, W_h, b, W_hr, h0, c0, lengths, backend, num_threads)
+
+
+def _check_lstmp_cache(cache):
+    """``_check_cache`` for an LSTMPCache: its arrays must agree with x and W_hr.
+    Returns ``(T, B, H, P)``."""
+    x, W_hr = cache.x, cache.W_hr
+    named = [("x", x), ("W_hr", W_hr), ("W_x", cache.W_x), ("W_h", cache.W_h),
+             ("gates", cache.gates), ("h_states", cache.h_states),
+             ("c_states", cache.c_states), ("m_states", cache.m_states)]
+    for name, a in named:
+        if not (isinstance(a, np.ndarray) and a.dtype in _FLOAT_DTYPES
+                and a.flags.c_contiguous):
+            raise TypeError(f"cache.{name} must be a C-contiguous float32/float64 array")
+    if x.ndim != 3 or W_hr.ndim != 2:
+        raise ValueError("cache.x must be (T, B, D) and cache.W_hr (H, P)")
+    T, B, D = x.shape
+    H, P = W_hr.shape
+    expected = [(D, 4 * H), (P, 4 * H), (T, B, 4 * H), (T + 1, B, P), (T + 1, B, H),
+                (T, B, H)]
+    for (name, a), shape in zip(named[2:], expected):
+        if a.shape != shape:
+            raise ValueError(f"cache.{name} has shape {a.shape}, expected {shape} "
+                             f"from cache.x {x.shape} and cache.W_hr {W_hr.shape}")
+    for name, a in named[1:]:
+        if a.dtype != x.dtype:
+            raise TypeError(f"cache.{name} has dtype {a.dtype}, cache.x {x.dtype}")
+    L = cache.lengths
+    if L is not None and not (isinstance(L, np.ndarray) and L.dtype == np.intc
+                              and L.shape == (B,) and L.flags.c_contiguous
+                              and (L.min() >= 0 and L.max() <= T)):
+        raise ValueError(f"cache.lengths must be a ({B},) intc array in [0, {T}]")
+    return T, B, H, P
+
+
+def validate_lstmp_backward(dhs, cache, dh_n, dc_n):
+    """Check the arguments of ``lstmp_backward``; returns ``(dhs, dh_n, dc_n)``."""
+    if not isinstance(cache, LSTMPCache):
+        raise TypeError(f"cache must be the LSTMPCache returned by lstmp_forward, "
+                        f"got {type(cache).__name__}")
+    T, B, H, P = _check_lstmp_cache(cache)
+    cache.check_inputs("lstmp_forward", "lstmp_backward")
+    return tuple(_optional_arrays(cache.x.dtype, ("dhs", dhs, (T, B, P), "(T, B, P)"),
+                                  ("dh_n", dh_n, (B, P), "(B, P)"),
+                                  ("dc_n", dc_n, (B, H), "(B, H)")))
+
+
 class RNNForwardArgs(NamedTuple):
     x: np.ndarray
     W_x: np.ndarray
@@ -440,3 +526,60 @@ def validate_rnn_backward(dhs, cache, dh_n, bptt_truncate):
     dhs, dh_n = _optional_arrays(dtype, ("dhs", dhs, (T, B, H), "(T, B, H)"),
                                  ("dh_n", dh_n, (B, H), "(B, H)"))
     return dhs, dh_n, check_bptt_truncate(bptt_truncate)
+
+
+# --- GRU ------------------------------------------------------------------------------
+from ._containers import GRUCache  # noqa: E402
+
+
+class GRUForwardArgs(NamedTuple):
+    x: np.ndarray
+    W_x: np.ndarray
+    W_h: np.ndarray
+    b_x: np.ndarray
+    b_h: np.ndarray
+    h0: Optional[np.ndarray]
+    lengths: Optional[np.ndarray]
+    backend: str
+    num_threads: Optional[int]
+
+
+def validate_gru_forward(x, W_x, W_h, b_x, b_h, h0, lengths, backend, num_threads):
+    """Check the arguments of ``gru_forward``; see docs/design.md for the contract."""
+    backend = check_backend(backend)
+    num_threads = check_num_threads(num_threads)
+    x = _checked_x(x)
+    dtype = x.dtype
+    W_h = float_array("W_h", W_h, dtype)
+    if W_h.ndim != 2 or W_h.shape[1] != 3 * W_h.shape[0]:
+        raise ValueError(f"W_h must have shape (H, 3H) (gate blocks r, z, n), "
+                         f"got {_describe(W_h)}")
+    T, B, D = x.shape
+    H = W_h.shape[0]
+    _check_sizes(T, B, D, H, gates=3)
+    W_x = float_array("W_x", W_x, dtype)
+    check_shape("W_x", W_x, (D, 3 * H), "(D, 3H)")
+    b_x = float_array("b_x", b_x, dtype)
+    check_shape("b_x", b_x, (3 * H,), "(3H,)")
+    b_h = float_array("b_h", b_h, dtype)
+    check_shape("b_h", b_h, (3 * H,), "(3H,)")
+    (h0,) = _optional_arrays(dtype, ("h0", h0, (B, H), "(B, H)"))
+    lengths = check_lengths(lengths, T, B)
+    return GRUForwardArgs(x, W_x, W_h, b_x, b_h, h0, lengths, backend, num_threads)
+
+
+def validate_gru_backward(dhs, cache, dh_n):
+    """Check the arguments of ``gru_backward``; returns ``(dhs, dh_n)``."""
+    if not isinstance(cache, GRUCache):
+        raise TypeError(f"cache must be the GRUCache returned by gru_forward, "
+                        f"got {type(cache).__name__}")
+    g = cache.gates
+    if not (isinstance(g, np.ndarray) and g.dtype in _FLOAT_DTYPES and g.flags.c_contiguous):
+        raise TypeError("cache.gates must be a C-contiguous float32/float64 array")
+    T, B, H, dtype = _checked_cache(cache, GRUCache, 3, "gru_forward", "gru_backward")
+    if g.shape != (T, B, 4 * H) or g.dtype != dtype:
+        raise ValueError(f"cache.gates has shape {g.shape} and dtype {g.dtype}, expected "
+                         f"{(T, B, 4 * H)} and {dtype} from cache.x and cache.W_h")
+    dhs, dh_n = _optional_arrays(dtype, ("dhs", dhs, (T, B, H), "(T, B, H)"),
+                                 ("dh_n", dh_n, (B, H), "(B, H)"))
+    return dhs, dh_n

@@ -1,8 +1,164 @@
-"""Placeholder until the gru branch lands (its functional API is being written)."""
+"""The public GRU functions: validate, pick a backend, run.
 
-def gru_forward(*a, **k):
-    raise NotImplementedError
+PyTorch's GRU, gate blocks r, z, n of H columns each (see ``fastlstm.reference`` and
+docs/design.md)::
+
+    r = sigmoid(x W_xr + b_xr + h W_hr + b_hr)
+    z = sigmoid(x W_xz + b_xz + h W_hz + b_hz)
+    n = tanh(x W_xn + b_xn + r * (h W_hn + b_hn))
+    h' = (1 - z) * n + z * h
+
+Both backends share one cache layout (``GRUCache``), so ``gru_backward`` runs with the
+backend that made the cache. The compiled kernels (fastlstm._gru) share a call out as
+the LSTM's do (``fastlstm._schedule``: batch slices, or hidden units for small batches
+of wide layers; fastlstm's own float32 step products where they pay).
+"""
+import warnings
+
+import numpy as np
+
+from . import _backend, reference
+from ._buffers import aligned_empty as _empty, backward_chunk_steps as _backward_chunk_steps
+from ._containers import GRUCache, GRUGrads
+from ._schedule import (Plan as _Plan, own_backward_gemm, own_step_gemm,
+                        plan_for as _plan_for, timed_kernel as _timed_kernel)
+from ._threads import blas_threads
+from ._validation import validate_gru_backward, validate_gru_forward
+
+try:
+    from . import _gru as _kernels
+    _IMPORT_ERROR = None
+except ImportError as exc:  # pragma: no cover - exercised only in broken installs
+    _kernels = None
+    _IMPORT_ERROR = exc
+_warned = False
+
+# Fewer sequences than threads (B = 1): one sequence's step product is a GEMV of 3H^2
+# weights. Up to this H the weights stay in one core's caches and a single thread
+# running the recursion alone is as fast as splitting the units, without the per-step
+# barrier that stalls whenever another process holds one of the cores.
+ONE_SEQUENCE_SPLIT_MIN_H = 1024
 
 
-def gru_backward(*a, **k):
-    raise NotImplementedError
+def _plan(B, H, num_threads, backward=False):
+    """The LSTM's thread plan (``fastlstm._schedule``), but a lone sequence of a
+    layer narrower than ONE_SEQUENCE_SPLIT_MIN_H runs on one thread."""
+    plan = _plan_for(B, H, num_threads, backward)
+    if plan.split_units and B < plan.n_threads and H < ONE_SEQUENCE_SPLIT_MIN_H:
+        return _Plan(B, H, 1)
+    return plan
+
+__all__ = ["gru_forward", "gru_backward", "GRUGrads", "GRUCache"]
+
+
+def gru_forward(x, W_x, W_h, b_x, b_h, h0=None, *, lengths=None, backend="auto",
+                num_threads=None):
+    """Run a GRU over a time-major batch.
+
+    Parameters
+    ----------
+    x : (T, B, D) float32 or float64
+    W_x : (D, 3H), W_h : (H, 3H)  same dtype as ``x``; gate blocks r, z, n (from a
+        ``torch.nn.GRU``: ``weight_ih_l0.T``, ``weight_hh_l0.T``)
+    b_x, b_h : (3H,)  the input-side and recurrent-side biases (torch's ``bias_ih_l0``,
+        ``bias_hh_l0``), kept apart because ``b_hn`` is scaled by the reset gate
+    h0 : (B, H) or None (zeros)
+    lengths : (B,) ints in [0, T] or None; past its length a sequence's state is carried
+        unchanged and ``hs[t, b] = 0`` (PyTorch packed-sequence semantics)
+    backend : "auto" | "cython" | "numpy";  num_threads : int >= 1 or None (all cores)
+
+    Returns
+    -------
+    hs : (T, B, H), h_n : (B, H) (each sequence's state after its own last step),
+    cache : GRUCache for ``gru_backward``; it references ``x``, ``W_x`` and ``W_h``
+        (``h0`` is copied, the biases are not needed), which must not change before the
+        backward pass (``gru_backward`` raises ``InputModifiedError`` if they did)
+    """
+    args = validate_gru_forward(x, W_x, W_h, b_x, b_h, h0, lengths, backend, num_threads)
+    if not _use_compiled(args.backend):
+        return reference.gru_forward(args.x, args.W_x, args.W_h, args.b_x, args.b_h,
+                                     args.h0, lengths=args.lengths,
+                                     num_threads=args.num_threads)
+    x, W_x, W_h = args.x, args.W_x, args.W_h
+    T, B, D = x.shape
+    H = W_h.shape[0]
+    dtype = x.dtype
+    gates = _empty((T, B, 4 * H), dtype)
+    h_states = _empty((T + 1, B, H), dtype)
+    h_states[0] = 0 if args.h0 is None else args.h0
+    hs = _empty((T, B, H), dtype)
+    plan = _plan(B, H, args.num_threads)
+    packed = None
+    if plan.rows_per_thread > 1 and own_step_gemm(dtype, T * plan.rows_per_thread):
+        packed = _empty((_kernels.packed_size(H, plan.split_units),), np.float32)
+    with blas_threads(1):
+        _timed_kernel(plan, ("gru-forward", T, B, D, H, dtype.char),
+                      _kernels.gru_forward_kernel, x, W_x, W_h, args.b_x, args.b_h, gates,
+                      h_states, hs, args.lengths, packed, plan.split_units,
+                      plan.n_threads)
+    cache = GRUCache(x, W_x, W_h, gates, h_states, args.lengths, args.num_threads,
+                     "cython")
+    return hs, h_states[T].copy(), cache
+
+
+def gru_backward(dhs, cache, dh_n=None):
+    """Backpropagate through ``gru_forward``.
+
+    Parameters
+    ----------
+    dhs : (T, B, H) or None (zeros);  cache : GRUCache from ``gru_forward``
+    dh_n : (B, H) or None  gradient w.r.t. ``h_n``, entering at each sequence's last step
+
+    Returns
+    -------
+    GRUGrads(dx (T,B,D), dh0 (B,H), dW_x (D,3H), dW_h (H,3H), db_x (3H,), db_h (3H,)),
+    in the dtype of the forward inputs
+
+    Raises
+    ------
+    InputModifiedError (a ValueError) naming ``x``, ``W_x`` or ``W_h`` if it changed in
+    place since the forward pass.
+    """
+    dhs, dh_n = validate_gru_backward(dhs, cache, dh_n)
+    if cache.backend == "numpy" or not _use_compiled("cython"):
+        return reference.gru_backward(dhs, cache, dh_n)
+    x, W_x, W_h = cache.x, cache.W_x, cache.W_h
+    T, B, D, H = cache.sizes
+    dtype = cache.dtype
+    dh = np.zeros((B, H), dtype) if dh_n is None else dh_n.copy()
+    dh_scratch = _empty((B, H), dtype)
+    plan = _plan(B, H, cache.num_threads, backward=True)
+    chunk_T = _backward_chunk_steps(T, B)
+    d_gx = _empty((chunk_T, B, 3 * H), dtype)
+    d_gh = _empty((chunk_T, B, 3 * H), dtype)
+    dx = _empty((T, B, D), dtype)
+    dW_x = _empty((D, 3 * H), dtype)
+    dW_h = _empty((H, 3 * H), dtype)
+    db_x = np.zeros(3 * H, np.float64)
+    db_h = np.zeros(3 * H, np.float64)
+    with blas_threads(1):
+        _timed_kernel(plan, ("gru-backward", T, B, D, H, dtype.char),
+                      _kernels.gru_backward_kernel, x, W_x, W_h, cache.gates,
+                      cache.h_states, dhs, cache.lengths, dh, dh_scratch, d_gx, d_gh, dx,
+                      dW_x, dW_h, db_x, db_h, own_backward_gemm(dtype, plan.rows_per_thread),
+                      plan.split_units, plan.n_threads)
+    return GRUGrads(dx, dh, dW_x, dW_h, db_x.astype(dtype), db_h.astype(dtype))
+
+
+def _use_compiled(backend):
+    """True to run the compiled kernels for ``backend`` (validated): as for the other
+    cells (``_backend.use_compiled``), with the GRU's own extension required too."""
+    global _warned
+    if not _backend.use_compiled(backend):
+        return False
+    if _kernels is not None:
+        return True
+    if backend == "cython":
+        raise ImportError(f"backend='cython' needs the compiled GRU kernels "
+                          f"(fastlstm._gru failed to load: {_IMPORT_ERROR}); build them "
+                          f"with 'pip install .' or 'python setup.py build_ext --inplace'")
+    if not _warned:
+        warnings.warn(f"fastlstm._gru failed to load ({_IMPORT_ERROR}); falling back to "
+                      f"the slow NumPy reference", RuntimeWarning, stacklevel=3)
+        _warned = True
+    return False

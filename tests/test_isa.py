@@ -14,7 +14,8 @@ from conftest import TESTS_DIR, child_env
 pytestmark = pytest.mark.skipif(not _backend.compiled_available(),
                                 reason="the compiled kernels are not built")
 
-EXTENSIONS = ["fastlstm._lstm", "fastlstm._rnn", "fastlstm._dense"]
+EXTENSIONS = ["fastlstm._lstm", "fastlstm._rnn", "fastlstm._dense", "fastlstm._gru",
+              "fastlstm._lstmp"]
 
 
 def run_python(code, **env):
@@ -23,7 +24,7 @@ def run_python(code, **env):
 
 
 def levels_code():
-    return ("import fastlstm, json; from fastlstm import _lstm, _rnn, _dense, _runtime; "
+    return ("import fastlstm, json; from fastlstm import _lstm, _rnn, _dense, _gru, _runtime; "
             "print(json.dumps([fastlstm.config()['isa'], _runtime.isa_level(), "
             "sorted(_runtime.isa_readers()), _lstm.packed_gemm_available()]))")
 
@@ -67,8 +68,9 @@ def test_level_above_the_cpu_is_an_error_naming_the_variable():
 
 
 def test_set_isa_changes_all_extensions_together_and_restores():
-    from fastlstm import _dense, _lstm, _rnn, _runtime
-    assert sorted(_runtime.isa_readers()) == sorted(m.__name__ for m in (_lstm, _rnn, _dense))
+    from fastlstm import _dense, _gru, _lstm, _lstmp, _rnn, _runtime
+    assert sorted(_runtime.isa_readers()) == sorted(m.__name__ for m in (_lstm, _rnn, _dense,
+                                                                         _gru, _lstmp))
     before = _isa.current()
     with _isa.isa("generic"):
         assert _runtime.isa_level() == 0
