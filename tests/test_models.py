@@ -50,8 +50,10 @@ SENTIMENT_GRADCHECKS = [   # (cell, bidirectional, layers, pooling): each poolin
                          ids=[f"{'bi' * b}{c}-{n}layer-{p}"
                               for c, b, n, p in SENTIMENT_GRADCHECKS])
 def test_sentiment_classifier_passes_gradcheck(cell, bidirectional, layers, pooling):
+    # One thread: at these sizes a direction pair on two threads only waits for the
+    # other (tens of ms per call on a busy machine, over thousands of calls here).
     m = SentimentClassifier(8, 3, 4, layers, pooling=pooling, dtype=F64, seed=5, cell=cell,
-                            bidirectional=bidirectional)
+                            bidirectional=bidirectional, num_threads=1)
     rng = np.random.default_rng(6)
     ids = rng.integers(0, 8, (5, 3))
     lengths = np.array([5, 2, 3])
@@ -116,7 +118,7 @@ def test_sentiment_classifier_learns_a_separable_task_and_ignores_padding():
 def test_bidirectional_classifier_pools_both_directions_and_ignores_padding(cell, pooling):
     H, T = 5, 6
     m = SentimentClassifier(9, 3, H, num_layers=2, pooling=pooling, dtype=F64, seed=2,
-                            cell=cell, bidirectional=True).eval()
+                            cell=cell, bidirectional=True, num_threads=1).eval()
     assert m.head.W.data.shape == (2 * H, 1)
     rng = np.random.default_rng(3)
     ids = rng.integers(1, 9, (T, 4))
