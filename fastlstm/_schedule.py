@@ -44,9 +44,10 @@ def own_backward_gemm(dtype, rows_per_thread):
 
 
 class StallGuard:
-    """Falls back to one thread when the hidden-unit split stalls.
+    """Falls back to one thread when the hidden-unit split (or a pair of calls) stalls.
 
-    The unit split meets at a barrier every step, so it needs all its threads running.
+    The unit split meets at a barrier every step, so it needs all its threads running
+    (a pair of calls, the two directions of a bidirectional layer, meets at a few).
     When other busy processes share the cores, a descheduled thread holds the others at
     the barrier for a scheduler time slice, many times the call itself. A call far slower
     than the fastest call of its shape is taken as such a stall: the unit split then runs
@@ -105,6 +106,19 @@ def plan_for(B, H, num_threads, backward=False):
     if plan.split_units and plan.n_threads > 1 and stall_guard.backing_off():
         plan = Plan(B, H, 1, unit_rows)
     return plan
+
+
+def run_pair(key, kernel, *calls):
+    """Run a pair kernel (two calls in one parallel region, one thread each) and time it
+    for the stall guard: its two threads meet at barriers, so a busy machine stalls it
+    as it stalls a unit split. Returns False, running nothing, while the guard backs off:
+    the caller then runs the two calls one after the other."""
+    if stall_guard.backing_off():
+        return False
+    start = time.perf_counter()
+    kernel(*calls)
+    stall_guard.record(("pair",) + key, time.perf_counter() - start)
+    return True
 
 
 def timed_kernel(plan, key, kernel, *args):

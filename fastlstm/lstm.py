@@ -10,7 +10,7 @@ import numpy as np
 from . import _backend, reference
 from ._buffers import aligned_empty as _empty, backward_chunk_steps as _backward_chunk_steps
 from ._containers import LSTMCache, LSTMGrads, LSTMLookupCache, LSTMLookupGrads
-from ._schedule import (own_backward_gemm, plan_for as _plan_for,
+from ._schedule import (own_backward_gemm, plan_for as _plan_for, run_pair,
                         timed_kernel as _timed_kernel)
 from ._threads import blas_threads
 from ._validation import (validate_lstm_backward, validate_lstm_backward_lookup,
@@ -133,7 +133,10 @@ def lstm_forward_pair(first, second):
         return lstm_forward(**first), lstm_forward(**second)
     calls = [_ForwardCall(a), _ForwardCall(b)]
     with blas_threads(1):
-        _backend.lstm_kernels.lstm_forward_pair_kernel(*(c.arguments for c in calls))
+        if not run_pair(calls[0].key, _backend.lstm_kernels.lstm_forward_pair_kernel,
+                        *(c.arguments for c in calls)):
+            for c in calls:
+                _backend.lstm_kernels.lstm_forward_kernel(*c.arguments)
     return calls[0].result(), calls[1].result()
 
 
@@ -205,7 +208,10 @@ def lstm_backward_pair(first, second):
     calls = [_BackwardCall(dhs, cache, dh_n, dc_n)
              for (dhs, dh_n, dc_n), cache in zip(checked, caches)]
     with blas_threads(1):
-        _backend.lstm_kernels.lstm_backward_pair_kernel(*(c.arguments for c in calls))
+        if not run_pair(calls[0].key, _backend.lstm_kernels.lstm_backward_pair_kernel,
+                        *(c.arguments for c in calls)):
+            for c in calls:
+                _backend.lstm_kernels.lstm_backward_kernel(*c.arguments)
     return tuple(c.result() for c in calls)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 from . import _backend, reference
 from ._buffers import aligned_empty, backward_chunk_steps
 from ._containers import RNNCache, RNNGrads
-from ._schedule import own_backward_gemm, own_step_gemm
+from ._schedule import own_backward_gemm, own_step_gemm, run_pair
 from ._threads import blas_threads, resolve_num_threads
 from ._validation import validate_rnn_backward, validate_rnn_forward
 
@@ -97,8 +97,12 @@ def rnn_forward_pair(first, second):
                                                             b.x.dtype)):
         return rnn_forward(**first), rnn_forward(**second)
     calls = [_ForwardCall(a, 1), _ForwardCall(b, 1)]
+    key = ("rnn forward",) + a.x.shape + (a.W_h.shape[0], a.x.dtype.char)
     with blas_threads(1):
-        _backend.rnn_kernels.rnn_forward_pair_kernel(*(c.arguments for c in calls))
+        if not run_pair(key, _backend.rnn_kernels.rnn_forward_pair_kernel,
+                        *(c.arguments for c in calls)):
+            for c in calls:
+                _backend.rnn_kernels.rnn_forward_kernel(*c.arguments)
     return calls[0].result(), calls[1].result()
 
 
@@ -181,6 +185,10 @@ def rnn_backward_pair(first, second):
         return rnn_backward(*first), rnn_backward(*second)
     calls = [_BackwardCall(dhs, cache, dh_n, k)
              for (dhs, dh_n, k), cache in zip(checked, caches)]
+    key = ("rnn backward",) + caches[0].sizes + (caches[0].dtype.char, truncation[0])
     with blas_threads(1):
-        _backend.rnn_kernels.rnn_backward_pair_kernel(*(c.arguments for c in calls))
+        if not run_pair(key, _backend.rnn_kernels.rnn_backward_pair_kernel,
+                        *(c.arguments for c in calls)):
+            for c in calls:
+                _backend.rnn_kernels.rnn_backward_kernel(*c.arguments)
     return calls[0].result(), calls[1].result()

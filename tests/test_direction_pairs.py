@@ -173,3 +173,35 @@ def test_a_pair_on_one_granted_thread():
     proc = subprocess.run([sys.executable, "-c", script], cwd=tests, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("cell", list(FUNCTIONS))
+def test_a_stalling_pair_backs_off_to_one_call_after_the_other(cell, monkeypatch):
+    """While the stall guard backs off (a busy machine held a pair's threads up), the
+    pair functions run the two calls one after the other, with the same results."""
+    from fastlstm import _schedule
+    forward, backward, forward_pair, backward_pair = FUNCTIONS[cell]
+    first = _inputs(cell, 7, 3, 4, 9, np.float32, 8, np.array([7, 0, 4]))
+    second = _inputs(cell, 7, 3, 4, 9, np.float32, 9, np.array([7, 0, 4]))
+    calls = []
+    kernels = _backend.lstm_kernels if cell == "lstm" else _backend.rnn_kernels
+    for name in (f"{cell}_forward_pair_kernel", f"{cell}_backward_pair_kernel"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name,
+                            lambda *a, _real=real, _name=name: (calls.append(_name),
+                                                                _real(*a))[1])
+    expected = [forward(**first), forward(**second)]
+    for backing_off in (False, True):
+        calls.clear()
+        monkeypatch.setattr(_schedule.stall_guard, "until",
+                            float("inf") if backing_off else 0.0)
+        paired = forward_pair(first, second)
+        args = [_backward_args(cell, r, np.ones((7, 3, 9), np.float32), 10) for r in paired]
+        grads = backward_pair(*args)
+        assert len(calls) == (0 if backing_off else 2)
+        for p, a in zip(paired, expected):
+            for got, want in zip(_flat(p), _flat(a)):
+                np.testing.assert_array_equal(got, want)
+        for g, a in zip(grads, args):
+            for got, want in zip(g, backward(*a)):
+                np.testing.assert_array_equal(got, want)
