@@ -29,3 +29,14 @@ def test_readme_training_example_learns(capsys, tmp_path, monkeypatch):
     assert list(ck.model) == ["embed", "lstm", "head"]
     rebuilt = [p for m in ck.model.values() for p in m.parameters()]
     assert [id(p) for p in ck.optimizer.params] == [id(p) for p in rebuilt]
+
+
+@pytest.mark.skipif(not README.exists(), reason="README.md is not beside the tests")
+def test_readme_bidirectional_example_prints_its_shapes(capsys):
+    import numpy as np
+    from fastlstm import nn
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    block = next(b for b in blocks if "bidirectional=True" in b)
+    exec(compile(block, "README.md", "exec"), {"np": np, "nn": nn, "T": 32, "B": 16, "H": 64})
+    printed = capsys.readouterr().out.strip()
+    assert printed == re.search(r"print\(.*\)\s+# (.*)", block).group(1).strip()
