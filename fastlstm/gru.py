@@ -43,6 +43,19 @@ _warned = False
 ONE_SEQUENCE_SPLIT_MIN_H = 1024
 
 
+# The backward's chunks of d_gx and d_gh: the shared heuristic (``backward_chunk_steps``,
+# chunks of 64 to 256 rows), or more steps while each buffer stays within this many
+# bytes. Every chunk costs two barriers between the threads; a smaller problem in fewer
+# chunks keeps its buffers in cache all the same, and meets less often.
+CHUNK_BUFFER_BYTES = 1 << 20
+
+
+def _chunk_steps(T, B, H, dtype):
+    """Steps per backward chunk."""
+    by_bytes = CHUNK_BUFFER_BYTES // (B * 3 * H * np.dtype(dtype).itemsize)
+    return min(T, max(_backward_chunk_steps(T, B), by_bytes))
+
+
 def _plan(B, H, num_threads, backward=False):
     """The LSTM's thread plan (``fastlstm._schedule``), but a lone sequence of a
     layer narrower than ONE_SEQUENCE_SPLIT_MIN_H runs on one thread."""
@@ -132,7 +145,7 @@ def gru_backward(dhs, cache, dh_n=None):
     dh = np.zeros((B, H), dtype) if dh_n is None else dh_n.copy()
     dh_scratch = _empty((B, H), dtype)
     plan = _plan(B, H, cache.num_threads, backward=True)
-    chunk_T = _backward_chunk_steps(T, B)
+    chunk_T = _chunk_steps(T, B, H, dtype)
     d_gx = _empty((chunk_T, B, 3 * H), dtype)
     d_gh = _empty((chunk_T, B, 3 * H), dtype)
     dx = _empty((T, B, D), dtype)
@@ -240,7 +253,7 @@ def gru_backward_lookup(dhs, cache, dh_n=None):
     dh = np.zeros((B, H), dtype) if dh_n is None else dh_n.copy()
     dh_scratch = _empty((B, H), dtype)
     plan = _plan(B, H, cache.num_threads, backward=True)
-    chunk_T = _backward_chunk_steps(T, B)
+    chunk_T = _chunk_steps(T, B, H, dtype)
     d_gx = _empty((chunk_T, B, 3 * H), dtype)
     d_gh = _empty((chunk_T, B, 3 * H), dtype)
     d_table = np.zeros(cache.table.shape, dtype)

@@ -308,8 +308,11 @@ OPTIONS = {
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-def test_compiled_matches_reference(dtype, shape, threads, lengths, options):
+def test_compiled_matches_reference(monkeypatch, dtype, shape, threads, lengths, options):
     T, B, D, H = SHAPES[shape]
+    if shape == "chunks":   # the shared chunk heuristic alone: several chunks
+        monkeypatch.setattr(gru_module, "CHUNK_BUFFER_BYTES", 0)
+        assert gru_module._chunk_steps(T, B, H, dtype) * 3 < T
     p = gru_problem(T, B, D, H, dtype, seed=T + B + H)
     L = mixed_lengths(T, B) if lengths == "mixed" else None
     assert_matches_reference(p, dtype, lengths=L, num_threads=threads, **OPTIONS[options])
@@ -753,9 +756,13 @@ LOOKUP_SHAPES = {"small": (6, 4, 5, 9), "one-sequence": (7, 1, 3, 13),
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape", list(LOOKUP_SHAPES))
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-def test_lookup_matches_reference_on_one_hot_inputs(dtype, shape, threads, lengths):
+def test_lookup_matches_reference_on_one_hot_inputs(monkeypatch, dtype, shape, threads,
+                                                    lengths):
     """table = W_x with one-hot x: the lookup's d_table is the reference's dW_x."""
     T, B, V, H = LOOKUP_SHAPES[shape]
+    if shape == "chunks":
+        monkeypatch.setattr(gru_module, "CHUNK_BUFFER_BYTES", 0)
+        assert gru_module._chunk_steps(T, B, H, dtype) * 3 < T
     p = lookup_problem(T, B, V, H, dtype, seed=T + H)
     L = mixed_lengths(T, B) if lengths == "mixed" else None
     hs, h_n, cache = fastlstm.gru_forward_lookup(p["ids"], p["table"], p["W_h"], p["b_x"],
