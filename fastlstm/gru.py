@@ -22,8 +22,8 @@ import numpy as np
 from . import _backend, reference
 from ._buffers import aligned_empty as _empty, backward_chunk_steps as _backward_chunk_steps
 from ._containers import GRUCache, GRUGrads, GRULookupCache, GRULookupGrads
-from ._schedule import (Plan as _Plan, own_backward_gemm, own_step_gemm,
-                        plan_for as _plan_for, timed_kernel as _timed_kernel)
+from ._schedule import (own_backward_gemm, own_step_gemm, plan_for as _plan_for,
+                        timed_kernel as _timed_kernel)
 from ._threads import blas_threads
 from ._validation import (validate_gru_backward, validate_gru_backward_lookup,
                           validate_gru_forward, validate_gru_forward_lookup)
@@ -36,13 +36,6 @@ except ImportError as exc:  # pragma: no cover - exercised only in broken instal
     _IMPORT_ERROR = exc
 _warned = False
 
-# Fewer sequences than threads (B = 1): one sequence's step product is a GEMV of 3H^2
-# weights. Up to this H the weights stay in one core's caches and a single thread
-# running the recursion alone is as fast as splitting the units, without the per-step
-# barrier that stalls whenever another process holds one of the cores.
-ONE_SEQUENCE_SPLIT_MIN_H = 1024
-
-
 # The backward's chunks of d_gx and d_gh: the shared heuristic (``backward_chunk_steps``,
 # chunks of 64 to 256 rows), or more steps while each buffer stays within this many
 # bytes. Every chunk costs two barriers between the threads; a smaller problem in fewer
@@ -54,18 +47,6 @@ def _chunk_steps(T, B, H, dtype):
     """Steps per backward chunk."""
     by_bytes = CHUNK_BUFFER_BYTES // (B * 3 * H * np.dtype(dtype).itemsize)
     return min(T, max(_backward_chunk_steps(T, B), by_bytes))
-
-
-def _plan(B, H, num_threads, backward=False):
-    """The LSTM's thread plan (``fastlstm._schedule``), but a lone sequence of a
-    layer narrower than ONE_SEQUENCE_SPLIT_MIN_H runs on one thread."""
-    plan = _plan_for(B, H, num_threads, backward)
-    if plan.split_units and B < plan.n_threads and H < ONE_SEQUENCE_SPLIT_MIN_H:
-        return _Plan(B, H, 1)
-    return plan
-
-__all__ = ["gru_forward", "gru_backward", "GRUGrads", "GRUCache", "gru_forward_lookup",
-           "gru_backward_lookup", "GRULookupGrads", "GRULookupCache"]
 
 
 def gru_forward(x, W_x, W_h, b_x, b_h, h0=None, *, lengths=None, backend="auto",
@@ -104,7 +85,7 @@ def gru_forward(x, W_x, W_h, b_x, b_h, h0=None, *, lengths=None, backend="auto",
     h_states = _empty((T + 1, B, H), dtype)
     h_states[0] = 0 if args.h0 is None else args.h0
     hs = _empty((T, B, H), dtype)
-    plan = _plan(B, H, args.num_threads)
+    plan = _plan_for(B, H, args.num_threads)
     packed = None
     if plan.rows_per_thread > 1 and own_step_gemm(dtype, T * plan.rows_per_thread):
         packed = _empty((_kernels.packed_size(H, plan.split_units),), np.float32)
@@ -144,7 +125,7 @@ def gru_backward(dhs, cache, dh_n=None):
     dtype = cache.dtype
     dh = np.zeros((B, H), dtype) if dh_n is None else dh_n.copy()
     dh_scratch = _empty((B, H), dtype)
-    plan = _plan(B, H, cache.num_threads, backward=True)
+    plan = _plan_for(B, H, cache.num_threads, backward=True)
     chunk_T = _chunk_steps(T, B, H, dtype)
     d_gx = _empty((chunk_T, B, 3 * H), dtype)
     d_gh = _empty((chunk_T, B, 3 * H), dtype)
@@ -216,7 +197,7 @@ def gru_forward_lookup(ids, table, W_h, b_x, b_h, h0=None, *, lengths=None,
     h_states = _empty((T + 1, B, H), dtype)
     h_states[0] = 0 if args.h0 is None else args.h0
     hs = _empty((T, B, H), dtype)
-    plan = _plan(B, H, args.num_threads)
+    plan = _plan_for(B, H, args.num_threads)
     packed = None
     if plan.rows_per_thread > 1 and own_step_gemm(dtype, T * plan.rows_per_thread):
         packed = _empty((_kernels.packed_size(H, plan.split_units),), np.float32)
@@ -252,7 +233,7 @@ def gru_backward_lookup(dhs, cache, dh_n=None):
     dtype = cache.dtype
     dh = np.zeros((B, H), dtype) if dh_n is None else dh_n.copy()
     dh_scratch = _empty((B, H), dtype)
-    plan = _plan(B, H, cache.num_threads, backward=True)
+    plan = _plan_for(B, H, cache.num_threads, backward=True)
     chunk_T = _chunk_steps(T, B, H, dtype)
     d_gx = _empty((chunk_T, B, 3 * H), dtype)
     d_gh = _empty((chunk_T, B, 3 * H), dtype)

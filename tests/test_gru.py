@@ -335,7 +335,6 @@ def test_every_path_matches_reference(monkeypatch, shape, split, own_kernels, is
     if split == "units":   # every batch split into units
         monkeypatch.setattr(_schedule, "UNIT_SPLIT_MAX_ROWS", 1 << 20)
         monkeypatch.setattr(_schedule, "UNIT_SPLIT_MIN_H", 1)
-        monkeypatch.setattr(gru_module, "ONE_SEQUENCE_SPLIT_MIN_H", 1)
     elif split == "rows":
         monkeypatch.setattr(_schedule, "UNIT_SPLIT_MAX_ROWS", 0)
         monkeypatch.setattr(_schedule, "UNIT_SPLIT_BACKWARD_MAX_ROWS_AVX2", -1)
@@ -344,7 +343,7 @@ def test_every_path_matches_reference(monkeypatch, shape, split, own_kernels, is
     monkeypatch.setattr(_schedule.stall_guard, "backing_off", lambda now=None: False)
     if split is not None:
         for backward in (False, True):
-            plan = gru_module._plan(B, H, 2, backward)
+            plan = _schedule.plan_for(B, H, 2, backward)
             assert plan.split_units == (split == "units")
             assert plan.n_threads == (1 if split == "rows" and B == 1 else 2)
     p = gru_problem(T, B, D, H, np.float32, seed=3)
