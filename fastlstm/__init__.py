@@ -19,7 +19,8 @@ from ._containers import (InputModifiedError, LSTMCache, LSTMGrads, LSTMLookupCa
 from .lstm import lstm_backward, lstm_backward_lookup, lstm_forward, lstm_forward_lookup
 from .lstmp import lstmp_backward, lstmp_forward
 from .rnn import rnn_backward, rnn_forward
-from .gru import GRUCache, GRUGrads, gru_backward, gru_forward
+from .gru import (GRUCache, GRUGrads, GRULookupCache, GRULookupGrads, gru_backward,
+                  gru_backward_lookup, gru_forward, gru_forward_lookup)
 from . import nn, optim
 from .checkpoint import Checkpoint, CheckpointError, load, save
 from .gradcheck import gradcheck
@@ -30,4 +31,5 @@ __all__ = ["lstm_forward", "lstm_backward", "lstm_forward_lookup", "lstm_backwar
            "LSTMLookupCache", "RNNGrads", "RNNCache", "nn", "optim", "gradcheck", "save", "load",
            "Checkpoint", "CheckpointError", "show_config", "config", "__version__",
            "InputModifiedError", "set_debug_checks",
-           "gru_forward", "gru_backward", "GRUGrads", "GRUCache"]
+           "gru_forward", "gru_backward", "GRUGrads", "GRUCache", "gru_forward_lookup",
+           "gru_backward_lookup", "GRULookupGrads", "GRULookupCache"]

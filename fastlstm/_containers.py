@@ -463,3 +463,59 @@ class GRUCache(_KernelCache):
 
     def __repr__(self):
         return f"GRUCache({self._describe()})"
+
+
+class GRULookupGrads(NamedTuple):
+    """Gradients of a GRU call whose inputs were looked up (``gru_forward_lookup``);
+    every array has the dtype of the table.
+
+    d_table (V, 3H)  gradient w.r.t. the table: row v sums the input-side pre-activation
+                     gradients (w.r.t. x W_x + b_x) of the steps whose id is v (for a
+                     table ``E @ W_x``, dW_x = E^T d_table and dE = d_table W_x^T; for
+                     one-hot inputs, table = W_x, it is dW_x)
+    dh0     (B, H)   gradient w.r.t. the initial hidden state
+    dW_h    (H, 3H)  gradient w.r.t. the recurrent weights
+    db_x    (3H,)    gradient w.r.t. the input-side bias
+    db_h    (3H,)    gradient w.r.t. the recurrent-side bias
+    """
+
+    d_table: np.ndarray
+    dh0: np.ndarray
+    dW_h: np.ndarray
+    db_x: np.ndarray
+    db_h: np.ndarray
+
+
+class GRULookupCache(InputsRecord):
+    """What ``gru_backward_lookup`` needs from ``gru_forward_lookup``; treat it as opaque.
+
+      table     (V, 3H)       the looked-up rows (referenced, not copied)
+      ids       (T*B,) intc   step t of sequence b read row ids[t*B + b] (referenced
+                              when the caller's ids were intc and contiguous, else a copy)
+      W_h                     the recurrent weights (referenced, not copied)
+      gates, h_states, lengths   as in ``GRUCache``
+    The compiled kernels alone run lookups, so there is no ``backend`` field.
+    """
+
+    __slots__ = ("table", "ids", "W_h", "gates", "h_states", "lengths", "num_threads")
+    INPUT_NAMES = ("table", "ids", "W_h")
+
+    def __init__(self, table, ids, W_h, gates, h_states, lengths,
+                 num_threads: Optional[int]):
+        self.table, self.ids, self.W_h = table, ids, W_h
+        self.gates, self.h_states = gates, h_states
+        self.lengths, self.num_threads = lengths, num_threads
+        self._record_inputs()
+
+    def _inputs(self):
+        return (self.table, self.ids, self.W_h)
+
+    @property
+    def dtype(self):
+        return self.table.dtype
+
+    def __repr__(self):
+        T, B, G = self.gates.shape
+        return (f"GRULookupCache(T={T}, B={B}, V={self.table.shape[0]}, H={G // 4}, "
+                f"dtype={self.table.dtype}, "
+                f"lengths={'yes' if self.lengths is not None else 'no'})")

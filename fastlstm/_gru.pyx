@@ -19,6 +19,11 @@ The backward keeps, per chunk of steps, the gradients w.r.t. both pre-activation
 block (``d_gh_n = d_gx_n * r``); per step ``dh_{t-1} = dh_t * z + d_gh W_h^T``, and per
 chunk dx, dW_x, db_x from d_gx and dW_h, db_h from d_gh. dh lives in two (B, H) buffers
 used in turn (the product of a step is added to the direct path ``dh * z``).
+
+A lookup (``gru_forward_lookup_kernel`` / ``gru_backward_lookup_kernel``) takes ids and a
+table of projected inputs (rows of x W_x, without b_x) in place of x and W_x: each step's
+projection is the table row of its id plus b_x, and the backward gathers d_gx by id into
+the table's gradient instead of computing dx and dW_x.
 """
 from cython cimport floating
 from cython.parallel cimport parallel, threadid
@@ -133,12 +138,15 @@ cdef inline void _backward_step_gemm(int M, int N, int K, const floating *d_gh, 
 cdef struct _Forward:
     int T                   # steps
     int B                   # sequences
-    int D                   # inputs per step
+    int D                   # inputs per step (0 for a lookup)
     int H                   # hidden units; 3H gate columns
     bint split_units        # the recursion shared out by hidden units, not batch rows
     int n_threads
-    const void *x           # (T, B, D)
-    const void *W_x         # (D, 3H)
+    const void *x           # (T, B, D), or NULL for a lookup
+    const void *W_x         # (D, 3H), or NULL for a lookup
+    const int *ids          # (T*B,) intc: step t of sequence b reads table row
+                            # ids[t*B + b]; NULL unless a lookup
+    const void *table       # (V, 3H) projected inputs (x W_x), for a lookup; else NULL
     const void *W_h         # (H, 3H)
     const void *b_x         # (3H,)
     const void *b_h         # (3H,)
@@ -168,18 +176,28 @@ cdef void _forward_worker(const _Forward *a, Py_ssize_t tid, Py_ssize_t n_thread
     cdef float *packed = a.packed
     cdef Py_ssize_t G3 = 3 * H, G4 = 4 * H, BH = <Py_ssize_t>B * H
     cdef Py_ssize_t r, r0, r1, p0, p1, b0, b1, u0 = 0, u1 = 0, nb, nu = 0, t, at, gate
-    cdef Py_ssize_t block = 0
+    cdef Py_ssize_t block = 0, j
     cdef float *packed_gate = NULL
+    cdef const floating *table = <const floating *>a.table
+    cdef const floating *table_row
+    cdef floating *gate_row
 
-    # 1. The input projection of every step, x W_x + b_x, into columns [0, 3H) of the
-    #    gate rows, a block of rows per thread; meanwhile this thread's share of W_h is
-    #    packed (float32 kernels only).
+    # 1. The input projection of every step, x W_x + b_x (for a lookup, the table row of
+    #    each step's id + b_x), into columns [0, 3H) of the gate rows, a block of rows per
+    #    thread; meanwhile this thread's share of W_h is packed (float32 kernels only).
     _split(<Py_ssize_t>T * B, tid, n_threads, &r0, &r1)
-    for r in range(r0, r1):
-        memcpy(gates + r * G4, b_x, G3 * sizeof(floating))
-    gemm(False, False, <int>(r1 - r0), <int>G3, D, <floating>1.0,
-         <const floating *>a.x + r0 * D, D, <const floating *>a.W_x, <int>G3,
-         <floating>1.0, gates + r0 * G4, <int>G4)
+    if a.ids != NULL:
+        for r in range(r0, r1):
+            table_row = table + <Py_ssize_t>a.ids[r] * G3
+            gate_row = gates + r * G4
+            for j in range(G3):
+                gate_row[j] = b_x[j] + table_row[j]
+    else:
+        for r in range(r0, r1):
+            memcpy(gates + r * G4, b_x, G3 * sizeof(floating))
+        gemm(False, False, <int>(r1 - r0), <int>G3, D, <floating>1.0,
+             <const floating *>a.x + r0 * D, D, <const floating *>a.W_x, <int>G3,
+             <floating>1.0, gates + r0 * G4, <int>G4)
     if split_units:
         _split_aligned(H, FL_NR if packed != NULL else UNIT_ALIGN, tid, n_threads, &u0, &u1)
         nu = u1 - u0
@@ -230,51 +248,96 @@ cdef void _forward_worker(const _Forward *a, Py_ssize_t tid, Py_ssize_t n_thread
 def gru_forward_kernel(x, W_x, W_h, b_x, b_h, gates, h_states, hs, lengths, packed,
                        bint split_units, int n_threads):
     """Fill gates (T,B,4H), h_states (T+1,B,H; index 0 preset to h0) and hs (T,B,H).
-    All arrays C-contiguous of one float dtype; lengths (B,) intc or None. ``packed`` (float32 only: packed_size(H, split_units) floats, or None) turns
-    on the packed recurrent GEMM; ``split_units`` shares the recursion out by hidden
-    units instead of batch rows; ``n_threads`` is taken as given (the caller caps it)."""
+    All arrays C-contiguous of one float dtype; lengths (B,) intc or None. ``packed``
+    (float32 only: packed_size(H, split_units) floats, or None) turns on the packed
+    recurrent GEMM; ``split_units`` shares the recursion out by hidden units instead of
+    batch rows; ``n_threads`` is taken as given (the caller caps it)."""
     cdef _Forward a
-    cdef fl_step_barrier step_barrier
-    cdef int alloc_failed
-    cdef int typenum = _float_typenum(x, "x")
+    cdef int typenum = _forward_arrays(&a, W_h, b_x, b_h, gates, h_states, hs, lengths,
+                                       packed, split_units, n_threads)
     a.x = _data(x, typenum, 3, False, "x")
     a.W_x = _data(W_x, typenum, 2, False, "W_x")
+    a.T = <int>_dim(x, 0)   # (the inputs set the sizes; the outputs are checked on them)
+    a.B = <int>_dim(x, 1)
+    a.D = <int>_dim(x, 2)
+    a.ids = NULL
+    a.table = NULL
+    _check_forward_dims(&a, W_h, b_x, b_h, gates, h_states, hs, lengths, packed)
+    _check_dims(W_x, "W_x", a.D, 3 * a.H)
+    _forward_run(&a, typenum)
+
+
+def gru_forward_lookup_kernel(ids, table, W_h, b_x, b_h, gates, h_states, hs, lengths,
+                              packed, bint split_units, int n_threads):
+    """gru_forward_kernel with each step's input projection looked up: step t of
+    sequence b takes row ``ids[t*B + b]`` of ``table`` (V, 3H) where the other takes
+    ``x[t, b] @ W_x``. ``ids`` (T*B,) intc in [0, V); the rest as there."""
+    cdef _Forward a
+    cdef int typenum = _forward_arrays(&a, W_h, b_x, b_h, gates, h_states, hs, lengths,
+                                       packed, split_units, n_threads)
+    a.D = 0
+    a.x = NULL
+    a.W_x = NULL
+    a.ids = <const int *>_data(ids, cnp.NPY_INT, 1, False, "ids")
+    a.table = _data(table, typenum, 2, False, "table")
+    _check_forward_dims(&a, W_h, b_x, b_h, gates, h_states, hs, lengths, packed)
+    _check_dims(table, "table", _dim(table, 0), 3 * a.H)
+    _check_ids(ids, a.ids, a.T, a.B, <int>_dim(table, 0))
+    _forward_run(&a, typenum)
+
+
+cdef int _forward_arrays(_Forward *a, W_h, b_x, b_h, gates, h_states, hs, lengths, packed,
+                         bint split_units, int n_threads) except -1:
+    """The arrays both forward entry points take: data pointers and sizes into ``a``
+    (not yet checked against each other); returns the call's float type number."""
+    cdef int typenum = _float_typenum(gates, "gates")
+    a.gates = _data(gates, typenum, 3, True, "gates")
     a.W_h = _data(W_h, typenum, 2, False, "W_h")
     a.b_x = _data(b_x, typenum, 1, False, "b_x")
     a.b_h = _data(b_h, typenum, 1, False, "b_h")
-    a.gates = _data(gates, typenum, 3, True, "gates")
     a.h_states = _data(h_states, typenum, 3, True, "h_states")
     a.hs = _data(hs, typenum, 3, True, "hs")
     a.lengths = <const int *>_data_or_null(lengths, cnp.NPY_INT, 1, False, "lengths")
     a.packed = <float *>_data_or_null(packed, cnp.NPY_FLOAT, 1, True, "packed")
-    a.T = <int>_dim(x, 0)
-    a.B = <int>_dim(x, 1)
-    a.D = <int>_dim(x, 2)
+    a.T = <int>_dim(gates, 0)
+    a.B = <int>_dim(gates, 1)
     a.H = <int>_dim(W_h, 0)
     a.split_units = split_units
     a.n_threads = n_threads
+    return typenum
+
+
+cdef int _check_forward_dims(const _Forward *a, W_h, b_x, b_h, gates, h_states, hs,
+                             lengths, packed) except -1:
     cdef int T = a.T, B = a.B, H = a.H
     _check_dims(W_h, "W_h", H, 3 * H)   # (H comes from W_h: its own shape first)
-    _check_dims(W_x, "W_x", a.D, 3 * H)
     _check_dims(b_x, "b_x", 3 * H)
     _check_dims(b_h, "b_h", 3 * H)
     _check_dims(gates, "gates", T, B, 4 * H)
     _check_dims(h_states, "h_states", T + 1, B, H)
     _check_dims(hs, "hs", T, B, H)
-    _check_sequence_args(lengths, a.lengths, T, B, n_threads)
-    if a.packed != NULL and _dim(packed, 0) < <cnp.npy_intp>packed_size(H, split_units):
+    _check_sequence_args(lengths, a.lengths, T, B, a.n_threads)
+    if a.packed != NULL and _dim(packed, 0) < <cnp.npy_intp>packed_size(H, a.split_units):
         raise ValueError(f"kernel argument packed has {_dim(packed, 0)} floats, fewer than "
-                         f"packed_size(H, split_units) = {packed_size(H, split_units)}")
+                         f"packed_size(H, split_units) = {packed_size(H, a.split_units)}")
+    return 0
+
+
+cdef int _forward_run(_Forward *a, int typenum) except -1:
+    cdef fl_step_barrier step_barrier
+    cdef int alloc_failed
     if typenum != cnp.NPY_FLOAT or not fl_gemm_packed_available():
         a.packed = NULL
     fl_step_barrier_init(&step_barrier)
     a.step_barrier = &step_barrier
     if typenum == cnp.NPY_FLOAT:
-        alloc_failed = _forward_parallel(&a, <float *>NULL)
+        alloc_failed = _forward_parallel(a, <float *>NULL)
     else:
-        alloc_failed = _forward_parallel(&a, <double *>NULL)
+        alloc_failed = _forward_parallel(a, <double *>NULL)
     if alloc_failed:
-        raise MemoryError(f"no memory for the step products' scratch (rows x 3H={3 * H})")
+        raise MemoryError(f"no memory for the step products' scratch (rows x 3H="
+                          f"{3 * a.H})")
+    return 0
 
 
 cdef int _forward_parallel(const _Forward *a, floating *gh) noexcept:
@@ -303,14 +366,15 @@ cdef int _forward_parallel(const _Forward *a, floating *gh) noexcept:
 cdef struct _Backward:
     int T                   # steps
     int B                   # sequences
-    int D                   # inputs per step
+    int D                   # inputs per step (0 for a lookup)
     int H                   # hidden units; 3H gate columns
     int chunk_T             # steps per chunk of d_gx, d_gh
     bint split_units        # the recursion shared out by hidden units, not batch rows
     bint use_kernel         # float32 step products on fastlstm's own kernels
     int n_threads
-    const void *x           # (T, B, D)
-    const void *W_x         # (D, 3H)
+    const void *x           # (T, B, D), or NULL for a lookup
+    const void *W_x         # (D, 3H), or NULL for a lookup
+    const int *ids          # (T*B,) intc table rows of the steps, for a lookup; else NULL
     const void *W_h         # (H, 3H)
     const void *gates       # (T, B, 4H) the forward's r, z, n, a_hn
     const void *h_states    # (T+1, B, H) the forward's states
@@ -320,8 +384,10 @@ cdef struct _Backward:
     void *dh_scratch        # (B, H) scratch: dh's other buffer
     void *d_gx              # (chunk_T, B, 3H) scratch: one chunk's d(x W_x + b_x)
     void *d_gh              # (chunk_T, B, 3H) scratch: one chunk's d(h W_h + b_h)
-    void *dx                # (T, B, D) out
-    void *dW_x              # (D, 3H) out
+    void *dx                # (T, B, D) out, or NULL for a lookup
+    void *dW_x              # (D, 3H) out, or NULL for a lookup
+    void *d_table           # (V, 3H) for a lookup, zero on entry; out: the table's
+                            # gradient (the sum of each id's d_gx rows); else NULL
     void *dW_h              # (H, 3H) out
     double *db_x_acc        # (3H,) float64, zero on entry; out: db_x
     double *db_h_acc        # (3H,) float64, zero on entry; out: db_h
@@ -358,6 +424,31 @@ cdef inline void _chunk_gradients_gru(Py_ssize_t tid, Py_ssize_t n_threads, Py_s
     if c1 > c0:
         gemm(True, False, D, <int>(c1 - c0), <int>rows, <floating>1.0, x, D, d_gx + c0, N,
              weight_beta, dW_x + c0, N)
+        _add_column_sums(<int>rows, <int>(c1 - c0), d_gx + c0, N, db_x_acc + c0)
+        _recurrent_gradients(c0, c1, rows, N, H, d_gh, h_prev, dW_h, db_h_acc, weight_beta)
+
+
+cdef inline void _chunk_lookup_gradients_gru(Py_ssize_t tid, Py_ssize_t n_threads,
+                                             Py_ssize_t rows, int H, const floating *d_gx,
+                                             const floating *d_gh, const int *ids,
+                                             const floating *h_prev, floating *d_table,
+                                             floating *dW_h, double *db_x_acc,
+                                             double *db_h_acc,
+                                             floating weight_beta) noexcept nogil:
+    """_chunk_gradients_gru for inputs looked up by ``ids``: no dx, and the table's
+    gradient gathers d_gx's rows by id. Each thread owns a band of columns, so repeated
+    ids never race."""
+    cdef int N = 3 * H
+    cdef Py_ssize_t r, c0, c1, c
+    cdef floating *table_row
+    cdef const floating *d_row
+    _split_aligned(N, 16, tid, n_threads, &c0, &c1)
+    if c1 > c0:
+        for r in range(rows):
+            table_row = d_table + <Py_ssize_t>ids[r] * N
+            d_row = d_gx + r * N
+            for c in range(c0, c1):
+                table_row[c] += d_row[c]
         _add_column_sums(<int>rows, <int>(c1 - c0), d_gx + c0, N, db_x_acc + c0)
         _recurrent_gradients(c0, c1, rows, N, H, d_gh, h_prev, dW_h, db_h_acc, weight_beta)
 
@@ -422,9 +513,15 @@ cdef void _backward_worker(const _Backward *a, Py_ssize_t tid, Py_ssize_t n_thre
 
         rows = (t_stop - t_start) * <Py_ssize_t>B
         first = t_start * <Py_ssize_t>B   # the chunk's first (step, sequence) row
-        _chunk_gradients_gru(tid, n_threads, rows, D, H, d_gx, d_gh, x + first * D,
-                             h_states + t_start * BH, W_x, dx + first * D, dW_x, dW_h,
-                             a.db_x_acc, a.db_h_acc, weight_beta, a_scratch, a.scratch_rows)
+        if a.ids != NULL:
+            _chunk_lookup_gradients_gru(tid, n_threads, rows, H, d_gx, d_gh, a.ids + first,
+                                        h_states + t_start * BH, <floating *>a.d_table, dW_h,
+                                        a.db_x_acc, a.db_h_acc, weight_beta)
+        else:
+            _chunk_gradients_gru(tid, n_threads, rows, D, H, d_gx, d_gh, x + first * D,
+                                 h_states + t_start * BH, W_x, dx + first * D, dW_x, dW_h,
+                                 a.db_x_acc, a.db_h_acc, weight_beta, a_scratch,
+                                 a.scratch_rows)
         weight_beta = 1.0
         t_stop = t_start
         fl_barrier()   # d_gx, d_gh are reused by the next chunk
@@ -448,10 +545,60 @@ def gru_backward_kernel(x, W_x, W_h, gates, h_states, dhs, lengths, dh, dh_scrat
     forward.
     """
     cdef _Backward a
-    cdef fl_step_barrier step_barrier
     cdef int typenum = _float_typenum(x, "x")
     a.x = _data(x, typenum, 3, False, "x")
+    a.T = <int>_dim(x, 0)   # (the inputs set the sizes; the rest is checked on them)
+    a.B = <int>_dim(x, 1)
+    a.D = <int>_dim(x, 2)
+    _backward_arrays(&a, typenum, W_h, gates, h_states, dhs, lengths, dh, dh_scratch, d_gx,
+                     d_gh, dW_h, db_x_acc, db_h_acc, small_m_gemm, split_units, n_threads)
     a.W_x = _data(W_x, typenum, 2, False, "W_x")
+    a.dx = _data(dx, typenum, 3, True, "dx")
+    a.dW_x = _data(dW_x, typenum, 2, True, "dW_x")
+    a.ids = NULL
+    a.d_table = NULL
+    _check_dims(W_x, "W_x", a.D, 3 * a.H)
+    _check_dims(dW_x, "dW_x", a.D, 3 * a.H)
+    _check_dims(dx, "dx", a.T, a.B, a.D)
+    _check_backward_dims(&a, W_h, gates, h_states, dhs, lengths, dh, dh_scratch, d_gx, d_gh,
+                         dW_h, db_x_acc, db_h_acc)
+    _backward_run(&a, typenum)
+
+
+def gru_backward_lookup_kernel(ids, table, W_h, gates, h_states, dhs, lengths, dh,
+                               dh_scratch, d_gx, d_gh, d_table, dW_h, db_x_acc, db_h_acc,
+                               bint small_m_gemm, bint split_units, int n_threads):
+    """Backpropagate through gru_forward_lookup_kernel: as gru_backward_kernel, with no
+    dx, and ``d_table`` (V, 3H), zeroed by the caller, in place of dW_x: it receives the
+    sum of each id's d_gx rows. ``table`` itself is only checked (its number of rows
+    bounds the ids); the backward does not read it."""
+    cdef _Backward a
+    cdef int typenum = _float_typenum(gates, "gates")
+    a.T = <int>_dim(gates, 0)
+    a.B = <int>_dim(gates, 1)
+    a.D = 0
+    _backward_arrays(&a, typenum, W_h, gates, h_states, dhs, lengths, dh, dh_scratch, d_gx,
+                     d_gh, dW_h, db_x_acc, db_h_acc, small_m_gemm, split_units, n_threads)
+    a.x = NULL
+    a.W_x = NULL
+    a.dx = NULL
+    a.dW_x = NULL
+    a.ids = <const int *>_data(ids, cnp.NPY_INT, 1, False, "ids")
+    _data(table, typenum, 2, False, "table")
+    a.d_table = _data(d_table, typenum, 2, True, "d_table")
+    _check_dims(table, "table", _dim(table, 0), 3 * a.H)
+    _check_dims(d_table, "d_table", _dim(table, 0), 3 * a.H)
+    _check_backward_dims(&a, W_h, gates, h_states, dhs, lengths, dh, dh_scratch, d_gx, d_gh,
+                         dW_h, db_x_acc, db_h_acc)
+    _check_ids(ids, a.ids, a.T, a.B, <int>_dim(table, 0))
+    _backward_run(&a, typenum)
+
+
+cdef int _backward_arrays(_Backward *a, int typenum, W_h, gates, h_states, dhs, lengths, dh,
+                          dh_scratch, d_gx, d_gh, dW_h, db_x_acc, db_h_acc,
+                          bint small_m_gemm, bint split_units, int n_threads) except -1:
+    """The arrays both backward entry points take: data pointers and sizes into ``a``
+    (not yet checked against each other)."""
     a.W_h = _data(W_h, typenum, 2, False, "W_h")
     a.gates = _data(gates, typenum, 3, False, "gates")
     a.h_states = _data(h_states, typenum, 3, False, "h_states")
@@ -461,24 +608,23 @@ def gru_backward_kernel(x, W_x, W_h, gates, h_states, dhs, lengths, dh, dh_scrat
     a.dh_scratch = _data(dh_scratch, typenum, 2, True, "dh_scratch")
     a.d_gx = _data(d_gx, typenum, 3, True, "d_gx")
     a.d_gh = _data(d_gh, typenum, 3, True, "d_gh")
-    a.dx = _data(dx, typenum, 3, True, "dx")
-    a.dW_x = _data(dW_x, typenum, 2, True, "dW_x")
     a.dW_h = _data(dW_h, typenum, 2, True, "dW_h")
     a.db_x_acc = <double *>_data(db_x_acc, cnp.NPY_DOUBLE, 1, True, "db_x_acc")
     a.db_h_acc = <double *>_data(db_h_acc, cnp.NPY_DOUBLE, 1, True, "db_h_acc")
-    a.T = <int>_dim(x, 0)
-    a.B = <int>_dim(x, 1)
-    a.D = <int>_dim(x, 2)
     a.H = <int>_dim(W_h, 0)
     a.chunk_T = <int>_dim(d_gx, 0)
     a.split_units = split_units
     a.use_kernel = small_m_gemm and typenum == cnp.NPY_FLOAT and fl_gemm_packed_available()
     a.n_threads = n_threads
     a.scratch_rows = 64   # dx's product runs in blocks of (at least) this many rows
-    cdef int T = a.T, B = a.B, D = a.D, H = a.H
+    return 0
+
+
+cdef int _check_backward_dims(const _Backward *a, W_h, gates, h_states, dhs, lengths, dh,
+                              dh_scratch, d_gx, d_gh, dW_h, db_x_acc,
+                              db_h_acc) except -1:
+    cdef int T = a.T, B = a.B, H = a.H
     _check_dims(W_h, "W_h", H, 3 * H)
-    _check_dims(W_x, "W_x", D, 3 * H)
-    _check_dims(dW_x, "dW_x", D, 3 * H)
     _check_dims(dW_h, "dW_h", H, 3 * H)
     _check_dims(db_x_acc, "db_x_acc", 3 * H)
     _check_dims(db_h_acc, "db_h_acc", 3 * H)
@@ -487,7 +633,6 @@ def gru_backward_kernel(x, W_x, W_h, gates, h_states, dhs, lengths, dh, dh_scrat
     _check_dims(dhs, "dhs", T, B, H)
     _check_dims(dh, "dh", B, H)
     _check_dims(dh_scratch, "dh_scratch", B, H)
-    _check_dims(dx, "dx", T, B, D)
     if a.chunk_T < 1 or a.chunk_T > max(T, 1):
         raise ValueError(f"kernel argument d_gx must hold 1 to T={T} steps, "
                          f"got {a.chunk_T}")
@@ -495,13 +640,18 @@ def gru_backward_kernel(x, W_x, W_h, gates, h_states, dhs, lengths, dh, dh_scrat
     _check_dims(d_gh, "d_gh", a.chunk_T, B, 3 * H)
     if a.dh == a.dh_scratch:
         raise ValueError("kernel arguments dh and dh_scratch must be different arrays")
-    _check_sequence_args(lengths, a.lengths, T, B, n_threads)
+    _check_sequence_args(lengths, a.lengths, T, B, a.n_threads)
+    return 0
+
+
+cdef void _backward_run(_Backward *a, int typenum) noexcept:
+    cdef fl_step_barrier step_barrier
     fl_step_barrier_init(&step_barrier)
     a.step_barrier = &step_barrier
     if typenum == cnp.NPY_FLOAT:
-        _backward_parallel(&a, <float *>NULL)
+        _backward_parallel(a, <float *>NULL)
     else:
-        _backward_parallel(&a, <double *>NULL)
+        _backward_parallel(a, <double *>NULL)
 
 
 cdef void _backward_parallel(const _Backward *a, floating *row_tmp) noexcept:

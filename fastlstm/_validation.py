@@ -583,3 +583,61 @@ def validate_gru_backward(dhs, cache, dh_n):
     dhs, dh_n = _optional_arrays(dtype, ("dhs", dhs, (T, B, H), "(T, B, H)"),
                                  ("dh_n", dh_n, (B, H), "(B, H)"))
     return dhs, dh_n
+
+
+from ._containers import GRULookupCache  # noqa: E402
+
+
+class GRULookupArgs(NamedTuple):
+    ids: np.ndarray          # (T*B,) intc, C-contiguous
+    table: np.ndarray
+    W_h: np.ndarray
+    b_x: np.ndarray
+    b_h: np.ndarray
+    h0: Optional[np.ndarray]
+    lengths: Optional[np.ndarray]
+    num_threads: Optional[int]
+    T: int
+    B: int
+
+
+def validate_gru_forward_lookup(ids, table, W_h, b_x, b_h, h0, lengths, num_threads):
+    """Check the arguments of ``gru_forward_lookup``: the rules of ``gru_forward``, with
+    the table setting the dtype as x does there."""
+    num_threads = check_num_threads(num_threads)
+    table = float_array("table", table)
+    dtype = table.dtype
+    W_h = float_array("W_h", W_h, dtype, "table")
+    if W_h.ndim != 2 or W_h.shape[1] != 3 * W_h.shape[0]:
+        raise ValueError(f"W_h must have shape (H, 3H) (gate blocks r, z, n), "
+                         f"got {_describe(W_h)}")
+    H = W_h.shape[0]
+    if H < 1 or 3 * H > _BLAS_INT_MAX:
+        raise ValueError(f"H (W_h.shape[0]) must lie in [1, {_BLAS_INT_MAX // 3}], got {H}")
+    if table.ndim != 2 or table.shape[1] != 3 * H:
+        raise ValueError(f"table must have shape (V, 3H) = (V, {3 * H}) (one row of "
+                         f"projected inputs per id), got {_describe(table)}")
+    ids = _checked_ids(ids, table.shape[0])
+    T, B = ids.shape
+    b_x = float_array("b_x", b_x, dtype, "table")
+    check_shape("b_x", b_x, (3 * H,), "(3H,)")
+    b_h = float_array("b_h", b_h, dtype, "table")
+    check_shape("b_h", b_h, (3 * H,), "(3H,)")
+    (h0,) = _optional_arrays(dtype, ("h0", h0, (B, H), "(B, H)"), reference="table")
+    lengths = check_lengths(lengths, T, B)
+    # (a view when the caller's ids are intc and contiguous: the cache then references
+    # them, and checks them for changes before the backward pass)
+    flat_ids = np.ascontiguousarray(ids.reshape(-1), dtype=np.intc)
+    return GRULookupArgs(flat_ids, table, W_h, b_x, b_h, h0, lengths, num_threads, T, B)
+
+
+def validate_gru_backward_lookup(dhs, cache, dh_n):
+    """Check the arguments of ``gru_backward_lookup``; returns ``(dhs, dh_n)``."""
+    if not isinstance(cache, GRULookupCache):
+        raise TypeError(f"cache must be the GRULookupCache returned by "
+                        f"gru_forward_lookup, got {type(cache).__name__}")
+    cache.check_inputs("gru_forward_lookup", "gru_backward_lookup")
+    T, B, G = cache.gates.shape
+    H = G // 4
+    return tuple(_optional_arrays(cache.dtype, ("dhs", dhs, (T, B, H), "(T, B, H)"),
+                                  ("dh_n", dh_n, (B, H), "(B, H)"), reference="table"))

@@ -12,6 +12,8 @@ Both backends share one cache layout (``GRUCache``), so ``gru_backward`` runs wi
 backend that made the cache. The compiled kernels (fastlstm._gru) share a call out as
 the LSTM's do (``fastlstm._schedule``: batch slices, or hidden units for small batches
 of wide layers; fastlstm's own float32 step products where they pay).
+``gru_forward_lookup`` / ``gru_backward_lookup`` run the same recursion on inputs given
+as ids into a table of projected inputs (compiled kernels only; ``GRULookupCache``).
 """
 import warnings
 
@@ -19,11 +21,12 @@ import numpy as np
 
 from . import _backend, reference
 from ._buffers import aligned_empty as _empty, backward_chunk_steps as _backward_chunk_steps
-from ._containers import GRUCache, GRUGrads
-from ._schedule import (Plan as _Plan, own_backward_gemm, own_step_gemm,
-                        plan_for as _plan_for, timed_kernel as _timed_kernel)
+from ._containers import GRUCache, GRUGrads, GRULookupCache, GRULookupGrads
+from ._schedule import (own_backward_gemm, own_step_gemm, plan_for as _plan_for,
+                        timed_kernel as _timed_kernel)
 from ._threads import blas_threads
-from ._validation import validate_gru_backward, validate_gru_forward
+from ._validation import (validate_gru_backward, validate_gru_backward_lookup,
+                          validate_gru_forward, validate_gru_forward_lookup)
 
 try:
     from . import _gru as _kernels
@@ -33,22 +36,17 @@ except ImportError as exc:  # pragma: no cover - exercised only in broken instal
     _IMPORT_ERROR = exc
 _warned = False
 
-# Fewer sequences than threads (B = 1): one sequence's step product is a GEMV of 3H^2
-# weights. Up to this H the weights stay in one core's caches and a single thread
-# running the recursion alone is as fast as splitting the units, without the per-step
-# barrier that stalls whenever another process holds one of the cores.
-ONE_SEQUENCE_SPLIT_MIN_H = 1024
+# The backward's chunks of d_gx and d_gh: the shared heuristic (``backward_chunk_steps``,
+# chunks of 64 to 256 rows), or more steps while each buffer stays within this many
+# bytes. Every chunk costs two barriers between the threads; a smaller problem in fewer
+# chunks keeps its buffers in cache all the same, and meets less often.
+CHUNK_BUFFER_BYTES = 1 << 20
 
 
-def _plan(B, H, num_threads, backward=False):
-    """The LSTM's thread plan (``fastlstm._schedule``), but a lone sequence of a
-    layer narrower than ONE_SEQUENCE_SPLIT_MIN_H runs on one thread."""
-    plan = _plan_for(B, H, num_threads, backward)
-    if plan.split_units and B < plan.n_threads and H < ONE_SEQUENCE_SPLIT_MIN_H:
-        return _Plan(B, H, 1)
-    return plan
-
-__all__ = ["gru_forward", "gru_backward", "GRUGrads", "GRUCache"]
+def _chunk_steps(T, B, H, dtype):
+    """Steps per backward chunk."""
+    by_bytes = CHUNK_BUFFER_BYTES // (B * 3 * H * np.dtype(dtype).itemsize)
+    return min(T, max(_backward_chunk_steps(T, B), by_bytes))
 
 
 def gru_forward(x, W_x, W_h, b_x, b_h, h0=None, *, lengths=None, backend="auto",
@@ -87,7 +85,7 @@ def gru_forward(x, W_x, W_h, b_x, b_h, h0=None, *, lengths=None, backend="auto",
     h_states = _empty((T + 1, B, H), dtype)
     h_states[0] = 0 if args.h0 is None else args.h0
     hs = _empty((T, B, H), dtype)
-    plan = _plan(B, H, args.num_threads)
+    plan = _plan_for(B, H, args.num_threads)
     packed = None
     if plan.rows_per_thread > 1 and own_step_gemm(dtype, T * plan.rows_per_thread):
         packed = _empty((_kernels.packed_size(H, plan.split_units),), np.float32)
@@ -127,8 +125,8 @@ def gru_backward(dhs, cache, dh_n=None):
     dtype = cache.dtype
     dh = np.zeros((B, H), dtype) if dh_n is None else dh_n.copy()
     dh_scratch = _empty((B, H), dtype)
-    plan = _plan(B, H, cache.num_threads, backward=True)
-    chunk_T = _backward_chunk_steps(T, B)
+    plan = _plan_for(B, H, cache.num_threads, backward=True)
+    chunk_T = _chunk_steps(T, B, H, dtype)
     d_gx = _empty((chunk_T, B, 3 * H), dtype)
     d_gh = _empty((chunk_T, B, 3 * H), dtype)
     dx = _empty((T, B, D), dtype)
@@ -162,3 +160,92 @@ def _use_compiled(backend):
                       f"the slow NumPy reference", RuntimeWarning, stacklevel=3)
         _warned = True
     return False
+
+
+def gru_forward_lookup(ids, table, W_h, b_x, b_h, h0=None, *, lengths=None,
+                       num_threads=None):
+    """``gru_forward`` for inputs that are rows of a table, with each step's input
+    projection looked up instead of multiplied: step t of sequence b uses
+    ``table[ids[t, b]] + b_x`` where ``gru_forward`` uses ``x[t, b] @ W_x + b_x``.
+
+    For inputs picked by ids from a table E (an embedding, or one-hot vectors) the
+    projection ``E[ids] @ W_x`` equals ``(E @ W_x)[ids]``: with few distinct ids this
+    skips the (T*B, D) x (D, 3H) product here and two like it in the backward. One-hot
+    inputs look up ``table = W_x`` itself. Compiled kernels only.
+
+    Parameters
+    ----------
+    ids : (T, B) integers in [0, V)
+    table : (V, 3H) float32 or float64, rows of projected inputs x W_x (gate blocks
+        r, z, n; without b_x); its dtype is the call's
+    W_h (H, 3H), b_x, b_h (3H,), h0 (B, H) or None, lengths, num_threads : as for
+        ``gru_forward``
+
+    Returns
+    -------
+    hs (T, B, H), h_n (B, H), and a ``GRULookupCache`` for ``gru_backward_lookup``. The
+    cache references ``table``, ``W_h`` and (when they are intc and contiguous) ``ids``:
+    changing them before the backward pass is an ``InputModifiedError`` there.
+    """
+    args = validate_gru_forward_lookup(ids, table, W_h, b_x, b_h, h0, lengths, num_threads)
+    table = args.table
+    dtype = table.dtype
+    _use_compiled("cython")   # ImportError without the kernels: the lookup has no twin
+    T, B = args.T, args.B
+    H = args.W_h.shape[0]
+    gates = _empty((T, B, 4 * H), dtype)
+    h_states = _empty((T + 1, B, H), dtype)
+    h_states[0] = 0 if args.h0 is None else args.h0
+    hs = _empty((T, B, H), dtype)
+    plan = _plan_for(B, H, args.num_threads)
+    packed = None
+    if plan.rows_per_thread > 1 and own_step_gemm(dtype, T * plan.rows_per_thread):
+        packed = _empty((_kernels.packed_size(H, plan.split_units),), np.float32)
+    with blas_threads(1):
+        _timed_kernel(plan, ("gru-forward-lookup", T, B, H, dtype.char),
+                      _kernels.gru_forward_lookup_kernel, args.ids, table, args.W_h,
+                      args.b_x, args.b_h, gates, h_states, hs, args.lengths, packed,
+                      plan.split_units, plan.n_threads)
+    cache = GRULookupCache(table, args.ids, args.W_h, gates, h_states, args.lengths,
+                           args.num_threads)
+    return hs, h_states[T].copy(), cache
+
+
+def gru_backward_lookup(dhs, cache, dh_n=None):
+    """Backpropagate through ``gru_forward_lookup``.
+
+    dhs (T, B, H) or None, dh_n (B, H) or None, as for ``gru_backward``.
+
+    Returns
+    -------
+    GRULookupGrads(d_table (V, 3H), dh0 (B, H), dW_h (H, 3H), db_x (3H,), db_h (3H,)):
+    ``d_table[v]`` sums the input-side pre-activation gradients of the steps whose id
+    is v.
+
+    Raises
+    ------
+    InputModifiedError (a ValueError) naming ``table``, ``ids`` or ``W_h`` if it changed
+    in place since the forward pass.
+    """
+    dhs, dh_n = validate_gru_backward_lookup(dhs, cache, dh_n)
+    T, B, G = cache.gates.shape
+    H = G // 4
+    dtype = cache.dtype
+    dh = np.zeros((B, H), dtype) if dh_n is None else dh_n.copy()
+    dh_scratch = _empty((B, H), dtype)
+    plan = _plan_for(B, H, cache.num_threads, backward=True)
+    chunk_T = _chunk_steps(T, B, H, dtype)
+    d_gx = _empty((chunk_T, B, 3 * H), dtype)
+    d_gh = _empty((chunk_T, B, 3 * H), dtype)
+    d_table = np.zeros(cache.table.shape, dtype)
+    dW_h = _empty((H, 3 * H), dtype)
+    db_x = np.zeros(3 * H, np.float64)
+    db_h = np.zeros(3 * H, np.float64)
+    with blas_threads(1):
+        _timed_kernel(plan, ("gru-backward-lookup", T, B, H, dtype.char),
+                      _kernels.gru_backward_lookup_kernel, cache.ids, cache.table,
+                      cache.W_h, cache.gates, cache.h_states, dhs, cache.lengths, dh,
+                      dh_scratch, d_gx, d_gh, d_table, dW_h, db_x, db_h,
+                      own_backward_gemm(dtype, plan.rows_per_thread), plan.split_units,
+                      plan.n_threads)
+    return GRULookupGrads(d_table, dh, dW_h, db_x.astype(dtype), db_h.astype(dtype))

@@ -308,8 +308,11 @@ OPTIONS = {
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-def test_compiled_matches_reference(dtype, shape, threads, lengths, options):
+def test_compiled_matches_reference(monkeypatch, dtype, shape, threads, lengths, options):
     T, B, D, H = SHAPES[shape]
+    if shape == "chunks":   # the shared chunk heuristic alone: several chunks
+        monkeypatch.setattr(gru_module, "CHUNK_BUFFER_BYTES", 0)
+        assert gru_module._chunk_steps(T, B, H, dtype) * 3 < T
     p = gru_problem(T, B, D, H, dtype, seed=T + B + H)
     L = mixed_lengths(T, B) if lengths == "mixed" else None
     assert_matches_reference(p, dtype, lengths=L, num_threads=threads, **OPTIONS[options])
@@ -332,15 +335,15 @@ def test_every_path_matches_reference(monkeypatch, shape, split, own_kernels, is
     if split == "units":   # every batch split into units
         monkeypatch.setattr(_schedule, "UNIT_SPLIT_MAX_ROWS", 1 << 20)
         monkeypatch.setattr(_schedule, "UNIT_SPLIT_MIN_H", 1)
-        monkeypatch.setattr(gru_module, "ONE_SEQUENCE_SPLIT_MIN_H", 1)
     elif split == "rows":
         monkeypatch.setattr(_schedule, "UNIT_SPLIT_MAX_ROWS", 0)
+        monkeypatch.setattr(_schedule, "UNIT_SPLIT_BACKWARD_MAX_ROWS_AVX2", -1)
         monkeypatch.setattr(_schedule, "UNIT_SPLIT_IDLE_MIN_H", 1 << 20)
     # (a busy machine would otherwise let the stall guard run unit splits on one thread)
     monkeypatch.setattr(_schedule.stall_guard, "backing_off", lambda now=None: False)
     if split is not None:
         for backward in (False, True):
-            plan = gru_module._plan(B, H, 2, backward)
+            plan = _schedule.plan_for(B, H, 2, backward)
             assert plan.split_units == (split == "units")
             assert plan.n_threads == (1 if split == "rows" and B == 1 else 2)
     p = gru_problem(T, B, D, H, np.float32, seed=3)
@@ -557,6 +560,26 @@ def kernel_backward_args(dtype=np.float32):
                 split_units=False, n_threads=1)
 
 
+KV = 7   # rows of the lookup kernels' table
+
+
+def kernel_forward_lookup_args(dtype=np.float32):
+    f = kernel_forward_args(dtype)
+    del f["x"], f["W_x"]
+    rng = np.random.default_rng(1)
+    return dict(ids=rng.integers(0, KV, KT * KB).astype(np.intc),
+                table=rng.standard_normal((KV, 3 * KH)).astype(dtype), **f)
+
+
+def kernel_backward_lookup_args(dtype=np.float32):
+    f = kernel_backward_args(dtype)
+    for name in ("x", "W_x", "dx", "dW_x"):
+        del f[name]
+    lookup = kernel_forward_lookup_args(dtype)
+    return dict(ids=lookup["ids"], table=lookup["table"],
+                d_table=np.zeros((KV, 3 * KH), dtype), **f)
+
+
 def _break(how, a):
     if how == "wrong_dtype":
         return a.astype(np.float64 if a.dtype != np.float64 else np.float32)
@@ -592,6 +615,8 @@ def _break(how, a):
         return np.zeros((a.shape[0], a.shape[1] + 1, a.shape[2]), a.dtype)
     if how == "no_steps":
         return np.zeros((0,) + a.shape[1:], a.dtype)
+    if how == "past_table":
+        return np.full_like(a, KV)
     if how == "same_as_dh":
         return None   # replaced by dh itself in the child
     raise AssertionError(how)
@@ -637,13 +662,27 @@ KERNEL_CASES = [
     ("gru_backward_kernel", "db_h_acc", "bigger", "ValueError"),
     ("gru_backward_kernel", "lengths", "out_of_range", "ValueError"),
     ("gru_backward_kernel", "n_threads", "zero", "ValueError"),
+    ("gru_forward_lookup_kernel", "ids", "past_table", "ValueError"),
+    ("gru_forward_lookup_kernel", "ids", "too_long", "ValueError"),
+    ("gru_forward_lookup_kernel", "ids", "wrong_int", "TypeError"),
+    ("gru_forward_lookup_kernel", "table", "wrong_dtype", "TypeError"),
+    ("gru_forward_lookup_kernel", "table", "lstm_width", "ValueError"),
+    ("gru_forward_lookup_kernel", "gates", "lstm_width", "ValueError"),
+    ("gru_forward_lookup_kernel", "hs", "smaller_T", "ValueError"),
+    ("gru_backward_lookup_kernel", "ids", "past_table", "ValueError"),
+    ("gru_backward_lookup_kernel", "table", "flat", "TypeError"),
+    ("gru_backward_lookup_kernel", "d_table", "bigger", "ValueError"),
+    ("gru_backward_lookup_kernel", "d_table", "read_only", "TypeError"),
+    ("gru_backward_lookup_kernel", "d_gh", "bigger_rows", "ValueError"),
+    ("gru_backward_lookup_kernel", "h_states", "smaller_T", "ValueError"),
 ]
 
 
 def kernel_child_main():
     """Each kernel once with valid arguments, then every broken call, in this process."""
     from fastlstm import _gru
-    for kernel in ("gru_forward_kernel", "gru_backward_kernel"):
+    for kernel in ("gru_forward_kernel", "gru_backward_kernel", "gru_forward_lookup_kernel",
+                   "gru_backward_lookup_kernel"):
         for dtype in (np.float32, np.float64):
             args = globals()[kernel.replace("gru_", "kernel_").replace("_kernel", "_args")](
                 dtype)
@@ -673,6 +712,8 @@ def test_kernel_child_ran_every_case(kernel_child):
     assert kernel_child.done, (kernel_child.last_begun, kernel_child.stderr[-2000:])
     assert kernel_child.results["gru_forward_kernel-valid"]["raised"] is None
     assert kernel_child.results["gru_backward_kernel-valid"]["raised"] is None
+    assert kernel_child.results["gru_forward_lookup_kernel-valid"]["raised"] is None
+    assert kernel_child.results["gru_backward_lookup_kernel-valid"]["raised"] is None
 
 
 @compiled
@@ -682,5 +723,89 @@ def test_kernels_reject_bad_arguments(kernel_child, case):
     result = kernel_child.results.get(f"{kernel}-{name}-{how}")
     assert result is not None, f"the child crashed at {kernel_child.last_begun}"
     assert result["raised"] == expected, result
-    if how not in ("zero",):
+    # (x sets the call's dtype: with another one, the first array checked against it
+    # is named)
+    if how != "zero" and not (how == "wrong_dtype" and name == "x"):
         assert name in result["message"], result
+
+
+# --------------------------------------------------------------------------------------
+# the lookup: ids into a table of projected inputs
+# --------------------------------------------------------------------------------------
+
+def lookup_problem(T, B, V, H, dtype, seed=0):
+    """ids, a table and the rest of a GRU call, and the one-hot inputs x with which
+    ``gru_forward(x, table, ...)`` computes the same thing (x W_x = table[ids])."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, V, (T, B))
+    x = np.zeros((T, B, V), dtype)
+    np.put_along_axis(x, ids[:, :, None], 1.0, axis=2)
+    _, table, W_h, b_x, b_h, h0 = make_gru_inputs(T, B, V, H, dtype, seed + 1)
+    return dict(ids=ids, x=x, table=table, W_h=W_h, b_x=b_x, b_h=b_h, h0=h0,
+                dhs=rng.standard_normal((T, B, H)).astype(dtype),
+                dh_n=rng.standard_normal((B, H)).astype(dtype))
+
+
+LOOKUP_SHAPES = {"small": (6, 4, 5, 9), "one-sequence": (7, 1, 3, 13),
+                 "wide": (12, 8, 11, 130), "chunks": (40, 6, 4, 10)}
+
+
+@compiled
+@pytest.mark.parametrize("lengths", ["full", "mixed"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", list(LOOKUP_SHAPES))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_lookup_matches_reference_on_one_hot_inputs(monkeypatch, dtype, shape, threads,
+                                                    lengths):
+    """table = W_x with one-hot x: the lookup's d_table is the reference's dW_x."""
+    T, B, V, H = LOOKUP_SHAPES[shape]
+    if shape == "chunks":
+        monkeypatch.setattr(gru_module, "CHUNK_BUFFER_BYTES", 0)
+        assert gru_module._chunk_steps(T, B, H, dtype) * 3 < T
+    p = lookup_problem(T, B, V, H, dtype, seed=T + H)
+    L = mixed_lengths(T, B) if lengths == "mixed" else None
+    hs, h_n, cache = fastlstm.gru_forward_lookup(p["ids"], p["table"], p["W_h"], p["b_x"],
+                                                 p["b_h"], p["h0"], lengths=L,
+                                                 num_threads=threads)
+    grads = fastlstm.gru_backward_lookup(p["dhs"], cache, p["dh_n"])
+    assert isinstance(grads, fastlstm.GRULookupGrads)
+    f = {k: (v.astype(np.float64) if k != "ids" else v) for k, v in p.items()}
+    r_hs, r_h_n, r_cache = reference.gru_forward(f["x"], f["table"], f["W_h"], f["b_x"],
+                                                 f["b_h"], f["h0"], lengths=L)
+    r = reference.gru_backward(f["dhs"], r_cache, f["dh_n"])
+    tol = tolerance(dtype, T, B, V, H)
+    pairs = {"hs": (hs, r_hs), "h_n": (h_n, r_h_n), "d_table": (grads.d_table, r.dW_x),
+             "dh0": (grads.dh0, r.dh0), "dW_h": (grads.dW_h, r.dW_h),
+             "db_x": (grads.db_x, r.db_x), "db_h": (grads.db_h, r.db_h)}
+    for name, (ours, ref) in pairs.items():
+        assert ours.dtype == np.dtype(dtype), name
+        assert strict_rel_err(ours, ref) <= tol, (name, strict_rel_err(ours, ref))
+
+
+@compiled
+def test_lookup_errors():
+    p = lookup_problem(5, 3, 4, 6, np.float64)
+    args = (p["ids"], p["table"], p["W_h"], p["b_x"], p["b_h"])
+    with pytest.raises(ValueError, match="ids"):
+        fastlstm.gru_forward_lookup(p["ids"] + 4, *args[1:])
+    with pytest.raises(TypeError, match="ids"):
+        fastlstm.gru_forward_lookup(p["ids"].astype(float), *args[1:])
+    with pytest.raises(ValueError, match="table"):
+        fastlstm.gru_forward_lookup(p["ids"], p["table"][:, 1:], *args[2:])
+    with pytest.raises(TypeError, match="b_h"):
+        fastlstm.gru_forward_lookup(*args[:4], p["b_h"].astype(np.float32))
+    with pytest.raises(ValueError, match="lengths"):
+        fastlstm.gru_forward_lookup(*args, lengths=[1, 2, 6])
+    _, _, cache = fastlstm.gru_forward(p["x"], p["table"], p["W_h"], p["b_x"], p["b_h"])
+    with pytest.raises(TypeError, match="cache"):
+        fastlstm.gru_backward_lookup(None, cache)
+    ids = p["ids"].astype(np.intc)   # referenced by the cache, so changes are noticed
+    for name in ("table", "ids", "W_h"):
+        arrays = {"ids": ids.copy(), "table": p["table"].copy(), "W_h": p["W_h"].copy()}
+        _, _, cache = fastlstm.gru_forward_lookup(arrays["ids"], arrays["table"],
+                                                  arrays["W_h"], p["b_x"], p["b_h"])
+        with pytest.raises(ValueError, match="dhs"):
+            fastlstm.gru_backward_lookup(np.zeros((5, 3, 7)), cache)
+        arrays[name] += 1
+        with pytest.raises(fastlstm.InputModifiedError, match=name):
+            fastlstm.gru_backward_lookup(None, cache)
