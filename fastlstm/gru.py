@@ -249,3 +249,9 @@ def gru_backward_lookup(dhs, cache, dh_n=None):
                       own_backward_gemm(dtype, plan.rows_per_thread), plan.split_units,
                       plan.n_threads)
     return GRULookupGrads(d_table, dh, dW_h, db_x.astype(dtype), db_h.astype(dtype))
+
+
+def lookup_available(dtype):
+    """True when the compiled kernels can run ``gru_forward_lookup`` for ``dtype``."""
+    return (_backend.compiled_available() and _kernels is not None
+            and np.dtype(dtype) in (np.float32, np.float64))

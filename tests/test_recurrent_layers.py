@@ -327,3 +327,32 @@ def test_to_torch_state_dict_round_trips(kind):
     hs, _ = run(m, x)
     out, _ = ref(torch.tensor(x))
     np.testing.assert_allclose(hs, out.detach().numpy(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("embedded", [False, True], ids=["one-hot", "embedding"])
+def test_the_lookup_path_equals_the_gathered_rows(kind, embedded):
+    """On ids a unidirectional LSTM or GRU looks layer 0's input projection up; its
+    outputs and every gradient (W_x_l0's from the table's, the embedding's) equal the
+    layer run on the gathered rows."""
+    if not fastlstm._backend.compiled_available():
+        pytest.skip("compiled kernels not built")
+    V = D if not embedded else 9
+    ids = np.random.default_rng(31).integers(0, V, (T, B))
+    ids[:, 0] = ids[0, 0]      # few distinct ids: the embedded path looks up too
+    results = []
+    for backend in ("auto", "numpy"):
+        m = make_layer(kind, bidirectional=False, backend=backend, seed=32)
+        emb = nn.Embedding(9, D, dtype=F64, seed=33) if embedded else None
+        hs, final = m(ids, None, lengths=LENGTHS, embedding=emb)
+        assert m._lookup == (backend == "auto")
+        R = random(hs.shape, 34)
+        dx, dstate = m.backward(R, state_like(m, B, 35))
+        assert dx is None
+        grads = [p.grad.copy() for p in m.parameters()]
+        if embedded:
+            grads.append(emb.weight.grad.copy())
+        results.append([hs] + list(final if isinstance(final, tuple) else (final,))
+                       + list(dstate if isinstance(dstate, tuple) else (dstate,)) + grads)
+    for got, expected in zip(*results):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-11)

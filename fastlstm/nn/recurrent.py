@@ -29,7 +29,8 @@ import numpy as np
 from .. import _dense_ops
 from .._containers import InputModifiedError, changed_array, fingerprint
 from .._threads import resolve_num_threads, usable_cores
-from ..gru import gru_backward, gru_forward
+from ..gru import (gru_backward, gru_backward_lookup, gru_forward, gru_forward_lookup,
+                   lookup_available as gru_lookup_available)
 from ..lstm import (lookup_available, lstm_backward, lstm_backward_lookup,
                     lstm_backward_pair, lstm_forward, lstm_forward_lookup, lstm_forward_pair)
 from ..lstmp import lstmp_backward, lstmp_forward
@@ -305,6 +306,65 @@ class _Stacked(Module):
                     f"first axis, got shape {np.shape(a)}")
         return [tuple(None if a is None else a[i] for a in arrays) for i in range(n)]
 
+    # --- ids and the lookup path ---------------------------------------------------------
+
+    def _lookup_functions(self):
+        """(forward_lookup, backward_lookup) of this cell's functional API when layer 0
+        can look its input projection up (compiled kernels, one direction, no
+        projection), else None."""
+        return None
+
+    @property
+    def _lookup(self):
+        """Whether the last forward looked layer 0's input projection up."""
+        return self._ids_input is not None and self._ids_input.lookup
+
+    def _forward(self, x, state, lengths, embedding):
+        """The forward pass on floats or ids (see the module docstring)."""
+        ids = self._ids(x, embedding)
+        self._ids_input = None
+        if ids is None:
+            return self._run_layers(x, state, lengths)
+        W_x0 = self.W_x_l0.data
+        if self._lookup_functions() is not None:
+            if embedding is None:   # a one-hot input's projection is a row of W_x_l0
+                self._ids_input = _IdsInput(None, lookup=True)
+                return self._run_layers(None, state, lengths, lookup=(ids, W_x0))
+            distinct, index = np.unique(ids, return_inverse=True)
+            # (nearly) every id distinct: the product per distinct id would save nothing
+            if 2 * distinct.size <= ids.size:
+                rows = embedding(distinct)   # its backward scatters into these rows
+                table = _dense_ops.matmul(rows, W_x0, num_threads=self.num_threads)
+                self._ids_input = _IdsInput(embedding, lookup=True, rows=rows, source=W_x0)
+                return self._run_layers(None, state, lengths,
+                                        lookup=(index.reshape(ids.shape), table))
+        self._ids_input = _IdsInput(embedding)
+        return self._run_layers(self._gathered(ids, embedding), state, lengths)
+
+    def _lookup_forward(self, ids, table, state0, lengths):
+        """Layer 0 on looked-up input projections: the cell's weights but W_x."""
+        weights = [p.data for name, p in self.cell_parameters(0) if name != "W_x"]
+        return _normalised(self._lookup_functions()[0](
+            ids, table, *weights, *state0, lengths=lengths, num_threads=self.num_threads))
+
+    def _lookup_backward(self, d_out, cache, dfinal):
+        g = self._lookup_functions()[1](d_out, cache, *dfinal)
+        self._table_backward(g.d_table)
+        return g
+
+    def _table_backward(self, d_table):
+        """W_x_l0's gradient, and the embedding's, from the lookup table's (V', G)."""
+        W_x0 = self.W_x_l0
+        ids_input = self._ids_input
+        if ids_input.embedding is None:   # one-hot: the table is W_x_l0 itself
+            W_x0.grad += d_table
+            return
+        _dense_ops.matmul(ids_input.rows, d_table, trans_a=True, out=W_x0.grad,
+                          accumulate=True, num_threads=self.num_threads)
+        if ids_input.embedding.weight.requires_grad:
+            ids_input.embedding.backward(_dense_ops.matmul(
+                d_table, W_x0.data, trans_b=True, num_threads=self.num_threads))
+
     # --- the passes --------------------------------------------------------------------
 
     def _changed_since_forward(self):
@@ -336,8 +396,6 @@ class _Stacked(Module):
         if name is not None:
             kind = type(self).__name__
             raise InputModifiedError(name, f"{kind}.forward", f"{kind}.backward")
-
-    _lookup = False   # whether layer 0 looked its input projection up (LSTM only)
 
     def _run_layers(self, x, state, lengths, lookup=None):
         """The stacked forward pass over ``x`` (T, B, input_size), or over ids when
@@ -625,19 +683,11 @@ class LSTM(_Stacked):
     def _pair_functions(self):
         return None if self.proj_size else (lstm_forward_pair, lstm_backward_pair)
 
-    def _lookup_forward(self, ids, table, state0, lengths):
-        return lstm_forward_lookup(ids, table, self.W_h_l0.data, self.b_l0.data, *state0,
-                                   lengths=lengths, num_threads=self.num_threads)
-
-    def _lookup_backward(self, d_out, cache, dfinal):
-        g = lstm_backward_lookup(d_out, cache, *dfinal)
-        self._table_backward(g.d_table)
-        return g
-
-    @property
-    def _lookup(self):
-        """Whether the last forward looked layer 0's input projection up."""
-        return self._ids_input is not None and self._ids_input.lookup
+    def _lookup_functions(self):
+        if (self.backend == "numpy" or self.bidirectional or self.proj_size
+                or not lookup_available(self.W_x_l0.data.dtype)):
+            return None
+        return lstm_forward_lookup, lstm_backward_lookup
 
     def forward(self, x, state=None, lengths=None, embedding=None):
         """x (T, B, input_size) floats, or (T, B) integer ids: one-hot inputs (ids in
@@ -645,26 +695,7 @@ class LSTM(_Stacked):
         columns, whose gradient the backward pass accumulates); state ``(h0, c0)``,
         h0 (num_layers * num_directions, B, out), c0 (num_layers * num_directions, B, H),
         either None for zeros -> ``(hs (T, B, num_directions * out), (h_n, c_n))``."""
-        ids = self._ids(x, embedding)
-        self._ids_input = None
-        if ids is None:
-            return self._run_layers(x, state, lengths)
-        W_x0 = self.W_x_l0.data
-        if (self.backend != "numpy" and not self.bidirectional and not self.proj_size
-                and lookup_available(W_x0.dtype)):
-            if embedding is None:   # a one-hot input's projection is a row of W_x_l0
-                self._ids_input = _IdsInput(None, lookup=True)
-                return self._run_layers(None, state, lengths, lookup=(ids, W_x0))
-            distinct, index = np.unique(ids, return_inverse=True)
-            # (nearly) every id distinct: the product per distinct id would save nothing
-            if 2 * distinct.size <= ids.size:
-                rows = embedding(distinct)   # its backward scatters into these rows
-                table = _dense_ops.matmul(rows, W_x0, num_threads=self.num_threads)
-                self._ids_input = _IdsInput(embedding, lookup=True, rows=rows, source=W_x0)
-                return self._run_layers(None, state, lengths,
-                                        lookup=(index.reshape(ids.shape), table))
-        self._ids_input = _IdsInput(embedding)
-        return self._run_layers(self._gathered(ids, embedding), state, lengths)
+        return self._forward(x, state, lengths, embedding)
 
     def step(self, x, state, embedding=None):
         """One time step for decoding, in NumPy, without input checks or a cache.
@@ -708,19 +739,6 @@ class LSTM(_Stacked):
         d_out, grads = self._backward_layers(dhs, dstate)
         return d_out, self._initial_gradients(grads)
 
-    def _table_backward(self, d_table):
-        """W_x_l0's gradient, and the embedding's, from the lookup table's (V', 4H)."""
-        W_x0 = self.W_x_l0
-        ids_input = self._ids_input
-        if ids_input.embedding is None:   # one-hot: the table is W_x_l0 itself
-            W_x0.grad += d_table
-            return
-        _dense_ops.matmul(ids_input.rows, d_table, trans_a=True, out=W_x0.grad,
-                          accumulate=True, num_threads=self.num_threads)
-        if ids_input.embedding.weight.requires_grad:
-            ids_input.embedding.backward(_dense_ops.matmul(
-                d_table, W_x0.data, trans_b=True, num_threads=self.num_threads))
-
 
 class _SingleState(_Stacked):
     """The GRU and the RNN: one state h, ``forward(x, h0=None, lengths=None,
@@ -737,14 +755,8 @@ class _SingleState(_Stacked):
     def forward(self, x, h0=None, lengths=None, embedding=None):
         """x (T, B, input_size) floats or (T, B) integer ids (with ``embedding``, rows of
         it; without, one-hot), h0 (num_layers * num_directions, B, H) or None ->
-        ``(hs (T, B, num_directions * H), h_n (num_layers * num_directions, B, H))``.
-        Ids are gathered into the rows they stand for."""
-        ids = self._ids(x, embedding)
-        self._ids_input = None
-        if ids is not None:
-            self._ids_input = _IdsInput(embedding)
-            x = self._gathered(ids, embedding)
-        return self._run_layers(x, h0, lengths)
+        ``(hs (T, B, num_directions * H), h_n (num_layers * num_directions, B, H))``."""
+        return self._forward(x, h0, lengths, embedding)
 
     def backward(self, dhs, dh_n=None):
         """dhs (T, B, num_directions * H) or None, dh_n shaped as h_n, or None ->
@@ -806,6 +818,12 @@ class GRU(_SingleState):
     @staticmethod
     def _backward_call(cache, d_out, dfinal):
         return gru_backward, (d_out, cache, dfinal[0])
+
+    def _lookup_functions(self):
+        if (self.backend == "numpy" or self.bidirectional
+                or not gru_lookup_available(self.W_x_l0.data.dtype)):
+            return None
+        return gru_forward_lookup, gru_backward_lookup
 
     def step(self, x, h, embedding=None):
         """One time step for decoding, in NumPy, without input checks or a cache:
