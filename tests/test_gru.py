@@ -4,12 +4,15 @@ and the compiled kernels against the reference.
 Loss for the gradient checks: ``L = sum(hs * R) + sum(h_n * Rh)`` with fixed random R,
 Rh, so ``dhs = R`` and ``dh_n = Rh``.
 """
+import contextlib
+import json
+
 import numpy as np
 import pytest
 
 import fastlstm
-from fastlstm import reference
-from conftest import mixed_lengths, numeric_grad, rel_err
+from fastlstm import _schedule, gru as gru_module, reference
+from conftest import isa_limited, mixed_lengths, numeric_grad, rel_err, run_child
 
 GRAD_NAMES = ("dx", "dh0", "dW_x", "dW_h", "db_x", "db_h")
 
@@ -214,11 +217,6 @@ def test_reference_length_zero_rows_against_torch_on_the_others():
 # the compiled kernels against the reference
 # --------------------------------------------------------------------------------------
 
-import json  # noqa: E402
-
-from fastlstm import _schedule, gru as gru_module  # noqa: E402
-from conftest import isa_limited, run_child  # noqa: E402
-
 compiled = pytest.mark.skipif(not fastlstm.config()["compiled"],
                               reason="compiled kernels not built")
 F32_EPS = float(np.finfo(np.float32).eps)
@@ -354,7 +352,7 @@ def test_every_path_matches_reference(monkeypatch, shape, split, own_kernels, is
 
 
 def contextlib_isa(isa):
-    import contextlib
+    """The CPU's own level ("native"), or every kernel limited to ``isa``."""
     return contextlib.nullcontext() if isa == "native" else isa_limited(isa)
 
 
