@@ -253,7 +253,14 @@ def gru_forward_kernel(x, W_x, W_h, b_x, b_h, gates, h_states, hs, lengths, pack
     recurrent GEMM; ``split_units`` shares the recursion out by hidden units instead of
     batch rows; ``n_threads`` is taken as given (the caller caps it)."""
     cdef _Forward a
-    cdef int typenum = _forward_arrays(&a, W_h, b_x, b_h, gates, h_states, hs, lengths,
+    _forward_run(&a, _forward_call(&a, x, W_x, W_h, b_x, b_h, gates, h_states, hs, lengths,
+                                   packed, split_units, n_threads))
+
+
+cdef int _forward_call(_Forward *a, x, W_x, W_h, b_x, b_h, gates, h_states, hs, lengths,
+                       packed, bint split_units, int n_threads) except -1:
+    """gru_forward_kernel's arguments, checked, into ``a``; returns the float type."""
+    cdef int typenum = _forward_arrays(a, W_h, b_x, b_h, gates, h_states, hs, lengths,
                                        packed, split_units, n_threads)
     a.x = _data(x, typenum, 3, False, "x")
     a.W_x = _data(W_x, typenum, 2, False, "W_x")
@@ -262,9 +269,67 @@ def gru_forward_kernel(x, W_x, W_h, b_x, b_h, gates, h_states, hs, lengths, pack
     a.D = <int>_dim(x, 2)
     a.ids = NULL
     a.table = NULL
-    _check_forward_dims(&a, W_h, b_x, b_h, gates, h_states, hs, lengths, packed)
+    _check_forward_dims(a, W_h, b_x, b_h, gates, h_states, hs, lengths, packed)
     _check_dims(W_x, "W_x", a.D, 3 * a.H)
-    _forward_run(&a, typenum)
+    return typenum
+
+
+def gru_forward_pair_kernel(tuple first, tuple second):
+    """Two gru_forward_kernel calls, each given as the tuple of its arguments, in one
+    parallel region of two threads, one call per thread: the two directions of a
+    bidirectional layer, at once. Each call must be planned for one thread
+    (``n_threads`` 1, no unit split) and both must have the same T, B, H and dtype (each
+    thread passes the same barriers)."""
+    cdef _Forward a[2]
+    cdef fl_step_barrier step_barrier[2]
+    cdef int typenum = 0, k, k_type, alloc_failed
+    for k, call in enumerate((first, second)):
+        if len(call) != 12:
+            raise TypeError(f"a call of gru_forward_pair_kernel has 12 arguments, got "
+                            f"{len(call)}")
+        k_type = _forward_call(&a[k], call[0], call[1], call[2], call[3], call[4], call[5],
+                               call[6], call[7], call[8], call[9], call[10], call[11])
+        if k == 0:
+            typenum = k_type
+        _check_pair_call(typenum, k_type, a[0].T, a[k].T, a[0].B, a[k].B, a[0].H, a[k].H,
+                         a[k].n_threads, a[k].split_units)
+    for k in range(2):
+        if typenum != cnp.NPY_FLOAT or not fl_gemm_packed_available():
+            a[k].packed = NULL
+        fl_step_barrier_init(&step_barrier[k])
+        a[k].step_barrier = &step_barrier[k]
+    if typenum == cnp.NPY_FLOAT:
+        alloc_failed = _forward_pair_parallel(a, <float *>NULL)
+    else:
+        alloc_failed = _forward_pair_parallel(a, <double *>NULL)
+    if alloc_failed:
+        raise MemoryError(f"no memory for the step products' scratch (rows x 3H="
+                          f"{3 * a[0].H})")
+
+
+cdef int _forward_pair_parallel(const _Forward *a, floating *gh) noexcept:
+    """_forward_parallel for a pair: each thread runs a whole call, every row of it."""
+    cdef float *a_scratch = NULL
+    cdef int alloc_failed[1]
+    alloc_failed[0] = 0
+    with nogil, parallel(num_threads=2):
+        a_scratch = _thread_scratch(a[0].packed != NULL or a[1].packed != NULL, a[0].B,
+                                    True, 1, a[0].H)
+        gh = <floating *>fl_aligned_alloc(<size_t>a[0].B * 3 * a[0].H * sizeof(floating))
+        if gh == NULL:
+            alloc_failed[0] = 1
+        fl_barrier()   # every thread sees whether every allocation succeeded
+        try:
+            if not alloc_failed[0]:
+                if fl_num_threads() == 1:   # one thread granted: one call after the other
+                    _forward_worker(&a[0], 0, 1, a_scratch, gh)
+                    _forward_worker(&a[1], 0, 1, a_scratch, gh)
+                else:
+                    _forward_worker(&a[threadid()], 0, 1, a_scratch, gh)
+        finally:
+            fl_aligned_free(a_scratch)
+            fl_aligned_free(gh)
+    return alloc_failed[0]
 
 
 def gru_forward_lookup_kernel(ids, table, W_h, b_x, b_h, gates, h_states, hs, lengths,
@@ -545,12 +610,70 @@ def gru_backward_kernel(x, W_x, W_h, gates, h_states, dhs, lengths, dh, dh_scrat
     forward.
     """
     cdef _Backward a
+    _backward_run(&a, _backward_call(&a, x, W_x, W_h, gates, h_states, dhs, lengths, dh,
+                                     dh_scratch, d_gx, d_gh, dx, dW_x, dW_h, db_x_acc,
+                                     db_h_acc, small_m_gemm, split_units, n_threads))
+
+
+def gru_backward_pair_kernel(tuple first, tuple second):
+    """Two gru_backward_kernel calls, each given as the tuple of its arguments, in one
+    parallel region of two threads, one call per thread (as gru_forward_pair_kernel;
+    both calls must also have the same chunk of steps, d_gx's first size)."""
+    cdef _Backward a[2]
+    cdef fl_step_barrier step_barrier[2]
+    cdef int typenum = 0, k, k_type
+    for k, call in enumerate((first, second)):
+        if len(call) != 19:
+            raise TypeError(f"a call of gru_backward_pair_kernel has 19 arguments, got "
+                            f"{len(call)}")
+        k_type = _backward_call(&a[k], call[0], call[1], call[2], call[3], call[4], call[5],
+                                call[6], call[7], call[8], call[9], call[10], call[11],
+                                call[12], call[13], call[14], call[15], call[16], call[17],
+                                call[18])
+        if k == 0:
+            typenum = k_type
+        _check_pair_call(typenum, k_type, a[0].T, a[k].T, a[0].B, a[k].B, a[0].H, a[k].H,
+                         a[k].n_threads, a[k].split_units)
+        if a[k].chunk_T != a[0].chunk_T:
+            raise ValueError(f"the calls of a pair need the same chunk of steps, got "
+                             f"{a[0].chunk_T} and {a[k].chunk_T}")
+    for k in range(2):
+        fl_step_barrier_init(&step_barrier[k])
+        a[k].step_barrier = &step_barrier[k]
+    if typenum == cnp.NPY_FLOAT:
+        _backward_pair_parallel(a, <float *>NULL)
+    else:
+        _backward_pair_parallel(a, <double *>NULL)
+
+
+cdef void _backward_pair_parallel(const _Backward *a, floating *row_tmp) noexcept:
+    """_backward_parallel for a pair: each thread runs a whole call, every row of it."""
+    cdef float *a_scratch = NULL
+    with nogil, parallel(num_threads=2):
+        a_scratch = _thread_scratch(a[0].use_kernel or a[1].use_kernel, a[0].B, True,
+                                    a[0].scratch_rows, 3 * a[0].H)
+        row_tmp = <floating *>fl_aligned_alloc(<size_t>max(a[0].H, 1) * sizeof(floating))
+        try:
+            if fl_num_threads() == 1:
+                _backward_worker(&a[0], 0, 1, a_scratch, row_tmp)
+                _backward_worker(&a[1], 0, 1, a_scratch, row_tmp)
+            else:
+                _backward_worker(&a[threadid()], 0, 1, a_scratch, row_tmp)
+        finally:
+            fl_aligned_free(a_scratch)
+            fl_aligned_free(row_tmp)
+
+
+cdef int _backward_call(_Backward *a, x, W_x, W_h, gates, h_states, dhs, lengths, dh,
+                        dh_scratch, d_gx, d_gh, dx, dW_x, dW_h, db_x_acc, db_h_acc,
+                        bint small_m_gemm, bint split_units, int n_threads) except -1:
+    """gru_backward_kernel's arguments, checked, into ``a``; returns the float type."""
     cdef int typenum = _float_typenum(x, "x")
     a.x = _data(x, typenum, 3, False, "x")
     a.T = <int>_dim(x, 0)   # (the inputs set the sizes; the rest is checked on them)
     a.B = <int>_dim(x, 1)
     a.D = <int>_dim(x, 2)
-    _backward_arrays(&a, typenum, W_h, gates, h_states, dhs, lengths, dh, dh_scratch, d_gx,
+    _backward_arrays(a, typenum, W_h, gates, h_states, dhs, lengths, dh, dh_scratch, d_gx,
                      d_gh, dW_h, db_x_acc, db_h_acc, small_m_gemm, split_units, n_threads)
     a.W_x = _data(W_x, typenum, 2, False, "W_x")
     a.dx = _data(dx, typenum, 3, True, "dx")
@@ -560,9 +683,9 @@ def gru_backward_kernel(x, W_x, W_h, gates, h_states, dhs, lengths, dh, dh_scrat
     _check_dims(W_x, "W_x", a.D, 3 * a.H)
     _check_dims(dW_x, "dW_x", a.D, 3 * a.H)
     _check_dims(dx, "dx", a.T, a.B, a.D)
-    _check_backward_dims(&a, W_h, gates, h_states, dhs, lengths, dh, dh_scratch, d_gx, d_gh,
+    _check_backward_dims(a, W_h, gates, h_states, dhs, lengths, dh, dh_scratch, d_gx, d_gh,
                          dW_h, db_x_acc, db_h_acc)
-    _backward_run(&a, typenum)
+    return typenum
 
 
 def gru_backward_lookup_kernel(ids, table, W_h, gates, h_states, dhs, lengths, dh,

@@ -22,7 +22,7 @@ import numpy as np
 from . import _backend, reference
 from ._buffers import aligned_empty as _empty, backward_chunk_steps as _backward_chunk_steps
 from ._containers import GRUCache, GRUGrads, GRULookupCache, GRULookupGrads
-from ._schedule import (own_backward_gemm, own_step_gemm, plan_for as _plan_for,
+from ._schedule import (own_backward_gemm, own_step_gemm, plan_for as _plan_for, run_pair,
                         timed_kernel as _timed_kernel)
 from ._threads import blas_threads
 from ._validation import (validate_gru_backward, validate_gru_backward_lookup,
@@ -77,26 +77,59 @@ def gru_forward(x, W_x, W_h, b_x, b_h, h0=None, *, lengths=None, backend="auto",
         return reference.gru_forward(args.x, args.W_x, args.W_h, args.b_x, args.b_h,
                                      args.h0, lengths=args.lengths,
                                      num_threads=args.num_threads)
-    x, W_x, W_h = args.x, args.W_x, args.W_h
-    T, B, D = x.shape
-    H = W_h.shape[0]
-    dtype = x.dtype
-    gates = _empty((T, B, 4 * H), dtype)
-    h_states = _empty((T + 1, B, H), dtype)
-    h_states[0] = 0 if args.h0 is None else args.h0
-    hs = _empty((T, B, H), dtype)
-    plan = _plan_for(B, H, args.num_threads)
-    packed = None
-    if plan.rows_per_thread > 1 and own_step_gemm(dtype, T * plan.rows_per_thread):
-        packed = _empty((_kernels.packed_size(H, plan.split_units),), np.float32)
+    call = _ForwardCall(args)
     with blas_threads(1):
-        _timed_kernel(plan, ("gru-forward", T, B, D, H, dtype.char),
-                      _kernels.gru_forward_kernel, x, W_x, W_h, args.b_x, args.b_h, gates,
-                      h_states, hs, args.lengths, packed, plan.split_units,
-                      plan.n_threads)
-    cache = GRUCache(x, W_x, W_h, gates, h_states, args.lengths, args.num_threads,
-                     "cython")
-    return hs, h_states[T].copy(), cache
+        _timed_kernel(call.plan, call.key, _kernels.gru_forward_kernel, *call.arguments)
+    return call.result()
+
+
+class _ForwardCall:
+    """One compiled forward call: its buffers, plan and kernel arguments; ``result()``
+    once the kernel ran."""
+
+    def __init__(self, args):
+        x = args.x
+        T, B, D = x.shape
+        H = args.W_h.shape[0]
+        dtype = x.dtype
+        h_states = _empty((T + 1, B, H), dtype)
+        h_states[0] = 0 if args.h0 is None else args.h0
+        plan = _plan_for(B, H, args.num_threads)
+        packed = None
+        if plan.rows_per_thread > 1 and own_step_gemm(dtype, T * plan.rows_per_thread):
+            packed = _empty((_kernels.packed_size(H, plan.split_units),), np.float32)
+        self.args, self.plan, self.key = args, plan, ("gru-forward", T, B, D, H, dtype.char)
+        self.arguments = (x, args.W_x, args.W_h, args.b_x, args.b_h,
+                          _empty((T, B, 4 * H), dtype), h_states, _empty((T, B, H), dtype),
+                          args.lengths, packed, plan.split_units, plan.n_threads)
+
+    def result(self):
+        args = self.args
+        gates, h_states, hs = self.arguments[5:8]
+        cache = GRUCache(args.x, args.W_x, args.W_h, gates, h_states, args.lengths,
+                         args.num_threads, "cython")
+        return hs, h_states[-1].copy(), cache
+
+
+def gru_forward_pair(first, second):
+    """Two ``gru_forward`` calls at once, one thread each, in one parallel region: the
+    two directions of a bidirectional layer. ``first``, ``second``: dicts of every
+    argument of ``gru_forward`` (x, W_x, W_h, b_x, b_h, h0, lengths, backend,
+    num_threads=1). Returns the two results. Calls that cannot pair (the NumPy backend,
+    other thread counts, different sizes or dtypes) run one after the other."""
+    a, b = validate_gru_forward(**first), validate_gru_forward(**second)
+    if not (_use_compiled(a.backend) and _use_compiled(b.backend)
+            and a.num_threads == b.num_threads == 1
+            and (a.x.shape[:2], a.W_h.shape, a.x.dtype) == (b.x.shape[:2], b.W_h.shape,
+                                                            b.x.dtype)):
+        return gru_forward(**first), gru_forward(**second)
+    calls = [_ForwardCall(a), _ForwardCall(b)]
+    with blas_threads(1):
+        if not run_pair(calls[0].key, _kernels.gru_forward_pair_kernel,
+                        *(c.arguments for c in calls)):
+            for c in calls:
+                _kernels.gru_forward_kernel(*c.arguments)
+    return calls[0].result(), calls[1].result()
 
 
 def gru_backward(dhs, cache, dh_n=None):
@@ -120,27 +153,57 @@ def gru_backward(dhs, cache, dh_n=None):
     dhs, dh_n = validate_gru_backward(dhs, cache, dh_n)
     if cache.backend == "numpy" or not _use_compiled("cython"):
         return reference.gru_backward(dhs, cache, dh_n)
-    x, W_x, W_h = cache.x, cache.W_x, cache.W_h
-    T, B, D, H = cache.sizes
-    dtype = cache.dtype
-    dh = np.zeros((B, H), dtype) if dh_n is None else dh_n.copy()
-    dh_scratch = _empty((B, H), dtype)
-    plan = _plan_for(B, H, cache.num_threads, backward=True)
-    chunk_T = _chunk_steps(T, B, H, dtype)
-    d_gx = _empty((chunk_T, B, 3 * H), dtype)
-    d_gh = _empty((chunk_T, B, 3 * H), dtype)
-    dx = _empty((T, B, D), dtype)
-    dW_x = _empty((D, 3 * H), dtype)
-    dW_h = _empty((H, 3 * H), dtype)
-    db_x = np.zeros(3 * H, np.float64)
-    db_h = np.zeros(3 * H, np.float64)
+    call = _BackwardCall(dhs, cache, dh_n)
     with blas_threads(1):
-        _timed_kernel(plan, ("gru-backward", T, B, D, H, dtype.char),
-                      _kernels.gru_backward_kernel, x, W_x, W_h, cache.gates,
-                      cache.h_states, dhs, cache.lengths, dh, dh_scratch, d_gx, d_gh, dx,
-                      dW_x, dW_h, db_x, db_h, own_backward_gemm(dtype, plan.rows_per_thread),
-                      plan.split_units, plan.n_threads)
-    return GRUGrads(dx, dh, dW_x, dW_h, db_x.astype(dtype), db_h.astype(dtype))
+        _timed_kernel(call.plan, call.key, _kernels.gru_backward_kernel, *call.arguments)
+    return call.result()
+
+
+class _BackwardCall:
+    """One compiled backward call: its buffers, plan and kernel arguments; ``result()``
+    once the kernel ran."""
+
+    def __init__(self, dhs, cache, dh_n):
+        T, B, D, H = cache.sizes
+        dtype = cache.dtype
+        dh = np.zeros((B, H), dtype) if dh_n is None else dh_n.copy()
+        plan = _plan_for(B, H, cache.num_threads, backward=True)
+        chunk_T = _chunk_steps(T, B, H, dtype)
+        self.plan, self.key = plan, ("gru-backward", T, B, D, H, dtype.char)
+        self.arguments = (
+            cache.x, cache.W_x, cache.W_h, cache.gates, cache.h_states, dhs, cache.lengths,
+            dh, _empty((B, H), dtype), _empty((chunk_T, B, 3 * H), dtype),
+            _empty((chunk_T, B, 3 * H), dtype), _empty((T, B, D), dtype),
+            _empty((D, 3 * H), dtype), _empty((H, 3 * H), dtype),
+            np.zeros(3 * H, np.float64), np.zeros(3 * H, np.float64),
+            own_backward_gemm(dtype, plan.rows_per_thread), plan.split_units,
+            plan.n_threads)
+
+    def result(self):
+        dh = self.arguments[7]
+        dx, dW_x, dW_h, db_x, db_h = self.arguments[11:16]
+        dtype = dW_h.dtype
+        return GRUGrads(dx, dh, dW_x, dW_h, db_x.astype(dtype), db_h.astype(dtype))
+
+
+def gru_backward_pair(first, second):
+    """Two ``gru_backward`` calls at once, one thread each (see ``gru_forward_pair``):
+    ``first``, ``second`` are ``(dhs, cache, dh_n)``. Returns the two GRUGrads."""
+    checked = [validate_gru_backward(*call) for call in (first, second)]
+    caches = (first[1], second[1])
+    if not (all(c.backend != "numpy" for c in caches) and _use_compiled("auto")
+            and caches[0].num_threads == caches[1].num_threads == 1
+            and caches[0].sizes[:2] == caches[1].sizes[:2]
+            and caches[0].sizes[3] == caches[1].sizes[3]
+            and caches[0].dtype == caches[1].dtype):
+        return gru_backward(*first), gru_backward(*second)
+    calls = [_BackwardCall(dhs, cache, dh_n) for (dhs, dh_n), cache in zip(checked, caches)]
+    with blas_threads(1):
+        if not run_pair(calls[0].key, _kernels.gru_backward_pair_kernel,
+                        *(c.arguments for c in calls)):
+            for c in calls:
+                _kernels.gru_backward_kernel(*c.arguments)
+    return calls[0].result(), calls[1].result()
 
 
 def _use_compiled(backend):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fastlstm
-from fastlstm import _backend, lstm, rnn
+from fastlstm import _backend, gru, lstm, rnn
 
 pytestmark = pytest.mark.skipif(not _backend.compiled_available(),
                                 reason="compiled kernels not built")
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not _backend.compiled_available(),
 
 def _inputs(cell, T, B, D, H, dtype, seed, lengths):
     rng = np.random.default_rng(seed)
-    G = {"lstm": 4, "rnn": 1}[cell] * H
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell] * H
     k = 1 / np.sqrt(H)
     kw = dict(x=rng.standard_normal((T, B, D)).astype(dtype),
               W_x=rng.uniform(-k, k, (D, G)).astype(dtype),
@@ -28,7 +28,10 @@ def _inputs(cell, T, B, D, H, dtype, seed, lengths):
               b=rng.uniform(-k, k, G).astype(dtype),
               h0=rng.standard_normal((B, H)).astype(dtype),
               lengths=lengths, backend="cython", num_threads=1)
-    if cell == "lstm":
+    if cell == "gru":
+        kw["b_x"] = kw.pop("b")
+        kw["b_h"] = rng.uniform(-k, k, G).astype(dtype)
+    elif cell == "lstm":
         kw["c0"] = rng.standard_normal((B, H)).astype(dtype)
     else:
         kw["nonlinearity"] = "tanh"
@@ -38,6 +41,8 @@ def _inputs(cell, T, B, D, H, dtype, seed, lengths):
 FUNCTIONS = {   # cell -> (forward, backward, forward_pair, backward_pair)
     "lstm": (fastlstm.lstm_forward, fastlstm.lstm_backward, lstm.lstm_forward_pair,
              lstm.lstm_backward_pair),
+    "gru": (fastlstm.gru_forward, fastlstm.gru_backward, gru.gru_forward_pair,
+            gru.gru_backward_pair),
     "rnn": (fastlstm.rnn_forward, fastlstm.rnn_backward, rnn.rnn_forward_pair,
             rnn.rnn_backward_pair),
 }
@@ -50,6 +55,8 @@ def _backward_args(cell, result, dhs, seed, bptt_truncate=None):
         h, c = final
         return (dhs, cache, rng.standard_normal(h.shape).astype(h.dtype),
                 rng.standard_normal(c.shape).astype(c.dtype))
+    if cell == "gru":
+        return (dhs, cache, rng.standard_normal(final.shape).astype(final.dtype))
     return (dhs, cache, rng.standard_normal(final.shape).astype(final.dtype), bptt_truncate)
 
 
@@ -111,15 +118,15 @@ def test_calls_that_cannot_pair_run_one_after_the_other(cell):
 def _kernel_call(cell, T=4, B=2, D=3, H=5, dtype=np.float64, n_threads=1):
     """A forward kernel's argument tuple, as the functional API builds it."""
     kw = _inputs(cell, T, B, D, H, dtype, 7, None)
-    args = (lstm.validate_lstm_forward if cell == "lstm" else rnn.validate_rnn_forward)(
-        **{k: v for k, v in kw.items()})
-    if cell == "lstm":
-        call = lstm._ForwardCall(args).arguments
-        return call[:-1] + (n_threads,)
-    return rnn._ForwardCall(args, n_threads).arguments
+    module = {"lstm": lstm, "gru": gru, "rnn": rnn}[cell]
+    args = getattr(module, f"validate_{cell}_forward")(**kw)
+    if cell == "rnn":
+        return rnn._ForwardCall(args, n_threads).arguments
+    return module._ForwardCall(args).arguments[:-1] + (n_threads,)
 
 
 PAIR_KERNELS = {"lstm": lambda: _backend.lstm_kernels.lstm_forward_pair_kernel,
+                "gru": lambda: gru._kernels.gru_forward_pair_kernel,
                 "rnn": lambda: _backend.rnn_kernels.rnn_forward_pair_kernel}
 
 
@@ -184,7 +191,8 @@ def test_a_stalling_pair_backs_off_to_one_call_after_the_other(cell, monkeypatch
     first = _inputs(cell, 7, 3, 4, 9, np.float32, 8, np.array([7, 0, 4]))
     second = _inputs(cell, 7, 3, 4, 9, np.float32, 9, np.array([7, 0, 4]))
     calls = []
-    kernels = _backend.lstm_kernels if cell == "lstm" else _backend.rnn_kernels
+    kernels = {"lstm": _backend.lstm_kernels, "gru": gru._kernels,
+               "rnn": _backend.rnn_kernels}[cell]
     for name in (f"{cell}_forward_pair_kernel", f"{cell}_backward_pair_kernel"):
         real = getattr(kernels, name)
         monkeypatch.setattr(kernels, name,

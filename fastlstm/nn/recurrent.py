@@ -29,7 +29,8 @@ import numpy as np
 from .. import _dense_ops
 from .._containers import InputModifiedError, changed_array, fingerprint
 from .._threads import resolve_num_threads, usable_cores
-from ..gru import (gru_backward, gru_backward_lookup, gru_forward, gru_forward_lookup,
+from ..gru import (gru_backward, gru_backward_lookup, gru_backward_pair, gru_forward,
+                   gru_forward_lookup, gru_forward_pair,
                    lookup_available as gru_lookup_available)
 from ..lstm import (lookup_available, lstm_backward, lstm_backward_lookup,
                     lstm_backward_pair, lstm_forward, lstm_forward_lookup, lstm_forward_pair)
@@ -818,6 +819,9 @@ class GRU(_SingleState):
     @staticmethod
     def _backward_call(cache, d_out, dfinal):
         return gru_backward, (d_out, cache, dfinal[0])
+
+    def _pair_functions(self):
+        return gru_forward_pair, gru_backward_pair
 
     def _lookup_functions(self):
         if (self.backend == "numpy" or self.bidirectional
