@@ -31,5 +31,7 @@ LD_PRELOAD="$LIBASAN" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
     python -m pytest -q -p no:cacheprovider \
     tests/test_compiled_vs_reference.py tests/test_lookup.py \
     tests/test_kernel_arguments.py tests/test_dense_ops.py \
-    tests/test_buffers.py tests/test_models.py tests/test_nn.py
+    tests/test_buffers.py tests/test_models.py tests/test_nn.py \
+    tests/test_gru.py tests/test_lstmp.py tests/test_direction_pairs.py \
+    tests/test_recurrent_layers.py
 echo "check_asan: ok"
