@@ -356,3 +356,20 @@ def test_the_lookup_path_equals_the_gathered_rows(kind, embedded):
                        + list(dstate if isinstance(dstate, tuple) else (dstate,)) + grads)
     for got, expected in zip(*results):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-11)
+
+
+def test_how_the_two_directions_share_the_threads():
+    """Small batches run both directions at once (the pair kernels, or two Python
+    threads where a cell has none); large ones one direction after the other."""
+    from fastlstm.nn.recurrent import PAIR_MAX_ROWS
+    lstm2 = nn.LSTM(D, H, bidirectional=True, num_threads=2)
+    assert lstm2._directions_plan(1) == ("pair", 1)
+    assert lstm2._directions_plan(PAIR_MAX_ROWS) == ("pair", 1)
+    assert lstm2._directions_plan(PAIR_MAX_ROWS + 1) == ("sequential", 2)
+    assert nn.LSTM(D, H, bidirectional=True, num_threads=1)._directions_plan(1) == \
+        ("sequential", 1)
+    assert nn.LSTM(D, H, bidirectional=True, proj_size=2,
+                   num_threads=2)._directions_plan(1) == ("threads", 2)
+    assert nn.GRU(D, H, bidirectional=True, num_threads=4)._directions_plan(2) == ("pair", 1)
+    assert nn.GRU(D, H, bidirectional=True, num_threads=4)._directions_plan(8) == \
+        ("threads", 4)

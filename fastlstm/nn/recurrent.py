@@ -44,6 +44,10 @@ from .module import Module
 from .parameter import Parameter
 
 INITS = ("default", "xavier")
+# Above this many sequences one direction keeps every thread busy on its own (batch
+# slices), and running the directions one after the other, each on all threads, beats
+# two single-threaded directions side by side (which compete for the caches).
+PAIR_MAX_ROWS = 16
 _MAX_INT = 2**31 - 1
 
 
@@ -435,9 +439,11 @@ class _Stacked(Module):
         n = resolve_num_threads(self.num_threads)
         if n < 2:
             return "sequential", 1
+        if B > PAIR_MAX_ROWS:
+            return "sequential", n
         if self._pair_functions() is not None and (n == 2 or B < n):
             return "pair", 1
-        return ("threads", n) if B < n else ("sequential", n)
+        return "threads", n
 
     def _pair_functions(self):
         """(forward_pair, backward_pair) of this cell's functional API, or None."""
