@@ -47,7 +47,7 @@ INITS = ("default", "xavier")
 # Above this many sequences one direction keeps every thread busy on its own (batch
 # slices), and running the directions one after the other, each on all threads, beats
 # two single-threaded directions side by side (which compete for the caches).
-PAIR_MAX_ROWS = 16
+PAIR_MAX_ROWS = 64
 _MAX_INT = 2**31 - 1
 
 
