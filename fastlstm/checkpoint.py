@@ -32,8 +32,8 @@ from .nn import layers, recurrent
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
-for _cls in (recurrent.LSTM, recurrent.RNN, layers.Linear, layers.Embedding,
-             layers.Dropout):
+for _cls in (recurrent.LSTM, recurrent.GRU, recurrent.RNN, layers.Linear,
+             layers.Embedding, layers.Dropout):
     register_model(_cls)
 del _cls
 OPTIMIZERS = {cls.__name__: cls for cls in (optim.SGD, optim.Adagrad, optim.Adam,
