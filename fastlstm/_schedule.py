@@ -9,7 +9,7 @@ import numpy as np
 
 from . import _backend, _isa
 from ._buffers import aligned_empty
-from ._threads import resolve_num_threads
+from ._threads import blas_threads, resolve_num_threads
 
 # Module attributes, so tests and benchmarks can force each path.
 PACKED_GEMM_ENABLED = True
@@ -108,17 +108,47 @@ def plan_for(B, H, num_threads, backward=False):
     return plan
 
 
-def run_pair(key, kernel, *calls):
-    """Run a pair kernel (two calls in one parallel region, one thread each) and time it
-    for the stall guard: its two threads meet at barriers, so a busy machine stalls it
-    as it stalls a unit split. Returns False, running nothing, while the guard backs off:
-    the caller then runs the two calls one after the other."""
-    if stall_guard.backing_off():
-        return False
-    start = time.perf_counter()
-    kernel(*calls)
-    stall_guard.record(("pair",) + key, time.perf_counter() - start)
-    return True
+def forward_pairable(first, second, compiled):
+    """Whether two validated forward calls (their arguments: ``.x``, ``.W_h``,
+    ``.backend``, ``.num_threads``) can run as a pair, one thread each in one parallel
+    region: ``compiled(backend)`` for both, one thread each, and the same T, B, W_h shape
+    and dtype (so both threads pass the same barriers)."""
+    return (compiled(first.backend) and compiled(second.backend)
+            and first.num_threads == second.num_threads == 1
+            and _forward_sizes(first) == _forward_sizes(second))
+
+
+def backward_pairable(first, second, compiled):
+    """``forward_pairable`` for two backward calls, given their caches: ``compiled(cache)``
+    for both, one thread each, the same T, B, H and dtype."""
+    return (compiled(first) and compiled(second)
+            and first.num_threads == second.num_threads == 1
+            and _backward_sizes(first) == _backward_sizes(second))
+
+
+def _forward_sizes(args):
+    return args.x.shape[:2], args.W_h.shape, args.x.dtype
+
+
+def _backward_sizes(cache):
+    T, B, _, H = cache.sizes
+    return T, B, H, cache.dtype
+
+
+def run_pair(key, pair_kernel, kernel, first, second):
+    """Run two calls of ``kernel`` (their argument tuples) as one call of ``pair_kernel``
+    (one parallel region, one thread each), BLAS single-threaded, and time it for the
+    stall guard: the pair's two threads meet at barriers, so a busy machine stalls it as
+    it stalls a unit split. While the guard backs off, the two calls run one after the
+    other through ``kernel``."""
+    with blas_threads(1):
+        if stall_guard.backing_off():
+            kernel(*first)
+            kernel(*second)
+            return
+        start = time.perf_counter()
+        pair_kernel(first, second)
+        stall_guard.record(("pair",) + key, time.perf_counter() - start)
 
 
 def timed_kernel(plan, key, kernel, *args):

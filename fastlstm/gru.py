@@ -22,7 +22,8 @@ import numpy as np
 from . import _backend, reference
 from ._buffers import aligned_empty as _empty, backward_chunk_steps as _backward_chunk_steps
 from ._containers import GRUCache, GRUGrads, GRULookupCache, GRULookupGrads
-from ._schedule import (own_backward_gemm, own_step_gemm, plan_for as _plan_for, run_pair,
+from ._schedule import (backward_pairable, forward_pairable, own_backward_gemm,
+                        own_step_gemm, plan_for as _plan_for, run_pair,
                         timed_kernel as _timed_kernel)
 from ._threads import blas_threads
 from ._validation import (validate_gru_backward, validate_gru_backward_lookup,
@@ -118,17 +119,11 @@ def gru_forward_pair(first, second):
     num_threads=1). Returns the two results. Calls that cannot pair (the NumPy backend,
     other thread counts, different sizes or dtypes) run one after the other."""
     a, b = validate_gru_forward(**first), validate_gru_forward(**second)
-    if not (_use_compiled(a.backend) and _use_compiled(b.backend)
-            and a.num_threads == b.num_threads == 1
-            and (a.x.shape[:2], a.W_h.shape, a.x.dtype) == (b.x.shape[:2], b.W_h.shape,
-                                                            b.x.dtype)):
+    if not forward_pairable(a, b, _use_compiled):
         return gru_forward(**first), gru_forward(**second)
     calls = [_ForwardCall(a), _ForwardCall(b)]
-    with blas_threads(1):
-        if not run_pair(calls[0].key, _kernels.gru_forward_pair_kernel,
-                        *(c.arguments for c in calls)):
-            for c in calls:
-                _kernels.gru_forward_kernel(*c.arguments)
+    run_pair(calls[0].key, _kernels.gru_forward_pair_kernel, _kernels.gru_forward_kernel,
+             calls[0].arguments, calls[1].arguments)
     return calls[0].result(), calls[1].result()
 
 
@@ -151,7 +146,7 @@ def gru_backward(dhs, cache, dh_n=None):
     place since the forward pass.
     """
     dhs, dh_n = validate_gru_backward(dhs, cache, dh_n)
-    if cache.backend == "numpy" or not _use_compiled("cython"):
+    if not _compiled_for(cache):
         return reference.gru_backward(dhs, cache, dh_n)
     call = _BackwardCall(dhs, cache, dh_n)
     with blas_threads(1):
@@ -191,18 +186,11 @@ def gru_backward_pair(first, second):
     ``first``, ``second`` are ``(dhs, cache, dh_n)``. Returns the two GRUGrads."""
     checked = [validate_gru_backward(*call) for call in (first, second)]
     caches = (first[1], second[1])
-    if not (all(c.backend != "numpy" for c in caches) and _use_compiled("auto")
-            and caches[0].num_threads == caches[1].num_threads == 1
-            and caches[0].sizes[:2] == caches[1].sizes[:2]
-            and caches[0].sizes[3] == caches[1].sizes[3]
-            and caches[0].dtype == caches[1].dtype):
+    if not backward_pairable(*caches, _compiled_for):
         return gru_backward(*first), gru_backward(*second)
     calls = [_BackwardCall(dhs, cache, dh_n) for (dhs, dh_n), cache in zip(checked, caches)]
-    with blas_threads(1):
-        if not run_pair(calls[0].key, _kernels.gru_backward_pair_kernel,
-                        *(c.arguments for c in calls)):
-            for c in calls:
-                _kernels.gru_backward_kernel(*c.arguments)
+    run_pair(calls[0].key, _kernels.gru_backward_pair_kernel, _kernels.gru_backward_kernel,
+             calls[0].arguments, calls[1].arguments)
     return calls[0].result(), calls[1].result()
 
 
@@ -312,6 +300,12 @@ def gru_backward_lookup(dhs, cache, dh_n=None):
                       own_backward_gemm(dtype, plan.rows_per_thread), plan.split_units,
                       plan.n_threads)
     return GRULookupGrads(d_table, dh, dW_h, db_x.astype(dtype), db_h.astype(dtype))
+
+
+def _compiled_for(cache):
+    """True when the backward of ``cache`` runs the compiled kernels: those of the
+    backend that made it."""
+    return cache.backend != "numpy" and _use_compiled("cython")
 
 
 def lookup_available(dtype):

@@ -10,8 +10,8 @@ import numpy as np
 from . import _backend, reference
 from ._buffers import aligned_empty as _empty, backward_chunk_steps as _backward_chunk_steps
 from ._containers import LSTMCache, LSTMGrads, LSTMLookupCache, LSTMLookupGrads
-from ._schedule import (own_backward_gemm, plan_for as _plan_for, run_pair,
-                        timed_kernel as _timed_kernel)
+from ._schedule import (backward_pairable, forward_pairable, own_backward_gemm,
+                        plan_for as _plan_for, run_pair, timed_kernel as _timed_kernel)
 from ._threads import blas_threads
 from ._validation import (validate_lstm_backward, validate_lstm_backward_lookup,
                           validate_lstm_forward, validate_lstm_forward_lookup)
@@ -114,14 +114,6 @@ class _ForwardCall:
         return hs, (h_states[-1].copy(), c_states[-1].copy()), cache
 
 
-def _pairable(first, second, sizes):
-    """Whether two validated calls can run as a pair (one thread each, one parallel
-    region): compiled, one dtype, the same sizes."""
-    return (_backend.use_compiled(first.backend) and _backend.use_compiled(second.backend)
-            and first.num_threads == second.num_threads == 1
-            and sizes(first) == sizes(second))
-
-
 def lstm_forward_pair(first, second):
     """Two ``lstm_forward`` calls at once, one thread each, in one parallel region: the
     two directions of a bidirectional layer. ``first``, ``second``: dicts of every
@@ -129,14 +121,12 @@ def lstm_forward_pair(first, second):
     num_threads=1). Returns the two results. Calls that cannot pair (the NumPy backend,
     other thread counts, different sizes or dtypes) run one after the other."""
     a, b = validate_lstm_forward(**first), validate_lstm_forward(**second)
-    if not _pairable(a, b, lambda v: (v.x.shape[:2], v.W_h.shape, v.x.dtype)):
+    if not forward_pairable(a, b, _backend.use_compiled):
         return lstm_forward(**first), lstm_forward(**second)
     calls = [_ForwardCall(a), _ForwardCall(b)]
-    with blas_threads(1):
-        if not run_pair(calls[0].key, _backend.lstm_kernels.lstm_forward_pair_kernel,
-                        *(c.arguments for c in calls)):
-            for c in calls:
-                _backend.lstm_kernels.lstm_forward_kernel(*c.arguments)
+    kernels = _backend.lstm_kernels
+    run_pair(calls[0].key, kernels.lstm_forward_pair_kernel, kernels.lstm_forward_kernel,
+             calls[0].arguments, calls[1].arguments)
     return calls[0].result(), calls[1].result()
 
 
@@ -199,20 +189,15 @@ def lstm_backward_pair(first, second):
     ``first``, ``second`` are ``(dhs, cache, dh_n, dc_n)``. Returns the two LSTMGrads."""
     checked = [validate_lstm_backward(*call) for call in (first, second)]
     caches = (first[1], second[1])
-    if not (all(_backend.use_compiled_for(c) for c in caches)
-            and caches[0].num_threads == caches[1].num_threads == 1
-            and caches[0].sizes[:2] == caches[1].sizes[:2]
-            and caches[0].sizes[3] == caches[1].sizes[3]
-            and caches[0].dtype == caches[1].dtype):
+    if not backward_pairable(*caches, _backend.use_compiled_for):
         return tuple(lstm_backward(*call) for call in (first, second))
     calls = [_BackwardCall(dhs, cache, dh_n, dc_n)
              for (dhs, dh_n, dc_n), cache in zip(checked, caches)]
-    with blas_threads(1):
-        if not run_pair(calls[0].key, _backend.lstm_kernels.lstm_backward_pair_kernel,
-                        *(c.arguments for c in calls)):
-            for c in calls:
-                _backend.lstm_kernels.lstm_backward_kernel(*c.arguments)
+    kernels = _backend.lstm_kernels
+    run_pair(calls[0].key, kernels.lstm_backward_pair_kernel, kernels.lstm_backward_kernel,
+             calls[0].arguments, calls[1].arguments)
     return tuple(c.result() for c in calls)
+
 
 
 def lookup_available(dtype):

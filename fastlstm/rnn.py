@@ -8,7 +8,8 @@ import numpy as np
 from . import _backend, reference
 from ._buffers import aligned_empty, backward_chunk_steps
 from ._containers import RNNCache, RNNGrads
-from ._schedule import own_backward_gemm, own_step_gemm, run_pair
+from ._schedule import (backward_pairable, forward_pairable, own_backward_gemm,
+                        own_step_gemm, run_pair)
 from ._threads import blas_threads, resolve_num_threads
 from ._validation import validate_rnn_backward, validate_rnn_forward
 
@@ -91,18 +92,13 @@ def rnn_forward_pair(first, second):
     num_threads=1). Returns the two results. Calls that cannot pair (the NumPy backend,
     other thread counts, different sizes or dtypes) run one after the other."""
     a, b = validate_rnn_forward(**first), validate_rnn_forward(**second)
-    if not (_backend.use_compiled(a.backend) and _backend.use_compiled(b.backend)
-            and a.num_threads == b.num_threads == 1
-            and (a.x.shape[:2], a.W_h.shape, a.x.dtype) == (b.x.shape[:2], b.W_h.shape,
-                                                            b.x.dtype)):
+    if not forward_pairable(a, b, _backend.use_compiled):
         return rnn_forward(**first), rnn_forward(**second)
     calls = [_ForwardCall(a, 1), _ForwardCall(b, 1)]
-    key = ("rnn forward",) + a.x.shape + (a.W_h.shape[0], a.x.dtype.char)
-    with blas_threads(1):
-        if not run_pair(key, _backend.rnn_kernels.rnn_forward_pair_kernel,
-                        *(c.arguments for c in calls)):
-            for c in calls:
-                _backend.rnn_kernels.rnn_forward_kernel(*c.arguments)
+    kernels = _backend.rnn_kernels
+    run_pair(("rnn forward",) + a.x.shape + (a.W_h.shape[0], a.x.dtype.char),
+             kernels.rnn_forward_pair_kernel, kernels.rnn_forward_kernel,
+             calls[0].arguments, calls[1].arguments)
     return calls[0].result(), calls[1].result()
 
 
@@ -177,18 +173,13 @@ def rnn_backward_pair(first, second):
     caches = (first[1], second[1])
     T = caches[0].sizes[0]
     truncation = [k if k is not None and k < T - 1 else -1 for _, _, k in checked]
-    if not (all(_backend.use_compiled_for(c) for c in caches)
-            and caches[0].num_threads == caches[1].num_threads == 1
-            and caches[0].sizes[:2] == caches[1].sizes[:2]
-            and caches[0].sizes[3] == caches[1].sizes[3]
-            and caches[0].dtype == caches[1].dtype and truncation[0] == truncation[1]):
+    if not (backward_pairable(*caches, _backend.use_compiled_for)
+            and truncation[0] == truncation[1]):
         return rnn_backward(*first), rnn_backward(*second)
     calls = [_BackwardCall(dhs, cache, dh_n, k)
              for (dhs, dh_n, k), cache in zip(checked, caches)]
-    key = ("rnn backward",) + caches[0].sizes + (caches[0].dtype.char, truncation[0])
-    with blas_threads(1):
-        if not run_pair(key, _backend.rnn_kernels.rnn_backward_pair_kernel,
-                        *(c.arguments for c in calls)):
-            for c in calls:
-                _backend.rnn_kernels.rnn_backward_kernel(*c.arguments)
+    kernels = _backend.rnn_kernels
+    run_pair(("rnn backward",) + caches[0].sizes + (caches[0].dtype.char, truncation[0]),
+             kernels.rnn_backward_pair_kernel, kernels.rnn_backward_kernel,
+             calls[0].arguments, calls[1].arguments)
     return calls[0].result(), calls[1].result()
