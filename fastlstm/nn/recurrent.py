@@ -7,10 +7,10 @@ GRU keeps them apart, as its n gate needs).
 All take float inputs (T, B, input_size) or integer ids (T, B): one-hot inputs (id v is
 row v of the identity, so its projection is row v of ``W_x_l0``) or, with an
 ``nn.Embedding`` passed to ``forward``, rows of that embedding. On ids a unidirectional,
-unprojected LSTM looks layer 0's input projection up per distinct id
-(``fastlstm.lstm.lstm_forward_lookup``) where the compiled kernels run and it pays, and
-its backward fills ``W_x_l0.grad`` and the embedding's gradient itself; otherwise the
-layer gathers the input rows and runs its float path.
+unprojected LSTM or GRU looks layer 0's input projection up per distinct id
+(``lstm_forward_lookup``, ``gru_forward_lookup``) where the compiled kernels run and it
+pays, and its backward fills ``W_x_l0.grad`` and the embedding's gradient itself;
+otherwise the layer gathers the input rows and runs its float path.
 
 Bidirectional layers (``bidirectional=True``) follow torch: each layer runs a forward and
 a reverse direction, its output is the two halves concatenated on the last axis
@@ -125,7 +125,7 @@ class _IdsInput:
 
     def __init__(self, embedding, lookup=False, rows=None, source=None):
         self.embedding = embedding   # None: one-hot inputs
-        self.lookup = lookup         # layer 0 ran lstm_forward_lookup
+        self.lookup = lookup         # layer 0 looked its input projection up
         # With an embedding the lookup table is ``rows @ source`` (source = W_x_l0, rows
         # the distinct ids' embedding rows); the backward reads both again, so W_x_l0
         # must not change in between.
