@@ -122,3 +122,76 @@ def test_bidirectional(benchmark, bench_log, cell, case, threads, impl):
         benchmark(run)
     bench_log.record(benchmark, case=case_label(cell, case), threads=threads, mode=MODE,
                      impl=impl, flops=flops)
+
+
+# --- the directions' kernels, without the layer ---------------------------------------
+# The functional pair entry points (``*_forward_pair`` / ``*_backward_pair``: both
+# directions in one parallel region, one thread each) against one direction's functional
+# call on 1 and 2 threads, at B=1. The pair does twice one direction's work on two
+# threads, so it cannot take less than one direction on one thread: its "vs 1-dir" (one
+# direction on 2 threads over the pair) is at most one direction's own 2-thread speedup
+# inverted. That bounds what any bidirectional layer built on these kernels can reach
+# against one direction, whatever the Python around them costs.
+
+def _functional(cell):
+    from fastlstm import gru as _gru, lstm as _lstm, rnn as _rnn
+    module = {"lstm": _lstm, "gru": _gru, "rnn": _rnn}[cell]
+    return (getattr(module, f"{cell}_forward"), getattr(module, f"{cell}_backward"),
+            getattr(module, f"{cell}_forward_pair"), getattr(module, f"{cell}_backward_pair"))
+
+
+def _direction_arguments(cell, case, seed):
+    T, B, D, H = case
+    G = CELLS[cell][1] * H
+    rng = np.random.default_rng(seed)
+    kwargs = dict(W_x=(0.1 * rng.standard_normal((D, G))).astype(DTYPE),
+                  W_h=(0.1 * rng.standard_normal((H, G))).astype(DTYPE), h0=None,
+                  lengths=None, backend="auto")
+    if cell == "gru":
+        kwargs.update(b_x=np.zeros(G, DTYPE), b_h=np.zeros(G, DTYPE))
+    else:
+        kwargs.update(b=np.zeros(G, DTYPE))
+    if cell == "lstm":
+        kwargs.update(c0=None)
+    if cell == "rnn":
+        kwargs.update(nonlinearity="tanh")
+    return kwargs
+
+
+PAIR_CASES = [(25, 1, 65, 100)]
+
+
+@pytest.mark.parametrize("cell, case, threads, impl", [
+    pytest.param(cell, case, threads, impl,
+                 id=f"{cell}-T{case[0]}-B{case[1]}-D{case[2]}-H{case[3]}-{threads}thr-{impl}")
+    for cell in CELLS for case in PAIR_CASES
+    for threads, impl in ((1, "one direction"), (2, "one direction"), (2, "pair"))])
+def test_direction_pair_kernels(benchmark, bench_log, cell, case, threads, impl):
+    T, B, D, H = case
+    x, dhs = problem(case)
+    x_reverse = np.ascontiguousarray(x[::-1])
+    dhs = np.ascontiguousarray(dhs[..., :H])
+    forward, backward, forward_pair, backward_pair = _functional(cell)
+    first = dict(_direction_arguments(cell, case, 1), x=x)
+    second = dict(_direction_arguments(cell, case, 2), x=x_reverse)
+    tail = (None,) * (2 if cell == "lstm" else 1 if cell == "gru" else 2)
+
+    if impl == "pair":
+        def run():
+            (_, _, cache_f), (_, _, cache_r) = forward_pair(dict(first, num_threads=1),
+                                                            dict(second, num_threads=1))
+            backward_pair((dhs, cache_f) + tail, (dhs, cache_r) + tail)
+    else:
+        def run():
+            _, _, cache = forward(**dict(first, num_threads=threads))
+            backward(dhs, cache)
+
+    directions = 2 if impl == "pair" else 1
+    flops = directions * 3 * 2 * T * B * (D + H) * CELLS[cell][1] * H
+    label = "{} pair T{} B{} D{} H{}".format(cell.upper(), *case)
+    benchmark.group = f"{label} {MODE}, functional"
+    benchmark.extra_info.update(T=T, B=B, D=D, H=H, threads=threads, impl=impl, mode=MODE,
+                                cell=cell, flops=flops)
+    benchmark(run)
+    bench_log.record(benchmark, case=label, threads=threads, mode=MODE, impl=impl,
+                     flops=flops)
