@@ -82,6 +82,33 @@ class _Reversal:
             return np.ascontiguousarray(a[::-1])
         return a[self.index, self.columns]
 
+    def add_into(self, out, a):
+        """``out += self(a)``, without the intermediate copy where there is no padding."""
+        if self.index is None:
+            out += a[::-1]
+        else:
+            out += a[self.index, self.columns]
+        return out
+
+    def concatenated(self, forward, reverse):
+        """``concatenate([forward, self(reverse)], axis=-1)`` in one new array."""
+        W = forward.shape[-1]
+        out = np.empty(forward.shape[:-1] + (W + reverse.shape[-1],), forward.dtype)
+        out[..., :W] = forward
+        out[..., W:] = reverse[::-1] if self.index is None else reverse[self.index,
+                                                                        self.columns]
+        return out
+
+
+def _stacked(arrays):
+    """``np.stack(arrays)`` for a few equal-shaped arrays, without its generic checks
+    (it runs after every pass; the arrays are the kernels' own final states)."""
+    first = arrays[0]
+    out = np.empty((len(arrays),) + first.shape, first.dtype)
+    for i, a in enumerate(arrays):
+        out[i] = a
+    return out
+
 
 _pool = None
 _pool_lock = threading.Lock()
@@ -477,7 +504,7 @@ class _Stacked(Module):
         (hs_f, final_f, cache_f), (hs_r, final_r, cache_r) = result_f, result_r
         self._caches.append([cache_f, cache_r])
         finals += [final_f, final_r]
-        return np.concatenate([hs_f, reversal(hs_r)], axis=-1)
+        return reversal.concatenated(hs_f, hs_r)
 
     def _backward_layers(self, dhs, dstate):
         """The stacked backward pass, top layer first. Accumulates every parameter's
@@ -532,7 +559,7 @@ class _Stacked(Module):
             g_f, g_r = _both_directions(lambda n: call_f[0](*call_f[1]),
                                         lambda n: call_r[0](*call_r[1]), n,
                                         how == "threads")
-        d_in = g_f.dx + reversal(g_r.dx)
+        d_in = reversal.add_into(g_f.dx, g_r.dx)   # g_f.dx is this call's own buffer
         return [g_f, g_r], d_in
 
     def _check_backward(self):
@@ -676,7 +703,7 @@ class LSTM(_Stacked):
     @staticmethod
     def _pack_state(finals):
         h, c = zip(*finals)
-        return np.stack(h), np.stack(c)
+        return _stacked(h), _stacked(c)
 
     def _forward_call(self, layer, direction, x, state0, lengths, num_threads):
         kwargs = {name: p.data for name, p in self.cell_parameters(layer, direction)}
@@ -757,7 +784,7 @@ class _SingleState(_Stacked):
 
     @staticmethod
     def _pack_state(finals):
-        return np.stack([f[0] for f in finals])
+        return _stacked([f[0] for f in finals])
 
     def forward(self, x, h0=None, lengths=None, embedding=None):
         """x (T, B, input_size) floats or (T, B) integer ids (with ``embedding``, rows of
