@@ -16,7 +16,9 @@ of two ways, chosen by the caller:
 Every BLAS call inside the region is single-threaded (the caller pins the BLAS thread
 pool to one thread), so the cores are never oversubscribed. float32 recursions use
 fastlstm's own small-M GEMM kernels (csrc/fastlstm_gemm.h) where the CPU has AVX2 or
-AVX-512.
+AVX-512: the forward over W_h packed once per call, the backward over W_h^T packed once
+per call (``set_backward_pack_min_step_rows``: from 512 (step, row) products per thread,
+more than one row a step) or, below that, on the NT kernel reading W_h in place.
 
 A lookup (``lstm_forward_lookup_kernel`` / ``lstm_backward_lookup_kernel``) takes ids and
 a table of projected inputs in place of x and W_x: each step's projection is the table
@@ -55,6 +57,22 @@ cdef enum:
 # One sequence split over threads: each thread copies its share of W_h (see
 # _forward_one_sequence_split) for sequences of at least this many steps.
 cdef int _copy_min_steps = 16
+
+
+# The backward's float32 step products dh = d_gates W_h^T run on the packed GEMM, over
+# W_h^T packed once per call, when each thread multiplies at least this many (step, row)
+# pairs (and more than one row a step); below, on the NT kernel over W_h in place.
+cdef int _backward_pack_min_step_rows = 512
+
+
+def set_backward_pack_min_step_rows(int step_rows):
+    """Pack W_h^T for the backward's step products from ``step_rows`` (step, row)
+    products per thread (default 512); returns the previous setting. For tests and
+    benchmarks."""
+    global _backward_pack_min_step_rows
+    previous = _backward_pack_min_step_rows
+    _backward_pack_min_step_rows = step_rows
+    return previous
 
 
 def set_one_sequence_copy_min_steps(int steps):
@@ -536,6 +554,10 @@ cdef struct _Backward:
     void *dW_h              # (H, G) out
     double *db_acc          # (G,) float64, zero on entry; out: db
     int scratch_rows        # rows of dx's product per a_scratch block
+    float *packed_t         # W_h^T packed for the step products (float32 kernels):
+                            # G * (H + FL_NR * n_threads) floats, each thread's panels
+                            # at G * (u0 + FL_NR * tid) in a unit split, all H units'
+                            # from 0 in a batch split; or NULL (the NT kernel, or BLAS)
     fl_step_barrier *step_barrier   # the unit split's per-step barrier
 
 
@@ -566,6 +588,8 @@ cdef void _backward_worker(const _Backward *a, Py_ssize_t tid, Py_ssize_t n_thre
     cdef int t_start, t_stop = T
     cdef floating weight_beta = 0.0    # the first chunk writes dW_x, dW_h; later ones add
     cdef const int *slice_lengths
+    cdef float *panels = NULL
+    cdef Py_ssize_t p0, p1
     if split_units:
         _split_aligned(H, UNIT_ALIGN, tid, n_threads, &u0, &u1)
     else:
@@ -573,6 +597,19 @@ cdef void _backward_worker(const _Backward *a, Py_ssize_t tid, Py_ssize_t n_thre
     nb = b1 - b0
     nu = u1 - u0
     slice_lengths = lengths + b0 if lengths != NULL else NULL
+    if floating is float:
+        if a.packed_t != NULL:
+            # op(B) = W_h^T (G x H): the N = H rows of W_h become FL_NR-wide panels
+            if split_units:
+                panels = a.packed_t + G * (u0 + FL_NR * tid)
+                if nu > 0:
+                    fl_pack_panels_f32(<int>G, <int>nu, W_h + u0 * G, <int>G, 1, panels, 0,
+                                       <int>((nu + FL_NR - 1) // FL_NR))
+            else:
+                panels = a.packed_t
+                _split((H + FL_NR - 1) // FL_NR, tid, n_threads, &p0, &p1)
+                fl_pack_panels_f32(<int>G, H, W_h, <int>G, 1, panels, <int>p0, <int>p1)
+                fl_barrier()   # every thread reads all panels
 
     # Chunks of steps from the end: the recursion over the chunk, then the chunk's weight
     # and input gradients as GEMMs over chunk_T * B rows, shared out by rows (dx) and by
@@ -593,10 +630,17 @@ cdef void _backward_worker(const _Backward *a, Py_ssize_t tid, Py_ssize_t n_thre
                 continue
             # dh_{t-1}[rows, units] = d_gates_t[rows, :] W_h[units, :]^T; frozen steps
             # (lengths) pass dh through, so their product goes to scratch first.
-            _backward_step_gemm(<int>nb, <int>nu, <int>G, d_gates + dt * G, <int>G,
-                                W_h + u0 * G, <int>G,
-                                (dh if lengths == NULL else dh_scratch) + b0 * H + u0, H,
-                                a_scratch)
+            if floating is float:
+                if panels != NULL:
+                    fl_gemm_packed_f32(<int>nb, <int>nu, <int>G, d_gates + dt * G, <int>G,
+                                       panels,
+                                       (dh if lengths == NULL else dh_scratch) + b0 * H + u0,
+                                       H, 0, a_scratch)
+            if panels == NULL:
+                _backward_step_gemm(<int>nb, <int>nu, <int>G, d_gates + dt * G, <int>G,
+                                    W_h + u0 * G, <int>G,
+                                    (dh if lengths == NULL else dh_scratch) + b0 * H + u0,
+                                    H, a_scratch)
             if lengths != NULL:
                 _copy_valid_rows(<int>nb, H, <int>u0, <int>nu, dh_scratch + b0 * H,
                                  dh + b0 * H, slice_lengths, <int>t)
@@ -643,6 +687,7 @@ cdef int _backward_arrays(_Backward *a, W_h, gates, h_states, c_states, dhs, len
     a.d_gates = _data(d_gates, typenum, 3, True, "d_gates")
     a.dW_h = _data(dW_h, typenum, 2, True, "dW_h")
     a.db_acc = <double *>_data(db_acc, cnp.NPY_DOUBLE, 1, True, "db_acc")
+    a.packed_t = NULL   # _backward_run decides
     return typenum
 
 
@@ -758,15 +803,27 @@ def lstm_backward_lookup_kernel(ids, table, W_h, gates, h_states, c_states, dhs,
     _backward_run(&a, typenum)
 
 
-cdef void _backward_run(_Backward *a, int typenum) noexcept:
+cdef int _backward_run(_Backward *a, int typenum) except -1:
     cdef fl_step_barrier step_barrier
     fl_step_barrier_init(&step_barrier)
     a.step_barrier = &step_barrier
     a.scratch_rows = 64   # dx's product runs in blocks of (at least) this many rows
-    if typenum == cnp.NPY_FLOAT:
-        _backward_parallel(a, <float>0)
-    else:
-        _backward_parallel(a, <double>0)
+    cdef int rows = a.B if a.split_units else (a.B + a.n_threads - 1) // a.n_threads
+    if (typenum == cnp.NPY_FLOAT and a.use_kernel and rows > 1
+            and <long>a.T * rows >= _backward_pack_min_step_rows):
+        a.packed_t = <float *>fl_aligned_alloc(
+            fl_packed_size(4 * a.H, a.H + FL_NR * a.n_threads) * sizeof(float))
+        if a.packed_t == NULL:
+            raise MemoryError("lstm backward: no memory for the packed W_h^T")
+    try:
+        if typenum == cnp.NPY_FLOAT:
+            _backward_parallel(a, <float>0)
+        else:
+            _backward_parallel(a, <double>0)
+    finally:
+        fl_aligned_free(a.packed_t)
+        a.packed_t = NULL
+    return 0
 
 
 cdef void _backward_pair_run(_Backward *a, int typenum) noexcept:

@@ -44,7 +44,8 @@ def _backward_state(cache, B, H, dtype, dh_n, dc_n):
     dc = np.zeros((B, H), dtype) if dc_n is None else dc_n.copy()
     dh_scratch = _empty((B, H), dtype) if cache.lengths is not None else dh
     plan = _plan_for(B, H, cache.num_threads, backward=True)
-    # The backward's own kernel reads W_h in place (no packing): no set-up to amortise.
+    # The backward's kernel packs W_h^T itself (when the call is long enough to repay
+    # it: _lstm.set_backward_pack_min_step_rows), so there is no buffer to hand it.
     return dh, dc, dh_scratch, plan, own_backward_gemm(dtype, plan.rows_per_thread)
 
 

@@ -217,6 +217,17 @@ PATHS = {
     "avx2-unit-split": {"UNIT_SPLIT_MAX_ROWS": 10**9, "UNIT_SPLIT_MIN_H": 1,
                         "PACKED_GEMM_MIN_STEP_ROWS": 1, "NT_MAX_ROWS_AVX2": 10**9,
                         "isa": "avx2"},
+    # the backward's step products on the packed GEMM over W_h^T packed once per call
+    # (from the first step), or on the NT kernel over W_h in place (never packed), each
+    # split by batch rows and by hidden units
+    "packed-backward": {"backward_pack_min": 1},
+    "packed-backward-unit-split": {"UNIT_SPLIT_MAX_ROWS": 10**9, "UNIT_SPLIT_MIN_H": 1,
+                                   "backward_pack_min": 1},
+    "avx2-packed-backward": {"NT_MAX_ROWS_AVX2": 10**9, "backward_pack_min": 1,
+                             "isa": "avx2"},
+    "nt-backward": {"backward_pack_min": 10**9},
+    "nt-backward-unit-split": {"UNIT_SPLIT_MAX_ROWS": 10**9, "UNIT_SPLIT_MIN_H": 1,
+                               "backward_pack_min": 10**9},
     # one sequence on several threads with each thread's share of W_h copied side by
     # side, from the first step (by default only sequences of 16 steps or more)
     "one-sequence-copy": {"copy_min_steps": 1},
@@ -234,9 +245,14 @@ def path(request, monkeypatch):
     settings = dict(PATHS[request.param])
     isa = settings.pop("isa", None)
     copy_min_steps = settings.pop("copy_min_steps", None)
+    backward_pack_min = settings.pop("backward_pack_min", None)
     for name, value in settings.items():
         monkeypatch.setattr(_schedule, name, value)
     kernels = fastlstm._backend.lstm_kernels
+    if backward_pack_min is not None:
+        previous_pack = kernels.set_backward_pack_min_step_rows(backward_pack_min)
+        request.addfinalizer(
+            lambda: kernels.set_backward_pack_min_step_rows(previous_pack))
     if copy_min_steps is not None:
         previous = kernels.set_one_sequence_copy_min_steps(copy_min_steps)
         request.addfinalizer(lambda: kernels.set_one_sequence_copy_min_steps(previous))

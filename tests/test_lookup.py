@@ -24,11 +24,23 @@ def _tol(dtype):
     return 1e-10 if dtype == np.float64 else 5e-4
 
 
+@pytest.fixture(params=["default", "packed", "in-place"])
+def backward_pack(request):
+    """The backward's step products over W_h^T packed from the first step, never
+    packed, or as the size heuristic says (the lookup backward shares that loop)."""
+    kernels = fastlstm._backend.lstm_kernels
+    setting = {"default": None, "packed": 1, "in-place": 10**9}[request.param]
+    if setting is not None:
+        previous = kernels.set_backward_pack_min_step_rows(setting)
+        request.addfinalizer(lambda: kernels.set_backward_pack_min_step_rows(previous))
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("T, B, V, E, H, threads", SHAPES)
 @pytest.mark.parametrize("with_lengths", [False, True])
 def test_lookup_equals_lstm_on_gathered_inputs(dtype, T, B, V, E, H, threads,
-                                                  with_lengths):
+                                                  with_lengths, backward_pack):
     rng = np.random.default_rng(T * 100 + B * 10 + H)
     table_E = rng.standard_normal((V, E)).astype(dtype)
     W_x = (rng.standard_normal((E, 4 * H)) * 0.3).astype(dtype)
