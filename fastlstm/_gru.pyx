@@ -18,7 +18,10 @@ The backward keeps, per chunk of steps, the gradients w.r.t. both pre-activation
 ``d_gx`` (w.r.t. x W_x + b_x) and ``d_gh`` (w.r.t. h W_h + b_h), equal but for the n
 block (``d_gh_n = d_gx_n * r``); per step ``dh_{t-1} = dh_t * z + d_gh W_h^T``, and per
 chunk dx, dW_x, db_x from d_gx and dW_h, db_h from d_gh. dh lives in two (B, H) buffers
-used in turn (the product of a step is added to the direct path ``dh * z``).
+used in turn (the product of a step is added to the direct path ``dh * z``). As in the
+LSTM's backward, the float32 step product runs on the packed GEMM over W_h^T packed once
+per call when the call is long enough (``set_backward_pack_min_step_rows``), else on the
+NT kernel over W_h in place.
 
 A lookup (``gru_forward_lookup_kernel`` / ``gru_backward_lookup_kernel``) takes ids and a
 table of projected inputs (rows of x W_x, without b_x) in place of x and W_x: each step's
@@ -33,7 +36,8 @@ cimport numpy as cnp
 
 from ._blas cimport gemm
 from ._kernel_common cimport *
-from ._runtime cimport fl_isa_bind, isa_level_for
+from ._runtime cimport backward_pack_pays, fl_isa_bind, isa_level_for
+from ._runtime import set_backward_pack_min_step_rows   # (a knob of this module's too)
 
 cdef extern from "fastlstm_gru.h" nogil:
     void fl_gru_cell_forward_f32(int n_rows, int H, int u0, int nu, const float *gh,
@@ -457,6 +461,9 @@ cdef struct _Backward:
     double *db_x_acc        # (3H,) float64, zero on entry; out: db_x
     double *db_h_acc        # (3H,) float64, zero on entry; out: db_h
     int scratch_rows        # rows of dx's product per a_scratch block
+    float *packed_t         # W_h^T packed for the step products (float32 kernels), laid
+                            # out as in _lstm.pyx (3H * (H + FL_NR * n_threads) floats),
+                            # or NULL (the NT kernel, or BLAS)
     fl_step_barrier *step_barrier   # the unit split's per-step barrier
 
 
@@ -546,6 +553,8 @@ cdef void _backward_worker(const _Backward *a, Py_ssize_t tid, Py_ssize_t n_thre
     cdef int t_start, t_stop = T
     cdef floating weight_beta = 0.0    # the first chunk writes dW_x, dW_h; later ones add
     cdef const int *slice_lengths
+    cdef float *panels = NULL
+    cdef Py_ssize_t p0, p1
     if split_units:
         _split_aligned(H, UNIT_ALIGN, tid, n_threads, &u0, &u1)
     else:
@@ -553,6 +562,19 @@ cdef void _backward_worker(const _Backward *a, Py_ssize_t tid, Py_ssize_t n_thre
     nb = b1 - b0
     nu = u1 - u0
     slice_lengths = lengths + b0 if lengths != NULL else NULL
+    if floating is float:
+        if a.packed_t != NULL:
+            # op(B) = W_h^T (3H x H): the N = H rows of W_h become FL_NR-wide panels
+            if split_units:
+                panels = a.packed_t + G3 * (u0 + FL_NR * tid)
+                if nu > 0:
+                    fl_pack_panels_f32(<int>G3, <int>nu, W_h + u0 * G3, <int>G3, 1, panels,
+                                       0, <int>((nu + FL_NR - 1) // FL_NR))
+            else:
+                panels = a.packed_t
+                _split((H + FL_NR - 1) // FL_NR, tid, n_threads, &p0, &p1)
+                fl_pack_panels_f32(<int>G3, H, W_h, <int>G3, 1, panels, <int>p0, <int>p1)
+                fl_barrier()   # every thread reads all panels
 
     while t_stop > 0:
         t_start = max(0, t_stop - chunk_T)
@@ -568,9 +590,15 @@ cdef void _backward_worker(const _Backward *a, Py_ssize_t tid, Py_ssize_t n_thre
                 fl_step_barrier_wait(a.step_barrier, <int>n_threads)   # d_gh_t is whole
             if nb > 0 and nu > 0:
                 # (frozen rows have d_gh = 0: the product leaves their dh as it is)
-                _backward_step_gemm(<int>nb, <int>nu, <int>G3, d_gh + dt * G3, <int>G3,
-                                    W_h + u0 * G3, <int>G3, dh_prev + b0 * H + u0, H,
-                                    row_tmp, a_scratch)
+                if floating is float:
+                    if panels != NULL:
+                        fl_gemm_packed_f32(<int>nb, <int>nu, <int>G3, d_gh + dt * G3,
+                                           <int>G3, panels, dh_prev + b0 * H + u0, H, 1,
+                                           a_scratch)
+                if panels == NULL:
+                    _backward_step_gemm(<int>nb, <int>nu, <int>G3, d_gh + dt * G3, <int>G3,
+                                        W_h + u0 * G3, <int>G3, dh_prev + b0 * H + u0, H,
+                                        row_tmp, a_scratch)
             swap = dh_cur
             dh_cur = dh_prev
             dh_prev = swap
@@ -740,6 +768,7 @@ cdef int _backward_arrays(_Backward *a, int typenum, W_h, gates, h_states, dhs, 
     a.use_kernel = small_m_gemm and typenum == cnp.NPY_FLOAT and fl_gemm_packed_available()
     a.n_threads = n_threads
     a.scratch_rows = 64   # dx's product runs in blocks of (at least) this many rows
+    a.packed_t = NULL     # _backward_run decides
     return 0
 
 
@@ -767,14 +796,25 @@ cdef int _check_backward_dims(const _Backward *a, W_h, gates, h_states, dhs, len
     return 0
 
 
-cdef void _backward_run(_Backward *a, int typenum) noexcept:
+cdef int _backward_run(_Backward *a, int typenum) except -1:
     cdef fl_step_barrier step_barrier
     fl_step_barrier_init(&step_barrier)
     a.step_barrier = &step_barrier
-    if typenum == cnp.NPY_FLOAT:
-        _backward_parallel(a, <float *>NULL)
-    else:
-        _backward_parallel(a, <double *>NULL)
+    cdef int rows = a.B if a.split_units else (a.B + a.n_threads - 1) // a.n_threads
+    if typenum == cnp.NPY_FLOAT and a.use_kernel and backward_pack_pays(a.T, rows):
+        a.packed_t = <float *>fl_aligned_alloc(
+            fl_packed_size(3 * a.H, a.H + FL_NR * a.n_threads) * sizeof(float))
+        if a.packed_t == NULL:
+            raise MemoryError("gru backward: no memory for the packed W_h^T")
+    try:
+        if typenum == cnp.NPY_FLOAT:
+            _backward_parallel(a, <float *>NULL)
+        else:
+            _backward_parallel(a, <double *>NULL)
+    finally:
+        fl_aligned_free(a.packed_t)
+        a.packed_t = NULL
+    return 0
 
 
 cdef void _backward_parallel(const _Backward *a, floating *row_tmp) noexcept:

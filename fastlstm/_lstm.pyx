@@ -37,7 +37,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
 from ._blas cimport gemm
 from ._kernel_common cimport *
-from ._runtime cimport fl_isa_bind, isa_level_for
+from ._runtime cimport backward_pack_pays, fl_isa_bind, isa_level_for
+from ._runtime import set_backward_pack_min_step_rows   # (a knob of this module's too)
 
 cnp.import_array()
 fl_isa_bind(isa_level_for(__name__))   # every kernel here runs at the process's one level
@@ -57,22 +58,6 @@ cdef enum:
 # One sequence split over threads: each thread copies its share of W_h (see
 # _forward_one_sequence_split) for sequences of at least this many steps.
 cdef int _copy_min_steps = 16
-
-
-# The backward's float32 step products dh = d_gates W_h^T run on the packed GEMM, over
-# W_h^T packed once per call, when each thread multiplies at least this many (step, row)
-# pairs (and more than one row a step); below, on the NT kernel over W_h in place.
-cdef int _backward_pack_min_step_rows = 512
-
-
-def set_backward_pack_min_step_rows(int step_rows):
-    """Pack W_h^T for the backward's step products from ``step_rows`` (step, row)
-    products per thread (default 512); returns the previous setting. For tests and
-    benchmarks."""
-    global _backward_pack_min_step_rows
-    previous = _backward_pack_min_step_rows
-    _backward_pack_min_step_rows = step_rows
-    return previous
 
 
 def set_one_sequence_copy_min_steps(int steps):
@@ -809,8 +794,7 @@ cdef int _backward_run(_Backward *a, int typenum) except -1:
     a.step_barrier = &step_barrier
     a.scratch_rows = 64   # dx's product runs in blocks of (at least) this many rows
     cdef int rows = a.B if a.split_units else (a.B + a.n_threads - 1) // a.n_threads
-    if (typenum == cnp.NPY_FLOAT and a.use_kernel and rows > 1
-            and <long>a.T * rows >= _backward_pack_min_step_rows):
+    if typenum == cnp.NPY_FLOAT and a.use_kernel and backward_pack_pays(a.T, rows):
         a.packed_t = <float *>fl_aligned_alloc(
             fl_packed_size(4 * a.H, a.H + FL_NR * a.n_threads) * sizeof(float))
         if a.packed_t == NULL:

@@ -32,6 +32,25 @@ cdef int _isa_level = _best_level
 cdef list _readers = []
 
 
+# The LSTM's and the GRU's backward pack W_h^T for their step products (the packed GEMM)
+# from this many (step, row) products per thread; below, the NT kernel reads W_h in place.
+cdef int _backward_pack_min_step_rows = 512
+
+
+cdef bint backward_pack_pays(int T, int rows_per_thread) noexcept nogil:
+    return rows_per_thread > 1 and <long>T * rows_per_thread >= _backward_pack_min_step_rows
+
+
+def set_backward_pack_min_step_rows(int step_rows):
+    """Pack W_h^T for the LSTM's and GRU's backward step products from ``step_rows``
+    (step, row) products per thread (default 512; with more than one row a step);
+    returns the previous setting. For tests and benchmarks."""
+    global _backward_pack_min_step_rows
+    previous = _backward_pack_min_step_rows
+    _backward_pack_min_step_rows = step_rows
+    return previous
+
+
 cdef const int *isa_level_for(str module) except NULL:
     _readers.append(module)
     return &_isa_level

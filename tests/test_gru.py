@@ -300,13 +300,25 @@ OPTIONS = {
 }
 
 
+@pytest.fixture(params=["default", "packed"])
+def backward_pack(request):
+    """The backward's step products as the size heuristic says, or over W_h^T packed
+    from the first step (fastlstm._runtime.set_backward_pack_min_step_rows)."""
+    if request.param == "packed":
+        from fastlstm import _runtime
+        previous = _runtime.set_backward_pack_min_step_rows(1)
+        request.addfinalizer(lambda: _runtime.set_backward_pack_min_step_rows(previous))
+    return request.param
+
+
 @compiled
 @pytest.mark.parametrize("options", list(OPTIONS))
 @pytest.mark.parametrize("lengths", ["full", "mixed"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-def test_compiled_matches_reference(monkeypatch, dtype, shape, threads, lengths, options):
+def test_compiled_matches_reference(monkeypatch, dtype, shape, threads, lengths, options,
+                                    backward_pack):
     T, B, D, H = SHAPES[shape]
     if shape == "chunks":   # the shared chunk heuristic alone: several chunks
         monkeypatch.setattr(gru_module, "CHUNK_BUFFER_BYTES", 0)
@@ -326,7 +338,8 @@ PATH_SHAPES = {"rows": (10, 12, 5, 130), "one-row": (10, 1, 5, 70)}
 @pytest.mark.parametrize("own_kernels", [True, False], ids=["own", "blas"])
 @pytest.mark.parametrize("split", [None, "units", "rows"])
 @pytest.mark.parametrize("shape", list(PATH_SHAPES))
-def test_every_path_matches_reference(monkeypatch, shape, split, own_kernels, isa):
+def test_every_path_matches_reference(monkeypatch, shape, split, own_kernels, isa,
+                                      backward_pack):
     T, B, D, H = PATH_SHAPES[shape]
     monkeypatch.setattr(_schedule, "PACKED_GEMM_ENABLED", own_kernels)
     monkeypatch.setattr(_schedule, "PACKED_GEMM_MIN_STEP_ROWS", 1)
@@ -754,7 +767,7 @@ LOOKUP_SHAPES = {"small": (6, 4, 5, 9), "one-sequence": (7, 1, 3, 13),
 @pytest.mark.parametrize("shape", list(LOOKUP_SHAPES))
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_lookup_matches_reference_on_one_hot_inputs(monkeypatch, dtype, shape, threads,
-                                                    lengths):
+                                                    lengths, backward_pack):
     """table = W_x with one-hot x: the lookup's d_table is the reference's dW_x."""
     T, B, V, H = LOOKUP_SHAPES[shape]
     if shape == "chunks":
