@@ -36,7 +36,7 @@ cimport numpy as cnp
 
 from ._blas cimport gemm
 from ._kernel_common cimport *
-from ._runtime cimport backward_pack_pays, fl_isa_bind, isa_level_for
+from ._runtime cimport fl_isa_bind, isa_level_for
 from ._runtime import set_backward_pack_min_step_rows   # (a knob of this module's too)
 
 cdef extern from "fastlstm_gru.h" nogil:
@@ -554,7 +554,6 @@ cdef void _backward_worker(const _Backward *a, Py_ssize_t tid, Py_ssize_t n_thre
     cdef floating weight_beta = 0.0    # the first chunk writes dW_x, dW_h; later ones add
     cdef const int *slice_lengths
     cdef float *panels = NULL
-    cdef Py_ssize_t p0, p1
     if split_units:
         _split_aligned(H, UNIT_ALIGN, tid, n_threads, &u0, &u1)
     else:
@@ -564,17 +563,8 @@ cdef void _backward_worker(const _Backward *a, Py_ssize_t tid, Py_ssize_t n_thre
     slice_lengths = lengths + b0 if lengths != NULL else NULL
     if floating is float:
         if a.packed_t != NULL:
-            # op(B) = W_h^T (3H x H): the N = H rows of W_h become FL_NR-wide panels
-            if split_units:
-                panels = a.packed_t + G3 * (u0 + FL_NR * tid)
-                if nu > 0:
-                    fl_pack_panels_f32(<int>G3, <int>nu, W_h + u0 * G3, <int>G3, 1, panels,
-                                       0, <int>((nu + FL_NR - 1) // FL_NR))
-            else:
-                panels = a.packed_t
-                _split((H + FL_NR - 1) // FL_NR, tid, n_threads, &p0, &p1)
-                fl_pack_panels_f32(<int>G3, H, W_h, <int>G3, 1, panels, <int>p0, <int>p1)
-                fl_barrier()   # every thread reads all panels
+            panels = _pack_step_transpose(a.packed_t, W_h, <int>G3, H, u0, nu,
+                                          split_units, tid, n_threads)
 
     while t_stop > 0:
         t_start = max(0, t_stop - chunk_T)
@@ -800,12 +790,8 @@ cdef int _backward_run(_Backward *a, int typenum) except -1:
     cdef fl_step_barrier step_barrier
     fl_step_barrier_init(&step_barrier)
     a.step_barrier = &step_barrier
-    cdef int rows = a.B if a.split_units else (a.B + a.n_threads - 1) // a.n_threads
-    if typenum == cnp.NPY_FLOAT and a.use_kernel and backward_pack_pays(a.T, rows):
-        a.packed_t = <float *>fl_aligned_alloc(
-            fl_packed_size(3 * a.H, a.H + FL_NR * a.n_threads) * sizeof(float))
-        if a.packed_t == NULL:
-            raise MemoryError("gru backward: no memory for the packed W_h^T")
+    a.packed_t = _step_transpose_buffer(typenum == cnp.NPY_FLOAT and a.use_kernel, a.T,
+                                        a.B, a.H, 3 * a.H, a.split_units, a.n_threads)
     try:
         if typenum == cnp.NPY_FLOAT:
             _backward_parallel(a, <float *>NULL)

@@ -5,6 +5,7 @@ from cython cimport floating
 cimport numpy as cnp
 
 from ._blas cimport gemm
+from ._runtime cimport backward_pack_pays
 
 cdef extern from "fastlstm_kernels.h" nogil:
     int fl_num_threads()
@@ -76,6 +77,44 @@ cdef inline void _split_aligned(Py_ssize_t n, Py_ssize_t align, Py_ssize_t part,
     _split((n + align - 1) // align, part, n_parts, start, stop)
     start[0] = min(start[0] * align, n)
     stop[0] = min(stop[0] * align, n)
+
+
+cdef inline float *_step_transpose_buffer(bint wanted, int T, int B, int H, int G,
+                                          bint split_units, int n_threads) except? NULL:
+    """The buffer a float32 backward packs W_h^T (G x H) into for its step products, or
+    NULL where packing does not pay (``backward_pack_pays``) or is not ``wanted``; release
+    with fl_aligned_free. G * (H + FL_NR * n_threads) floats: room for every thread of a
+    unit split to pack its own units' panels at G * (u0 + FL_NR * tid) (see
+    _pack_step_transpose)."""
+    cdef int rows = B if split_units else (B + n_threads - 1) // n_threads
+    if not (wanted and backward_pack_pays(T, rows)):
+        return NULL
+    cdef float *packed_t = <float *>fl_aligned_alloc(
+        fl_packed_size(G, H + FL_NR * n_threads) * sizeof(float))
+    if packed_t == NULL:
+        raise MemoryError("backward: no memory for the packed W_h^T")
+    return packed_t
+
+
+cdef inline float *_pack_step_transpose(float *packed_t, const float *W_h, int G, int H,
+                                        Py_ssize_t u0, Py_ssize_t nu, bint split_units,
+                                        Py_ssize_t tid, Py_ssize_t n_threads) noexcept nogil:
+    """Pack this thread's panels of op(B) = W_h^T (G x H; W_h is (H, G)) into
+    ``packed_t`` (from _step_transpose_buffer) and return where they start: in a unit
+    split its own units [u0, u0 + nu); in a batch split its share of all H units', then a
+    barrier, since every thread reads them all (all threads must call it then)."""
+    cdef Py_ssize_t p0, p1
+    cdef float *panels
+    if split_units:
+        panels = packed_t + G * (u0 + FL_NR * tid)
+        if nu > 0:
+            fl_pack_panels_f32(G, <int>nu, W_h + u0 * G, G, 1, panels, 0,
+                               <int>((nu + FL_NR - 1) // FL_NR))
+        return panels
+    _split((H + FL_NR - 1) // FL_NR, tid, n_threads, &p0, &p1)
+    fl_pack_panels_f32(G, H, W_h, G, 1, packed_t, <int>p0, <int>p1)
+    fl_barrier()
+    return packed_t
 
 
 cdef inline float *_thread_scratch(bint wanted, int B, bint split_units, int min_rows,

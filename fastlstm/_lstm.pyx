@@ -37,7 +37,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
 from ._blas cimport gemm
 from ._kernel_common cimport *
-from ._runtime cimport backward_pack_pays, fl_isa_bind, isa_level_for
+from ._runtime cimport fl_isa_bind, isa_level_for
 from ._runtime import set_backward_pack_min_step_rows   # (a knob of this module's too)
 
 cnp.import_array()
@@ -574,7 +574,6 @@ cdef void _backward_worker(const _Backward *a, Py_ssize_t tid, Py_ssize_t n_thre
     cdef floating weight_beta = 0.0    # the first chunk writes dW_x, dW_h; later ones add
     cdef const int *slice_lengths
     cdef float *panels = NULL
-    cdef Py_ssize_t p0, p1
     if split_units:
         _split_aligned(H, UNIT_ALIGN, tid, n_threads, &u0, &u1)
     else:
@@ -584,17 +583,8 @@ cdef void _backward_worker(const _Backward *a, Py_ssize_t tid, Py_ssize_t n_thre
     slice_lengths = lengths + b0 if lengths != NULL else NULL
     if floating is float:
         if a.packed_t != NULL:
-            # op(B) = W_h^T (G x H): the N = H rows of W_h become FL_NR-wide panels
-            if split_units:
-                panels = a.packed_t + G * (u0 + FL_NR * tid)
-                if nu > 0:
-                    fl_pack_panels_f32(<int>G, <int>nu, W_h + u0 * G, <int>G, 1, panels, 0,
-                                       <int>((nu + FL_NR - 1) // FL_NR))
-            else:
-                panels = a.packed_t
-                _split((H + FL_NR - 1) // FL_NR, tid, n_threads, &p0, &p1)
-                fl_pack_panels_f32(<int>G, H, W_h, <int>G, 1, panels, <int>p0, <int>p1)
-                fl_barrier()   # every thread reads all panels
+            panels = _pack_step_transpose(a.packed_t, W_h, <int>G, H, u0, nu,
+                                          split_units, tid, n_threads)
 
     # Chunks of steps from the end: the recursion over the chunk, then the chunk's weight
     # and input gradients as GEMMs over chunk_T * B rows, shared out by rows (dx) and by
@@ -793,12 +783,8 @@ cdef int _backward_run(_Backward *a, int typenum) except -1:
     fl_step_barrier_init(&step_barrier)
     a.step_barrier = &step_barrier
     a.scratch_rows = 64   # dx's product runs in blocks of (at least) this many rows
-    cdef int rows = a.B if a.split_units else (a.B + a.n_threads - 1) // a.n_threads
-    if typenum == cnp.NPY_FLOAT and a.use_kernel and backward_pack_pays(a.T, rows):
-        a.packed_t = <float *>fl_aligned_alloc(
-            fl_packed_size(4 * a.H, a.H + FL_NR * a.n_threads) * sizeof(float))
-        if a.packed_t == NULL:
-            raise MemoryError("lstm backward: no memory for the packed W_h^T")
+    a.packed_t = _step_transpose_buffer(typenum == cnp.NPY_FLOAT and a.use_kernel, a.T,
+                                        a.B, a.H, 4 * a.H, a.split_units, a.n_threads)
     try:
         if typenum == cnp.NPY_FLOAT:
             _backward_parallel(a, <float>0)
