@@ -76,18 +76,18 @@ class _Reversal:
         self.index = np.where(t < L, L - 1 - t, t)   # (T, B)
         self.columns = np.arange(B)
 
+    def _read(self, a):
+        """``a`` (T, B, ...) read in the reverse direction: a view where there is no
+        padding, else a gathered copy."""
+        return a[::-1] if self.index is None else a[self.index, self.columns]
+
     def __call__(self, a):
         """``a`` (T, B, ...) read in the reverse direction, as a new C-contiguous array."""
-        if self.index is None:
-            return np.ascontiguousarray(a[::-1])
-        return a[self.index, self.columns]
+        return np.ascontiguousarray(self._read(a))
 
     def add_into(self, out, a):
         """``out += self(a)``, without the intermediate copy where there is no padding."""
-        if self.index is None:
-            out += a[::-1]
-        else:
-            out += a[self.index, self.columns]
+        out += self._read(a)
         return out
 
     def concatenated(self, forward, reverse):
@@ -95,8 +95,7 @@ class _Reversal:
         W = forward.shape[-1]
         out = np.empty(forward.shape[:-1] + (W + reverse.shape[-1],), forward.dtype)
         out[..., :W] = forward
-        out[..., W:] = reverse[::-1] if self.index is None else reverse[self.index,
-                                                                        self.columns]
+        out[..., W:] = self._read(reverse)
         return out
 
 
